@@ -1,0 +1,238 @@
+//! Reading a configuration from TOML (files) or JSON (the admin API).
+//!
+//! Both formats go through the same steps: deserialize into [`RawConfig`] while
+//! collecting unknown keys, then [`settle`] it. For TOML, each problem's key path
+//! is then resolved to the line and column of that key in the source.
+
+use std::ops::Range;
+use std::path::Path;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::diagnostic::{Diagnostic, Diagnostics, KeyPath, Location, PathSegment};
+use crate::raw::RawConfig;
+use crate::settle::settle;
+use crate::settled::Config;
+
+/// Reads and settles the TOML file at `path`.
+pub fn load_file(path: &Path) -> Result<Config, Diagnostics> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_toml(&text, &name),
+        Err(e) => {
+            let mut diagnostic = Diagnostic::new(KeyPath::root(), format!("cannot read the file: {e}"));
+            diagnostic.file = Some(name);
+            Err(Diagnostics(vec![diagnostic]))
+        }
+    }
+}
+
+/// Settles a TOML document; `file` names it in error messages.
+pub fn parse_toml(text: &str, file: &str) -> Result<Config, Diagnostics> {
+    let at_offset = |span: Option<Range<usize>>, message: &str| {
+        let mut d = Diagnostic::new(KeyPath::root(), message.trim().to_owned());
+        d.file = Some(file.to_owned());
+        d.location = span.map(|s| Location::of_offset(text, s.start));
+        Diagnostics(vec![d])
+    };
+    let document = DeTable::parse(text).map_err(|e| at_offset(e.span(), e.message()))?;
+    let deserializer = toml::Deserializer::from(document.clone());
+    let mut unknown = Vec::new();
+    let raw: RawConfig = serde_ignored::deserialize(deserializer, |path| unknown.push(key_path(&path)))
+        .map_err(|e| at_offset(e.span(), e.message()))?;
+
+    let mut problems: Vec<Diagnostic> = unknown.into_iter().map(unknown_key).collect();
+    if let Err(found) = settle(raw.clone()) {
+        problems.extend(found);
+    }
+    if problems.is_empty() {
+        return settle(raw).map_err(Diagnostics);
+    }
+    for problem in &mut problems {
+        problem.file = Some(file.to_owned());
+        problem.location = locate(document.get_ref(), &problem.path).map(|span| Location::of_offset(text, span.start));
+    }
+    problems.sort_by_key(|p| p.location.map(|l| (l.line, l.column)));
+    Err(Diagnostics(problems))
+}
+
+/// Settles a JSON document of the same schema (the admin API's `PUT /api/config`).
+pub fn parse_json(bytes: &[u8]) -> Result<Config, Diagnostics> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let mut unknown = Vec::new();
+    let raw: RawConfig = serde_ignored::deserialize(&mut deserializer, |path| unknown.push(key_path(&path)))
+        .map_err(|e| {
+            let mut d = Diagnostic::new(KeyPath::root(), format!("invalid JSON: {e}"));
+            d.location = Some(Location { line: e.line(), column: e.column() });
+            Diagnostics(vec![d])
+        })?;
+    let mut problems: Vec<Diagnostic> = unknown.into_iter().map(unknown_key).collect();
+    match settle(raw) {
+        Ok(config) if problems.is_empty() => Ok(config),
+        Ok(_) => Err(Diagnostics(problems)),
+        Err(found) => {
+            problems.extend(found);
+            Err(Diagnostics(problems))
+        }
+    }
+}
+
+fn unknown_key(path: KeyPath) -> Diagnostic {
+    Diagnostic::new(path, "unknown key").with_hint("see docs/configuration.md for the keys each section takes")
+}
+
+fn key_path(path: &serde_ignored::Path<'_>) -> KeyPath {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => KeyPath::root(),
+        P::Seq { parent, index } => key_path(parent).index(*index),
+        P::Map { parent, key } => key_path(parent).key(key),
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
+/// The span of the key (or array element) a path names, or of its nearest
+/// present ancestor when the key itself is missing.
+fn locate(root: &DeTable<'_>, path: &KeyPath) -> Option<Range<usize>> {
+    let mut table = Some(root);
+    let mut value: Option<&Spanned<DeValue<'_>>> = None;
+    let mut best = None;
+    for segment in path.segments() {
+        match segment {
+            PathSegment::Key(key) => {
+                let current = table.or_else(|| value.and_then(|v| v.get_ref().as_table()))?;
+                let Some((k, v)) = current.iter().find(|(k, _)| k.get_ref() == key) else {
+                    return best;
+                };
+                best = Some(k.span());
+                value = Some(v);
+                table = None;
+            }
+            PathSegment::Index(i) => {
+                let array = value.and_then(|v| v.get_ref().as_array())?;
+                let Some(element) = array.get(*i) else { return best };
+                best = Some(element.span());
+                value = Some(element);
+                table = None;
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+
+[[clusters]]
+name = "api"
+endpoints = [{ address = "127.0.0.1:9001" }, { address = "127.0.0.1:9002", weight = 3 }]
+
+[[routes]]
+name = "api"
+match = { path_prefix = "/api/" }
+cluster = "api"
+timeout = "2s"
+"#;
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse_toml(text, "test.toml") {
+            Ok(_) => Vec::new(),
+            Err(d) => d.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_good_file_settles() {
+        let config = parse_toml(GOOD, "good.toml").expect("valid config");
+        assert_eq!(config.listeners[0].listen.port(), 8080);
+        assert_eq!(config.clusters[0].endpoints[1].weight, 3);
+        assert_eq!(config.routes[0].timeout, std::time::Duration::from_secs(2));
+        assert!(config.admin.is_none());
+    }
+
+    #[test]
+    fn json_round_trips_the_same_schema() {
+        let config = parse_toml(GOOD, "good.toml").unwrap();
+        let json = serde_json::to_vec(&config.raw).unwrap();
+        let again = parse_json(&json).expect("the served config parses back");
+        assert_eq!(again.raw, config.raw);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let text = r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+colour = "blue"
+
+[[clusters]]
+name = "api"
+balancer = "round_robbin"
+endpoints = [{ address = "127.0.0.1" }]
+connect_timeout = "5"
+
+[[routes]]
+name = "api"
+match = { path_regex = "([a-z" }
+cluster = "apii"
+"#;
+        let found = errors(text);
+        assert_eq!(found.len(), 6, "{found:#?}");
+        let expect = [
+            "test.toml:5:1: `listeners[0].colour`: unknown key",
+            "test.toml:9:1: `clusters[0].balancer`: unknown balancer \"round_robbin\" (did you mean \"round_robin\"?)",
+            "test.toml:10:16: `clusters[0].endpoints[0].address`: invalid address \"127.0.0.1\": missing port",
+            "test.toml:11:1: `clusters[0].connect_timeout`: duration \"5\" has no unit",
+            "test.toml:15:11: `routes[0].match.path_regex`: invalid regex",
+            "test.toml:16:1: `routes[0].cluster`: no cluster named \"apii\" (did you mean \"api\"?)",
+        ];
+        for (got, want) in found.iter().zip(expect) {
+            assert!(got.starts_with(want), "got {got:?}\nwant prefix {want:?}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_line() {
+        let found = errors("[[listeners]]\nname = \"a\nlisten = 1\n");
+        assert_eq!(found.len(), 1);
+        assert!(found[0].starts_with("test.toml:2:"), "{found:?}");
+    }
+
+    #[test]
+    fn type_errors_point_at_the_value() {
+        let found = errors("[[listeners]]\nname = \"a\"\nlisten = 8080\n");
+        assert_eq!(found.len(), 1);
+        assert!(found[0].starts_with("test.toml:3:10:"), "{found:?}");
+        assert!(found[0].contains("expected a string"), "{found:?}");
+    }
+
+    #[test]
+    fn duplicates_and_exclusive_keys() {
+        let text = r#"
+[[listeners]]
+name = "a"
+listen = "127.0.0.1:8080"
+[[listeners]]
+name = "a"
+listen = "127.0.0.1:8080"
+[[routes]]
+match = { path = "/x", path_prefix = "/y" }
+direct = { status = 200 }
+redirect = { location = "/z" }
+"#;
+        let found = errors(text);
+        let joined = found.join("\n");
+        assert!(joined.contains("duplicate listener name \"a\""), "{joined}");
+        assert!(joined.contains("already used by listener \"a\""), "{joined}");
+        assert!(joined.contains("use only one of `path`, `path_prefix` and `path_regex`"), "{joined}");
+        assert!(joined.contains("only one of `cluster`, `redirect` and `direct`"), "{joined}");
+    }
+}

@@ -1,0 +1,659 @@
+//! Stage two: validate a [`RawConfig`] and settle it into a [`Config`].
+//!
+//! Validation and settling are one walk over the document: each value is checked
+//! and converted where it stands, and every problem is recorded with its key path
+//! rather than returned, so one run reports them all.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use ipnet::IpNet;
+use regex::Regex;
+
+use crate::diagnostic::{did_you_mean, Diagnostic, KeyPath};
+use crate::raw::*;
+use crate::settled::*;
+use crate::units::{parse_duration, parse_size};
+
+/// Every balancer name of the design; only some are built into this version.
+const BALANCERS_AVAILABLE: &[&str] = &["round_robin"];
+const BALANCERS_PLANNED: &[&str] = &[
+    "weighted_round_robin",
+    "least_connections",
+    "least_response_time",
+    "power_of_two",
+    "random",
+    "ip_hash",
+    "consistent_hash",
+];
+
+/// Checks `raw` and converts it; returns every problem found on failure.
+pub fn settle(raw: RawConfig) -> Result<Config, Vec<Diagnostic>> {
+    let mut settler = Settler::default();
+    let config = settler.config(&raw);
+    if settler.errors.is_empty() {
+        Ok(Config { raw, ..config })
+    } else {
+        Err(settler.errors)
+    }
+}
+
+#[derive(Default)]
+struct Settler {
+    errors: Vec<Diagnostic>,
+}
+
+impl Settler {
+    fn error(&mut self, path: KeyPath, message: impl Into<String>) {
+        self.errors.push(Diagnostic::new(path, message));
+    }
+
+    fn error_with_hint(&mut self, path: KeyPath, message: impl Into<String>, hint: Option<String>) {
+        let mut diagnostic = Diagnostic::new(path, message);
+        diagnostic.hint = hint;
+        self.errors.push(diagnostic);
+    }
+
+    fn config(&mut self, raw: &RawConfig) -> Config {
+        let root = KeyPath::root();
+        let runtime = self.runtime(&raw.runtime, &root.key("runtime"));
+        let admin = raw.admin.as_ref().map(|a| self.admin(a, &root.key("admin")));
+        let listeners = self.listeners(&raw.listeners, &root.key("listeners"));
+        let clusters = self.clusters(&raw.clusters, &root.key("clusters"));
+        // Names come from the raw document so that a cluster with an unrelated
+        // error does not also make every route naming it fail.
+        let listener_names: Vec<&str> = raw.listeners.iter().filter_map(|l| l.name.as_deref()).collect();
+        let cluster_names: Vec<&str> = raw.clusters.iter().filter_map(|c| c.name.as_deref()).collect();
+        let routes = self.routes(&raw.routes, &root.key("routes"), &listener_names, &cluster_names);
+        Config {
+            runtime,
+            admin,
+            access_log: raw.access_log.enabled.unwrap_or(true),
+            listeners,
+            routes,
+            clusters,
+            raw: RawConfig::default(),
+        }
+    }
+
+    // ----- shared value checks -------------------------------------------------
+
+    fn duration(&mut self, value: &Option<String>, path: KeyPath, default: Duration) -> Duration {
+        let Some(text) = value else { return default };
+        match parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.error(path, "must be greater than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(message) => {
+                self.error(path, message);
+                default
+            }
+        }
+    }
+
+    fn size(&mut self, value: &Option<String>, path: KeyPath, default: u64) -> u64 {
+        let Some(text) = value else { return default };
+        parse_size(text).unwrap_or_else(|message| {
+            self.error(path, message);
+            default
+        })
+    }
+
+    fn socket_addr(&mut self, text: &str, path: KeyPath) -> Option<SocketAddr> {
+        match SocketAddr::from_str(text) {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.error(
+                    path,
+                    format!("invalid address \"{text}\": expected IP:PORT, such as \"127.0.0.1:8080\" or \"[::1]:8080\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// A required name: present, non-empty, made of `[A-Za-z0-9_.-]`, unique in `seen`.
+    fn name(&mut self, value: &Option<String>, path: KeyPath, kind: &str, seen: &mut HashSet<String>) -> Option<String> {
+        let Some(name) = value else {
+            self.error(path, format!("every {kind} needs a `name`"));
+            return None;
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+            self.error(path, format!("invalid {kind} name \"{name}\": use letters, digits, '_', '.' and '-'"));
+            return None;
+        }
+        if !seen.insert(name.clone()) {
+            self.error(path, format!("duplicate {kind} name \"{name}\""));
+        }
+        Some(name.clone())
+    }
+
+    fn header_name(&mut self, name: &str, path: KeyPath) -> Option<HeaderName> {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(header) => Some(header),
+            Err(_) => {
+                self.error(path, format!("invalid header name \"{name}\""));
+                None
+            }
+        }
+    }
+
+    fn header_value(&mut self, value: &str, path: KeyPath) -> Option<HeaderValue> {
+        match HeaderValue::from_str(value) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.error(path, format!("invalid header value \"{value}\": control characters are not allowed"));
+                None
+            }
+        }
+    }
+
+    fn regex(&mut self, pattern: &str, path: KeyPath) -> Option<Regex> {
+        // Anchored: a route regex describes the whole value, not a substring.
+        match Regex::new(&format!("^(?:{pattern})$")) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                self.error(path, format!("invalid regex \"{pattern}\": {e}"));
+                None
+            }
+        }
+    }
+
+    // ----- sections -------------------------------------------------------------
+
+    fn runtime(&mut self, raw: &RawRuntime, path: &KeyPath) -> Runtime {
+        Runtime {
+            workers: raw.workers.unwrap_or(0),
+            drain_timeout: self.duration(&raw.drain_timeout, path.key("drain_timeout"), defaults::DRAIN_TIMEOUT),
+        }
+    }
+
+    fn admin(&mut self, raw: &RawAdmin, path: &KeyPath) -> Admin {
+        let text = raw.listen.as_deref().unwrap_or(defaults::ADMIN_LISTEN);
+        let listen = self
+            .socket_addr(text, path.key("listen"))
+            .unwrap_or_else(|| defaults::ADMIN_LISTEN.parse().expect("default admin address is valid"));
+        if let Some(token) = &raw.token {
+            if token.len() < 16 {
+                self.error(path.key("token"), "admin token is too short: use at least 16 characters");
+            }
+        } else if !listen.ip().is_loopback() {
+            self.error(
+                path.key("token"),
+                format!("the admin API listens on non-loopback address {listen}: set `token` so it cannot be used by anyone who can reach it"),
+            );
+        }
+        Admin { listen, token: raw.token.clone() }
+    }
+
+    fn listeners(&mut self, raw: &[RawListener], path: &KeyPath) -> Vec<Listener> {
+        let mut names = HashSet::new();
+        let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+        let mut out = Vec::new();
+        for (i, l) in raw.iter().enumerate() {
+            let at = path.index(i);
+            let name = self.name(&l.name, at.key("name"), "listener", &mut names);
+            let listen = match &l.listen {
+                Some(text) => self.socket_addr(text, at.key("listen")),
+                None => {
+                    self.error(at.key("listen"), "every listener needs a `listen` address, such as \"127.0.0.1:8080\"");
+                    None
+                }
+            };
+            if let (Some(addr), Some(name)) = (listen, &name) {
+                if addr.port() != 0 {
+                    if let Some(other) = addresses.insert(addr, name.clone()) {
+                        self.error(at.key("listen"), format!("address {addr} is already used by listener \"{other}\""));
+                    }
+                }
+            }
+            let protocol = match l.protocol.as_deref().unwrap_or("http") {
+                "http" => Some(ListenerProtocol::Http),
+                p @ ("https" | "tcp" | "udp") => {
+                    self.error(at.key("protocol"), format!("protocol \"{p}\" is not available in this version yet; use \"http\""));
+                    None
+                }
+                other => {
+                    let hint = did_you_mean(other, ["http", "https", "tcp", "udp"]);
+                    self.error_with_hint(at.key("protocol"), format!("unknown protocol \"{other}\""), hint);
+                    None
+                }
+            };
+            let mut trusted_proxies = Vec::new();
+            for (j, cidr) in l.trusted_proxies.iter().enumerate() {
+                match parse_cidr(cidr) {
+                    Some(net) => trusted_proxies.push(net),
+                    None => self.error(
+                        at.key("trusted_proxies").index(j),
+                        format!("invalid CIDR \"{cidr}\": expected an address or network such as \"10.0.0.0/8\""),
+                    ),
+                }
+            }
+            let header_read_timeout =
+                self.duration(&l.header_read_timeout, at.key("header_read_timeout"), defaults::HEADER_READ_TIMEOUT);
+            let idle_timeout = self.duration(&l.idle_timeout, at.key("idle_timeout"), defaults::LISTENER_IDLE_TIMEOUT);
+            let max_header_size = self.size(&l.max_header_size, at.key("max_header_size"), defaults::MAX_HEADER_SIZE);
+            // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+            if !(8192..=(16 << 20)).contains(&max_header_size) {
+                self.error(at.key("max_header_size"), "must be between 8KiB and 16MiB");
+            }
+            let max_headers = l.max_headers.unwrap_or(defaults::MAX_HEADERS);
+            if max_headers == 0 {
+                self.error(at.key("max_headers"), "must be at least 1");
+            }
+            let max_concurrent_streams = l.max_concurrent_streams.unwrap_or(defaults::MAX_CONCURRENT_STREAMS);
+            if max_concurrent_streams == 0 {
+                self.error(at.key("max_concurrent_streams"), "must be at least 1");
+            }
+            if let (Some(name), Some(listen), Some(protocol)) = (name, listen, protocol) {
+                out.push(Listener {
+                    name,
+                    listen,
+                    protocol,
+                    trusted_proxies,
+                    header_read_timeout,
+                    idle_timeout,
+                    max_header_size: max_header_size as usize,
+                    max_headers,
+                    max_concurrent_streams,
+                });
+            }
+        }
+        out
+    }
+
+    fn clusters(&mut self, raw: &[RawCluster], path: &KeyPath) -> Vec<Cluster> {
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, c) in raw.iter().enumerate() {
+            let at = path.index(i);
+            let name = self.name(&c.name, at.key("name"), "cluster", &mut names);
+            let balancer = match c.balancer.as_deref().unwrap_or("round_robin") {
+                "round_robin" => Some(BalancerKind::RoundRobin),
+                planned if BALANCERS_PLANNED.contains(&planned) => {
+                    self.error(
+                        at.key("balancer"),
+                        format!("balancer \"{planned}\" is not available in this version yet (available: {})", BALANCERS_AVAILABLE.join(", ")),
+                    );
+                    None
+                }
+                other => {
+                    let all = BALANCERS_AVAILABLE.iter().chain(BALANCERS_PLANNED).copied();
+                    let hint = did_you_mean(other, all);
+                    self.error_with_hint(at.key("balancer"), format!("unknown balancer \"{other}\""), hint);
+                    None
+                }
+            };
+            if c.endpoints.is_empty() {
+                self.error(at.key("endpoints"), "a cluster needs at least one endpoint");
+            }
+            let mut endpoints = Vec::new();
+            let mut seen = HashSet::new();
+            for (j, e) in c.endpoints.iter().enumerate() {
+                let ep = at.key("endpoints").index(j);
+                let Some(address) = &e.address else {
+                    self.error(ep.key("address"), "every endpoint needs an `address`, such as \"127.0.0.1:9001\"");
+                    continue;
+                };
+                if let Err(message) = check_host_port(address) {
+                    self.error(ep.key("address"), message);
+                    continue;
+                }
+                if !seen.insert(address.clone()) {
+                    self.error(ep.key("address"), format!("endpoint {address} is listed twice"));
+                }
+                let weight = e.weight.unwrap_or(1);
+                if weight == 0 {
+                    self.error(ep.key("weight"), "weight must be at least 1 (remove the endpoint to stop sending it traffic)");
+                }
+                endpoints.push(Endpoint { address: address.clone(), weight: weight.max(1) });
+            }
+            let protocol = match c.protocol.as_deref().unwrap_or("http1") {
+                "http1" => Some(UpstreamProtocol::Http1),
+                "http2" => Some(UpstreamProtocol::Http2),
+                other => {
+                    let hint = did_you_mean(other, ["http1", "http2"]);
+                    self.error_with_hint(at.key("protocol"), format!("unknown upstream protocol \"{other}\" (expected \"http1\" or \"http2\")"), hint);
+                    None
+                }
+            };
+            let connect_timeout = self.duration(&c.connect_timeout, at.key("connect_timeout"), defaults::CONNECT_TIMEOUT);
+            let pool = c.pool.clone().unwrap_or_default();
+            let pool_idle_timeout =
+                self.duration(&pool.idle_timeout, at.key("pool").key("idle_timeout"), defaults::POOL_IDLE_TIMEOUT);
+            if let (Some(name), Some(balancer), Some(protocol)) = (name, balancer, protocol) {
+                out.push(Cluster {
+                    name,
+                    balancer,
+                    endpoints,
+                    protocol,
+                    connect_timeout,
+                    pool_max_idle_per_endpoint: pool.max_idle_per_endpoint.unwrap_or(defaults::POOL_MAX_IDLE),
+                    pool_idle_timeout,
+                });
+            }
+        }
+        out
+    }
+
+    fn routes(&mut self, raw: &[RawRoute], path: &KeyPath, listeners: &[&str], clusters: &[&str]) -> Vec<Route> {
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, r) in raw.iter().enumerate() {
+            let at = path.index(i);
+            let name = match &r.name {
+                Some(_) => self.name(&r.name, at.key("name"), "route", &mut names),
+                None => Some(format!("route-{i}")),
+            };
+            if let Some(listener) = &r.listener {
+                if !listeners.contains(&listener.as_str()) {
+                    let hint = did_you_mean(listener, listeners.iter().copied());
+                    self.error_with_hint(at.key("listener"), format!("no listener named \"{listener}\""), hint);
+                }
+            }
+            let matcher = self.route_match(&r.matcher, &at.key("match"));
+            let action = self.action(r, &at, clusters, &matcher);
+            let rewrite = r.rewrite.as_ref().map_or_else(Rewrite::default, |rw| self.rewrite(rw, &at.key("rewrite"), &matcher));
+            let request_headers = self.header_ops(r.request_headers.as_ref(), &at.key("request_headers"));
+            let response_headers = self.header_ops(r.response_headers.as_ref(), &at.key("response_headers"));
+            let timeout = self.duration(&r.timeout, at.key("timeout"), defaults::ROUTE_TIMEOUT);
+            let idle_timeout = self.duration(&r.idle_timeout, at.key("idle_timeout"), defaults::ROUTE_IDLE_TIMEOUT);
+            if let (Some(name), Some(action)) = (name, action) {
+                out.push(Route {
+                    name,
+                    listener: r.listener.clone(),
+                    matcher,
+                    action,
+                    timeout,
+                    idle_timeout,
+                    rewrite,
+                    request_headers,
+                    response_headers,
+                });
+            }
+        }
+        out
+    }
+
+    fn route_match(&mut self, raw: &RawMatch, at: &KeyPath) -> RouteMatch {
+        let host = raw.host.as_ref().and_then(|h| {
+            let host = h.to_ascii_lowercase();
+            let (wildcard, rest) = match host.strip_prefix("*.") {
+                Some(rest) => (true, rest),
+                None => (false, host.as_str()),
+            };
+            let valid = !rest.is_empty()
+                && rest.split('.').all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+            if !valid {
+                self.error(at.key("host"), format!("invalid host \"{h}\": expected a name such as \"api.example.com\" or \"*.example.com\" (no port)"));
+                return None;
+            }
+            Some(if wildcard { HostMatch::Wildcard(format!(".{rest}")) } else { HostMatch::Exact(host) })
+        });
+
+        let given: Vec<&str> = [("path", &raw.path), ("path_prefix", &raw.path_prefix), ("path_regex", &raw.path_regex)]
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        if given.len() > 1 {
+            self.error(at.key(given[1]), format!("use only one of `path`, `path_prefix` and `path_regex` (found `{}`)", given.join("` and `")));
+        }
+        let path = if let Some(p) = &raw.path {
+            self.path_exact_or_template(p, at.key("path"))
+        } else if let Some(p) = &raw.path_prefix {
+            if p.starts_with('/') {
+                Some(PathMatch::Prefix(p.clone()))
+            } else {
+                self.error(at.key("path_prefix"), format!("path prefix \"{p}\" must start with '/'"));
+                None
+            }
+        } else if let Some(p) = &raw.path_regex {
+            self.regex(p, at.key("path_regex")).map(PathMatch::Regex)
+        } else {
+            None
+        };
+
+        let mut methods = Vec::new();
+        for (i, m) in raw.methods.iter().enumerate() {
+            match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(method) => methods.push(method),
+                Err(_) => self.error(at.key("methods").index(i), format!("invalid method \"{m}\"")),
+            }
+        }
+        let headers = self.value_matches(&raw.headers, &at.key("headers"), true);
+        let query = self.value_matches(&raw.query, &at.key("query"), false);
+        RouteMatch { host, path, methods, headers, query }
+    }
+
+    fn path_exact_or_template(&mut self, p: &str, at: KeyPath) -> Option<PathMatch> {
+        if !p.starts_with('/') {
+            self.error(at, format!("path \"{p}\" must start with '/'"));
+            return None;
+        }
+        if !p.contains('{') {
+            return Some(PathMatch::Exact(p.to_owned()));
+        }
+        let mut segments = Vec::new();
+        let mut captures = HashSet::new();
+        for segment in p[1..].split('/') {
+            if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    self.error(at, format!("invalid capture \"{segment}\" in path \"{p}\": use {{name}} with letters, digits and '_'"));
+                    return None;
+                }
+                if !captures.insert(name.to_owned()) {
+                    self.error(at, format!("capture {{{name}}} appears twice in path \"{p}\""));
+                    return None;
+                }
+                segments.push(TemplateSegment::Capture(name.to_owned()));
+            } else if segment.contains(['{', '}']) {
+                self.error(at, format!("a capture must be a whole segment, as in \"/users/{{id}}\"; found \"{segment}\" in \"{p}\""));
+                return None;
+            } else {
+                segments.push(TemplateSegment::Literal(segment.to_owned()));
+            }
+        }
+        Some(PathMatch::Template(segments))
+    }
+
+    fn value_matches(&mut self, raw: &[RawValueMatch], at: &KeyPath, is_header: bool) -> Vec<ValueMatch> {
+        let mut out = Vec::new();
+        for (i, m) in raw.iter().enumerate() {
+            let at = at.index(i);
+            let Some(name) = &m.name else {
+                self.error(at.key("name"), "every matcher needs a `name`");
+                continue;
+            };
+            let name = if is_header {
+                match self.header_name(name, at.key("name")) {
+                    Some(h) => h.as_str().to_owned(),
+                    None => continue,
+                }
+            } else {
+                name.clone()
+            };
+            let kinds = [m.value.is_some(), m.regex.is_some(), m.present.is_some()].iter().filter(|b| **b).count();
+            if kinds > 1 {
+                self.error(at.clone(), "use only one of `value`, `regex` and `present`");
+                continue;
+            }
+            let kind = if let Some(v) = &m.value {
+                ValueMatchKind::Exact(v.clone())
+            } else if let Some(re) = &m.regex {
+                match self.regex(re, at.key("regex")) {
+                    Some(re) => ValueMatchKind::Regex(re),
+                    None => continue,
+                }
+            } else {
+                ValueMatchKind::Present(m.present.unwrap_or(true))
+            };
+            out.push(ValueMatch { name, kind });
+        }
+        out
+    }
+
+    fn action(&mut self, r: &RawRoute, at: &KeyPath, clusters: &[&str], matcher: &RouteMatch) -> Option<RouteAction> {
+        let given: Vec<&str> = [("cluster", r.cluster.is_some()), ("redirect", r.redirect.is_some()), ("direct", r.direct.is_some())]
+            .iter()
+            .filter(|(_, present)| *present)
+            .map(|(k, _)| *k)
+            .collect();
+        match given.len() {
+            0 => {
+                self.error(at.clone(), "a route needs one of `cluster`, `redirect` or `direct`");
+                return None;
+            }
+            1 => {}
+            _ => {
+                self.error(at.key(given[1]), format!("a route takes only one of `cluster`, `redirect` and `direct` (found `{}`)", given.join("` and `")));
+                return None;
+            }
+        }
+        if let Some(cluster) = &r.cluster {
+            if !clusters.contains(&cluster.as_str()) {
+                let hint = did_you_mean(cluster, clusters.iter().copied());
+                self.error_with_hint(at.key("cluster"), format!("no cluster named \"{cluster}\""), hint);
+                return None;
+            }
+            return Some(RouteAction::Forward { cluster: cluster.clone() });
+        }
+        if let Some(redirect) = &r.redirect {
+            return self.redirect(redirect, &at.key("redirect"), matcher).map(RouteAction::Redirect);
+        }
+        r.direct.as_ref().and_then(|d| self.direct(d, &at.key("direct"))).map(RouteAction::Direct)
+    }
+
+    fn redirect(&mut self, raw: &RawRedirect, at: &KeyPath, matcher: &RouteMatch) -> Option<Redirect> {
+        let status = match raw.status.unwrap_or(302) {
+            s @ (301 | 302 | 303 | 307 | 308) => StatusCode::from_u16(s).expect("listed redirect codes are valid"),
+            other => {
+                self.error(at.key("status"), format!("redirect status {other} is not a redirect: use 301, 302, 303, 307 or 308"));
+                return None;
+            }
+        };
+        if let Some(scheme) = &raw.scheme {
+            if scheme != "http" && scheme != "https" {
+                self.error(at.key("scheme"), format!("redirect scheme must be \"http\" or \"https\", found \"{scheme}\""));
+            }
+        }
+        if raw.prefix.is_some() && !matches!(matcher.path, Some(PathMatch::Prefix(_))) {
+            self.error(at.key("prefix"), "`prefix` replaces the matched `path_prefix`, but the route's match has none");
+        }
+        if raw.prefix.is_some() && raw.path.is_some() {
+            self.error(at.key("prefix"), "use only one of `path` and `prefix`");
+        }
+        let any_part = raw.scheme.is_some() || raw.host.is_some() || raw.port.is_some() || raw.path.is_some() || raw.prefix.is_some();
+        if raw.location.is_none() && !any_part {
+            self.error(at.clone(), "a redirect needs `location` or at least one of `scheme`, `host`, `port`, `path`, `prefix`");
+        }
+        if let Some(location) = &raw.location {
+            self.header_value(location, at.key("location"))?;
+        }
+        Some(Redirect {
+            status,
+            location: raw.location.clone(),
+            scheme: raw.scheme.clone(),
+            host: raw.host.clone(),
+            port: raw.port,
+            path: raw.path.clone(),
+            prefix: raw.prefix.clone(),
+        })
+    }
+
+    fn direct(&mut self, raw: &RawDirect, at: &KeyPath) -> Option<Direct> {
+        let status = match StatusCode::from_u16(raw.status.unwrap_or(200)) {
+            Ok(s) => s,
+            Err(_) => {
+                self.error(at.key("status"), format!("invalid status code {}", raw.status.unwrap_or(0)));
+                return None;
+            }
+        };
+        let mut headers = Vec::new();
+        let content_type = raw.content_type.as_deref().unwrap_or("text/plain; charset=utf-8");
+        if let Some(v) = self.header_value(content_type, at.key("content_type")) {
+            headers.push((http::header::CONTENT_TYPE, v));
+        }
+        for (name, value) in &raw.headers {
+            let at = at.key("headers").key(name);
+            if let (Some(n), Some(v)) = (self.header_name(name, at.clone()), self.header_value(value, at)) {
+                headers.push((n, v));
+            }
+        }
+        Some(Direct { status, body: raw.body.clone().unwrap_or_default(), headers })
+    }
+
+    fn rewrite(&mut self, raw: &RawRewrite, at: &KeyPath, matcher: &RouteMatch) -> Rewrite {
+        if raw.prefix.is_some() && raw.path.is_some() {
+            self.error(at.key("prefix"), "use only one of `prefix` and `path`");
+        }
+        if let Some(prefix) = &raw.prefix {
+            if !matches!(matcher.path, Some(PathMatch::Prefix(_))) {
+                self.error(at.key("prefix"), "`prefix` replaces the matched `path_prefix`, but the route's match has none");
+            }
+            if !prefix.starts_with('/') {
+                self.error(at.key("prefix"), format!("rewrite prefix \"{prefix}\" must start with '/'"));
+            }
+        }
+        if let Some(path) = &raw.path {
+            if !path.starts_with('/') {
+                self.error(at.key("path"), format!("rewrite path \"{path}\" must start with '/'"));
+            }
+        }
+        let host = raw.host.as_ref().and_then(|h| self.header_value(h, at.key("host")));
+        Rewrite { prefix: raw.prefix.clone(), path: raw.path.clone(), host }
+    }
+
+    fn header_ops(&mut self, raw: Option<&RawHeaderOps>, at: &KeyPath) -> HeaderOps {
+        let Some(raw) = raw else { return HeaderOps::default() };
+        let mut ops = HeaderOps::default();
+        for (i, name) in raw.remove.iter().enumerate() {
+            if let Some(n) = self.header_name(name, at.key("remove").index(i)) {
+                ops.remove.push(n);
+            }
+        }
+        for (key, map, list) in [("set", &raw.set, &mut ops.set), ("add", &raw.add, &mut ops.add)] {
+            for (name, value) in map {
+                let at = at.key(key).key(name);
+                if let (Some(n), Some(v)) = (self.header_name(name, at.clone()), self.header_value(value, at)) {
+                    list.push((n, v));
+                }
+            }
+        }
+        ops
+    }
+}
+
+/// Parses `10.0.0.0/8`, or a bare address as a single-host network.
+fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+/// Checks `host:port` where host is an IP literal or a DNS name.
+fn check_host_port(text: &str) -> Result<(), String> {
+    if SocketAddr::from_str(text).is_ok() {
+        return Ok(());
+    }
+    let invalid = |why: &str| format!("invalid address \"{text}\": {why} (expected HOST:PORT, such as \"127.0.0.1:9001\" or \"users.internal:8080\")");
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(invalid("missing port"));
+    };
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => return Err(invalid("port must be 1-65535")),
+        Ok(_) => {}
+    }
+    let valid_host = !host.is_empty()
+        && host.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if valid_host {
+        Ok(())
+    } else {
+        Err(invalid("bad host name"))
+    }
+}

@@ -1,0 +1,264 @@
+//! Stage three: settled settings with real types.
+//!
+//! A [`Config`] has passed validation: every duration is a `Duration`, every
+//! address a `SocketAddr`, every regex compiled, every name it refers to exists.
+//! The proxy builds its runtime snapshot from this and never re-checks it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use ipnet::IpNet;
+use regex::Regex;
+
+use crate::raw::RawConfig;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub runtime: Runtime,
+    /// The admin listener; `None` when `[admin]` is absent.
+    pub admin: Option<Admin>,
+    /// Whether each request is logged as an `access` event.
+    pub access_log: bool,
+    pub listeners: Vec<Listener>,
+    /// Routes in declared order.
+    pub routes: Vec<Route>,
+    pub clusters: Vec<Cluster>,
+    /// The document this was settled from, served back by `GET /api/config`.
+    pub raw: RawConfig,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Longest a graceful shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+/// The admin API listener.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// Bearer token required on every admin call when set.
+    pub token: Option<String>,
+}
+
+/// Protocols a listener can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerProtocol {
+    /// Cleartext HTTP/1.1, and HTTP/2 with prior knowledge (h2c).
+    Http,
+}
+
+/// A socket the gateway accepts client connections on.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub protocol: ListenerProtocol,
+    /// Peers whose `X-Forwarded-*` and `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Longest a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// Longest a keep-alive connection may sit with no request.
+    pub idle_timeout: Duration,
+    /// Largest request head accepted (HTTP/1 read buffer, HTTP/2 header list).
+    pub max_header_size: usize,
+    /// Most request headers accepted in one HTTP/1 request.
+    pub max_headers: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+/// One routing rule.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// The listener it applies to; `None` means every HTTP listener.
+    pub listener: Option<String>,
+    pub matcher: RouteMatch,
+    pub action: RouteAction,
+    /// Longest the upstream may take to send response headers.
+    pub timeout: Duration,
+    /// Longest a body (either direction) may stall between chunks.
+    pub idle_timeout: Duration,
+    pub rewrite: Rewrite,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+/// What a route does with a matched request.
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    /// Proxy to the named cluster.
+    Forward { cluster: String },
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Answer with a fixed response.
+    Direct(Direct),
+}
+
+/// Conditions a request must meet; all present ones must hold.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    pub host: Option<HostMatch>,
+    pub path: Option<PathMatch>,
+    /// Allowed methods; empty means any.
+    pub methods: Vec<Method>,
+    pub headers: Vec<ValueMatch>,
+    pub query: Vec<ValueMatch>,
+}
+
+/// A host matcher. Hosts are compared lower-case, without port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `api.example.com`
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`; matches one or more labels.
+    Wildcard(String),
+}
+
+/// A path matcher.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// The path equals this, byte for byte.
+    Exact(String),
+    /// The path starts with this. A prefix not ending in `/` only matches at a
+    /// segment boundary: `/api` matches `/api` and `/api/x`, not `/apix`.
+    Prefix(String),
+    /// The whole path matches this (anchored) regex.
+    Regex(Regex),
+    /// `/users/{id}/orders`: literal segments and one-segment captures.
+    Template(Vec<TemplateSegment>),
+}
+
+/// One segment of a path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateSegment {
+    Literal(String),
+    Capture(String),
+}
+
+/// A header or query parameter matcher.
+#[derive(Debug, Clone)]
+pub struct ValueMatch {
+    /// Header names are lower-case; query names as written.
+    pub name: String,
+    pub kind: ValueMatchKind,
+}
+
+/// How a header or query value must look.
+#[derive(Debug, Clone)]
+pub enum ValueMatchKind {
+    Exact(String),
+    Regex(Regex),
+    /// `true`: must be present; `false`: must be absent.
+    Present(bool),
+}
+
+/// Changes to the request line and `Host` before forwarding.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    /// Replace the matched `path_prefix` with this.
+    pub prefix: Option<String>,
+    /// Replace the whole path. With `path_regex` this is a replacement template
+    /// (`$1`, `${name}`); with a path template, `{name}` captures are filled in.
+    pub path: Option<String>,
+    /// Send this `Host` upstream instead of the client's.
+    pub host: Option<HeaderValue>,
+}
+
+/// Header edits: `remove` first, then `set` (replace), then `add` (append).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    pub remove: Vec<HeaderName>,
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderOps {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+}
+
+/// A redirect answer. Parts left `None` are taken from the request.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    pub status: StatusCode,
+    /// A fixed target; when set, the parts below are ignored.
+    pub location: Option<String>,
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    /// Replace the matched `path_prefix` with this.
+    pub prefix: Option<String>,
+}
+
+/// A fixed response.
+#[derive(Debug, Clone)]
+pub struct Direct {
+    pub status: StatusCode,
+    pub body: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Balancing algorithms available to clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalancerKind {
+    RoundRobin,
+}
+
+/// Protocol spoken to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 with prior knowledge (cleartext).
+    Http2,
+}
+
+/// A named group of endpoints and how to reach them.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub balancer: BalancerKind,
+    pub endpoints: Vec<Endpoint>,
+    pub protocol: UpstreamProtocol,
+    pub connect_timeout: Duration,
+    /// Idle keep-alive connections kept per endpoint.
+    pub pool_max_idle_per_endpoint: usize,
+    /// How long an idle upstream connection is kept.
+    pub pool_idle_timeout: Duration,
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port` as written (an IP literal or a DNS name).
+    pub address: String,
+    pub weight: u32,
+}
+
+/// Defaults applied where a key is absent (documented in docs/configuration.md).
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const LISTENER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const MAX_HEADER_SIZE: u64 = 64 * 1024;
+    pub const MAX_HEADERS: usize = 100;
+    pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+    pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const ROUTE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const POOL_MAX_IDLE: usize = 128;
+    pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+}
