@@ -1,0 +1,126 @@
+//! Access logging: one `tracing` event (target `access`) per request, emitted
+//! when the response body has been sent, so it carries the real byte count and
+//! total duration. Whether it prints as JSON or for humans is the subscriber's
+//! choice (`--log-format`).
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::body::BodyError;
+
+/// What is known about a request by the time its response starts.
+#[derive(Debug)]
+pub struct AccessRecord {
+    pub started: Instant,
+    pub request_id: String,
+    pub client: IpAddr,
+    pub listener: String,
+    pub method: Method,
+    pub version: Version,
+    pub host: String,
+    pub path: String,
+    pub route: Option<String>,
+    pub status: StatusCode,
+    pub upstream: Option<String>,
+    /// Time until the upstream's response headers arrived.
+    pub upstream_time: Option<Duration>,
+    pub error: Option<&'static str>,
+}
+
+impl AccessRecord {
+    fn emit(&self, bytes: u64, outcome: &str) {
+        tracing::info!(
+            target: "access",
+            request_id = %self.request_id,
+            client = %self.client,
+            listener = %self.listener,
+            method = %self.method,
+            version = ?self.version,
+            host = %self.host,
+            path = %self.path,
+            route = self.route.as_deref().unwrap_or("-"),
+            status = self.status.as_u16(),
+            bytes,
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            upstream_ms = self.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            error = self.error.unwrap_or("-"),
+            outcome,
+            "request"
+        );
+    }
+}
+
+pin_project! {
+    /// A response body that logs its request when it ends (or is dropped early).
+    pub struct Logged<B> {
+        #[pin]
+        inner: B,
+        record: Option<Box<AccessRecord>>,
+        bytes: u64,
+        // An empty body may never be polled; its drop is a normal end.
+        empty: bool,
+    }
+
+    impl<B> PinnedDrop for Logged<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(record) = this.record.take() {
+                record.emit(*this.bytes, if *this.empty { "complete" } else { "client_gone" });
+            }
+        }
+    }
+}
+
+impl<B: Body> Logged<B> {
+    /// Wraps `inner`; `record` is `None` when access logging is off.
+    pub fn new(inner: B, record: Option<Box<AccessRecord>>) -> Self {
+        let empty = inner.is_end_stream();
+        Self { inner, record, bytes: 0, empty }
+    }
+}
+
+impl<B: Body<Data = Bytes, Error = BodyError>> Body for Logged<B> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if this.record.is_some() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    *this.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                Poll::Ready(None) => {
+                    if let Some(record) = this.record.take() {
+                        record.emit(*this.bytes, "complete");
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    if let Some(record) = this.record.take() {
+                        let outcome = if e.is_idle() { "body_idle_timeout" } else { "body_error" };
+                        record.emit(*this.bytes, outcome);
+                    }
+                }
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

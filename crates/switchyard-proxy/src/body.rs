@@ -1,0 +1,218 @@
+//! Bodies that stream through the gateway.
+//!
+//! Nothing here buffers: a [`TimedBody`] passes each frame on as it arrives and
+//! only adds an idle timer, and [`ProxyBody`] is either such a stream or a small
+//! body the gateway made itself (errors, redirects, direct responses).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use switchyard_balance::InFlight;
+use tokio::time::{Instant, Sleep};
+
+use crate::error::{BoxError, Side};
+
+/// A body stream failed or stalled.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("{side:?} body sent nothing for {after:?}")]
+    Idle { side: Side, after: Duration },
+    #[error("{side:?} body failed: {source}")]
+    Failed { side: Side, source: BoxError },
+}
+
+impl BodyError {
+    /// The side whose body it was.
+    pub fn side(&self) -> Side {
+        match self {
+            Self::Idle { side, .. } | Self::Failed { side, .. } => *side,
+        }
+    }
+
+    /// Whether the body stalled (rather than broke).
+    pub fn is_idle(&self) -> bool {
+        matches!(self, Self::Idle { .. })
+    }
+}
+
+pin_project! {
+    /// Passes a body through, failing it when no frame arrives for `timeout`.
+    pub struct TimedBody<B> {
+        #[pin]
+        inner: B,
+        // Boxed so the body stays `Unpin`, as the upstream client requires;
+        // empty bodies (most requests) never allocate it.
+        idle: Option<Pin<Box<Sleep>>>,
+        timeout: Duration,
+        side: Side,
+    }
+}
+
+impl<B: Body> TimedBody<B> {
+    /// Wraps `inner`, which belongs to `side`, with an idle `timeout`.
+    pub fn new(inner: B, timeout: Duration, side: Side) -> Self {
+        // An empty body is never polled; do not arm a timer for it.
+        let idle = (!inner.is_end_stream()).then(|| Box::pin(tokio::time::sleep(timeout)));
+        Self { inner, idle, timeout, side }
+    }
+}
+
+impl<B> Body for TimedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(idle) = this.idle.as_mut() {
+                    idle.as_mut().reset(Instant::now() + *this.timeout);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Failed { side: *this.side, source: e.into() }))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let stalled = this.idle.as_mut().is_some_and(|idle| idle.as_mut().poll(cx).is_ready());
+                if stalled {
+                    Poll::Ready(Some(Err(BodyError::Idle { side: *this.side, after: *this.timeout })))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The request body sent upstream: the client's stream under an idle timer.
+pub type UpstreamRequestBody = TimedBody<Incoming>;
+
+pin_project! {
+    /// A response body sent to the client.
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        /// A body the gateway made; sent in one frame.
+        Full { data: Option<Bytes> },
+        /// The upstream's body, streamed. Holds the endpoint's in-flight slot
+        /// until the body is done, so load counts include streaming responses.
+        Upstream {
+            #[pin]
+            body: TimedBody<Incoming>,
+            in_flight: Option<InFlight>,
+        },
+    }
+}
+
+impl ProxyBody {
+    /// A complete body of `data`.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data = data.into();
+        Self::Full { data: (!data.is_empty()).then_some(data) }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self::Full { data: None }
+    }
+
+    /// The upstream's streamed body.
+    pub fn upstream(body: TimedBody<Incoming>, in_flight: InFlight) -> Self {
+        Self::Upstream { body, in_flight: Some(in_flight) }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.project() {
+            ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBodyProj::Upstream { body, in_flight } => {
+                let polled = body.poll_frame(cx);
+                if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+                    // Release the endpoint as soon as the exchange is over, not
+                    // when the connection gets around to dropping the body.
+                    in_flight.take();
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full { data } => data.is_none(),
+            Self::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Self::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, StreamBody};
+
+    #[tokio::test]
+    async fn full_body_is_one_frame_with_exact_size() {
+        let body = ProxyBody::full("hello");
+        assert_eq!(body.size_hint().exact(), Some(5));
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"hello");
+        assert!(ProxyBody::empty().is_end_stream());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_fails_after_the_idle_timeout() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+        let stream = tokio_stream_from(rx);
+        let mut body = TimedBody::new(StreamBody::new(stream), Duration::from_secs(5), Side::Downstream);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a")))).await.unwrap();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "a");
+        // Nothing more arrives: the timer (reset by the frame) fires.
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is_idle());
+        assert_eq!(err.side(), Side::Downstream);
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_body_arms_no_timer() {
+        let body = TimedBody::new(Full::new(Bytes::new()), Duration::from_millis(1), Side::Upstream);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(body.is_end_stream());
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert!(collected.is_empty());
+    }
+
+    /// A minimal `Stream` over an mpsc receiver (avoids a tokio-stream dependency).
+    fn tokio_stream_from<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_core::Stream<Item = T> {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+}

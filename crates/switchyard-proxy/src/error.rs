@@ -1,0 +1,196 @@
+//! Errors on the request path, and the one place they become client responses.
+//!
+//! Each error knows which side is at fault and what status the client gets;
+//! [`ProxyError::into_response`] is the only code that turns an error into an
+//! HTTP answer (JSON with a stable code and the request id, per DESIGN.md).
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{BodyError, ProxyBody};
+
+/// Boxed error type used by bodies.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Which party caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something wrong or stalled.
+    Downstream,
+    /// The upstream failed, stalled or is unavailable.
+    Upstream,
+    /// The gateway itself (configuration, invariant).
+    Internal,
+}
+
+/// Why a request could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches {method} {host}{path}")]
+    NoRoute { method: String, host: String, path: String },
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("cluster {cluster} has no available endpoint")]
+    NoHealthyEndpoint { cluster: String },
+    #[error("cannot connect to {endpoint}: {source}")]
+    UpstreamConnect { endpoint: String, source: BoxError },
+    #[error("connecting to {endpoint} timed out")]
+    UpstreamConnectTimeout { endpoint: String },
+    #[error("{endpoint} sent no response headers within {timeout:?}")]
+    UpstreamTimeout { endpoint: String, timeout: Duration },
+    #[error("upstream {endpoint} failed: {source}")]
+    Upstream { endpoint: String, source: BoxError },
+    #[error("the client stopped sending the request body")]
+    ClientTimeout,
+    #[error("reading the request body failed: {source}")]
+    ClientBody { source: BoxError },
+}
+
+impl ProxyError {
+    /// The party at fault.
+    pub fn side(&self) -> Side {
+        match self {
+            Self::NoRoute { .. } | Self::BadRequest(_) | Self::ClientTimeout | Self::ClientBody { .. } => Side::Downstream,
+            Self::NoHealthyEndpoint { .. }
+            | Self::UpstreamConnect { .. }
+            | Self::UpstreamConnectTimeout { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::Upstream { .. } => Side::Upstream,
+        }
+    }
+
+    /// Whether the failure was a timeout on either side.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::UpstreamConnectTimeout { .. } | Self::UpstreamTimeout { .. } | Self::ClientTimeout)
+    }
+
+    /// Whether retrying elsewhere is safe: nothing reached an upstream.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::UpstreamConnect { .. } | Self::UpstreamConnectTimeout { .. })
+    }
+
+    /// The status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) | Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            Self::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamConnect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamConnectTimeout { .. } | Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A stable machine-readable code for the JSON body and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoRoute { .. } => "no_route",
+            Self::BadRequest(_) => "bad_request",
+            Self::ClientBody { .. } => "client_body_error",
+            Self::ClientTimeout => "client_timeout",
+            Self::NoHealthyEndpoint { .. } => "no_healthy_endpoint",
+            Self::UpstreamConnect { .. } => "upstream_connect_failed",
+            Self::UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::Upstream { .. } => "upstream_error",
+        }
+    }
+
+    /// Classifies a failed upstream exchange by walking the error's causes.
+    pub fn from_upstream(endpoint: &str, error: hyper_util::client::legacy::Error) -> Self {
+        let endpoint = endpoint.to_owned();
+        // The request body is our wrapper around the client's stream: when it is
+        // the cause, the client is at fault, not the upstream.
+        let client_side = causes(&error)
+            .find_map(|e| e.downcast_ref::<BodyError>())
+            .filter(|b| b.side() == Side::Downstream)
+            .map(BodyError::is_idle);
+        match client_side {
+            Some(true) => return Self::ClientTimeout,
+            Some(false) => return Self::ClientBody { source: Box::new(error) },
+            None => {}
+        }
+        if error.is_connect() {
+            let timed_out = causes(&error)
+                .any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut));
+            if timed_out {
+                return Self::UpstreamConnectTimeout { endpoint };
+            }
+            return Self::UpstreamConnect { endpoint, source: Box::new(error) };
+        }
+        Self::Upstream { endpoint, source: Box::new(error) }
+    }
+
+    /// The response the client sees for this error.
+    pub fn into_response(&self, request_id: &HeaderValue) -> Response<ProxyBody> {
+        error_response(self.status(), self.code(), &self.client_message(), request_id)
+    }
+
+    /// What the client is told: enough to act on, no internal addresses.
+    fn client_message(&self) -> String {
+        match self {
+            Self::NoRoute { .. } => "no route matches this request".into(),
+            Self::BadRequest(why) => format!("malformed request: {why}"),
+            Self::ClientBody { .. } => "the request body could not be read".into(),
+            Self::ClientTimeout => "the request body was not received in time".into(),
+            Self::NoHealthyEndpoint { cluster } => format!("no healthy endpoint in cluster {cluster}"),
+            Self::UpstreamConnect { .. } => "the upstream could not be reached".into(),
+            Self::UpstreamConnectTimeout { .. } => "connecting to the upstream timed out".into(),
+            Self::UpstreamTimeout { .. } => "the upstream did not answer in time".into(),
+            Self::Upstream { .. } => "the upstream failed to answer".into(),
+        }
+    }
+}
+
+/// The chain of errors below `error`.
+fn causes<'a>(error: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    let mut next = error.source();
+    std::iter::from_fn(move || {
+        let current = next?;
+        next = current.source();
+        Some(current)
+    })
+}
+
+/// A JSON error response: `{"error": {"code", "message", "request_id"}}`.
+pub fn error_response(status: StatusCode, code: &str, message: &str, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let body = serde_json::json!({
+        "error": {
+            "code": code,
+            "message": message,
+            "request_id": request_id.to_str().unwrap_or_default(),
+        }
+    });
+    let mut response = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(crate::request_id::X_REQUEST_ID, request_id.clone());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_sides() {
+        let cases = [
+            (ProxyError::NoRoute { method: "GET".into(), host: "h".into(), path: "/".into() }, 404, Side::Downstream),
+            (ProxyError::BadRequest("x"), 400, Side::Downstream),
+            (ProxyError::ClientTimeout, 408, Side::Downstream),
+            (ProxyError::NoHealthyEndpoint { cluster: "c".into() }, 503, Side::Upstream),
+            (ProxyError::UpstreamConnectTimeout { endpoint: "e".into() }, 504, Side::Upstream),
+            (ProxyError::UpstreamTimeout { endpoint: "e".into(), timeout: Duration::from_secs(1) }, 504, Side::Upstream),
+        ];
+        for (error, status, side) in cases {
+            assert_eq!(error.status().as_u16(), status, "{error}");
+            assert_eq!(error.side(), side, "{error}");
+        }
+        assert!(ProxyError::UpstreamConnectTimeout { endpoint: "e".into() }.is_retryable());
+        assert!(!ProxyError::UpstreamTimeout { endpoint: "e".into(), timeout: Duration::from_secs(1) }.is_retryable());
+    }
+}

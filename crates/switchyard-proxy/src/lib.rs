@@ -1,0 +1,169 @@
+//! Switchyard's data plane: listeners, the HTTP request pipeline, routing and
+//! upstream pools.
+//!
+//! [`Gateway`] owns it all: it binds the configured listeners, serves requests
+//! through [`pipeline::handle`] on the current [`snapshot::Snapshot`], swaps in a
+//! new snapshot on [`Gateway::apply`], and drains on [`Gateway::shutdown`].
+
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod pipeline;
+pub mod request_id;
+pub mod router;
+mod server;
+pub mod snapshot;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use switchyard_config::Config;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::server::{accept_loop, bind, BoundListener};
+use crate::snapshot::{Registry, Snapshot};
+
+/// State shared by every connection and request of a gateway.
+#[derive(Debug)]
+pub struct Shared {
+    /// The current snapshot; each request loads it once and keeps it.
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    /// Long-lived state by name; locked only while a snapshot is built.
+    registry: Mutex<Registry>,
+    /// Bound listeners by name. The async lock also serialises reloads.
+    listeners: tokio::sync::Mutex<HashMap<String, BoundListener>>,
+    /// Every connection task, so shutdown can wait for them.
+    pub(crate) tracker: TaskTracker,
+    /// Fires when the gateway starts draining.
+    pub(crate) drain: CancellationToken,
+    draining: AtomicBool,
+}
+
+/// Why a configuration could not be applied. The running one stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("cannot listen on {address} for listener \"{name}\": {source}")]
+    Bind { name: String, address: SocketAddr, source: std::io::Error },
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// A running gateway. Cheap to clone; all clones control the same gateway.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// Binds the listeners of `config` and starts serving.
+    pub async fn start(config: Config) -> Result<Gateway, ApplyError> {
+        let mut registry = Registry::default();
+        let snapshot = registry.build(Arc::new(config.clone()));
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            registry: Mutex::new(registry),
+            listeners: tokio::sync::Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            drain: CancellationToken::new(),
+            draining: AtomicBool::new(false),
+        });
+        let gateway = Gateway { shared };
+        gateway.apply(config).await?;
+        Ok(gateway)
+    }
+
+    /// Applies a validated configuration: binds any new listener addresses,
+    /// swaps the snapshot (new requests use it; requests in flight finish on
+    /// theirs), then stops listeners that are gone. On error nothing changes.
+    pub async fn apply(&self, config: Config) -> Result<(), ApplyError> {
+        let shared = &self.shared;
+        let mut bound = shared.listeners.lock().await;
+        if shared.draining.load(Ordering::SeqCst) {
+            return Err(ApplyError::ShuttingDown);
+        }
+        let wanted: HashMap<String, SocketAddr> = config.listeners.iter().map(|l| (l.name.clone(), l.listen)).collect();
+        let unchanged = |name: &str, b: &BoundListener| wanted.get(name) == Some(&b.configured);
+
+        // A listener renamed or moved onto an address another one holds: free
+        // the address first (a brief gap for that one address only).
+        let to_bind: Vec<(String, SocketAddr)> = wanted
+            .iter()
+            .filter(|(name, _)| !bound.get(name.as_str()).is_some_and(|b| unchanged(name, b)))
+            .map(|(n, a)| (n.clone(), *a))
+            .collect();
+        for (_, address) in &to_bind {
+            let holder = bound
+                .iter()
+                .find(|(name, b)| b.configured == *address && address.port() != 0 && !unchanged(name, b))
+                .map(|(name, _)| name.clone());
+            if let Some(name) = holder {
+                let old = bound.remove(&name).expect("holder was just found");
+                old.stop.cancel();
+                let _ = old.task.await;
+            }
+        }
+
+        let mut fresh = Vec::new();
+        for (name, address) in to_bind {
+            match bind(address) {
+                Ok(socket) => fresh.push((name, address, socket)),
+                Err(source) => return Err(ApplyError::Bind { name, address, source }),
+            }
+        }
+
+        let snapshot = self.shared.registry.lock().expect("registry lock is never poisoned").build(Arc::new(config));
+        shared.snapshot.store(Arc::new(snapshot));
+
+        let stale: Vec<String> = bound.iter().filter(|(name, b)| !unchanged(name, b)).map(|(n, _)| n.clone()).collect();
+        for name in stale {
+            if let Some(old) = bound.remove(&name) {
+                old.stop.cancel();
+            }
+        }
+        for (name, configured, socket) in fresh {
+            let local = socket.local_addr().unwrap_or(configured);
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(accept_loop(shared.clone(), Arc::from(name.as_str()), socket, stop.clone()));
+            tracing::info!(listener = %name, address = %local, "listening");
+            bound.insert(name, BoundListener { configured, local, stop, task });
+        }
+        Ok(())
+    }
+
+    /// The configuration currently serving new requests.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.snapshot.load().config.clone()
+    }
+
+    /// The bound address of each listener, by name.
+    pub async fn listener_addresses(&self) -> HashMap<String, SocketAddr> {
+        self.shared.listeners.lock().await.iter().map(|(n, b)| (n.clone(), b.local)).collect()
+    }
+
+    /// Whether a graceful shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting, asks every connection to finish its in-flight requests
+    /// and close, and waits up to `timeout` for them. Returns whether all
+    /// connections finished in time.
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        for (_, listener) in self.shared.listeners.lock().await.drain() {
+            listener.stop.cancel();
+        }
+        self.shared.drain.cancel();
+        self.shared.tracker.close();
+        tokio::time::timeout(timeout, self.shared.tracker.wait()).await.is_ok()
+    }
+}

@@ -1,0 +1,400 @@
+//! The life of one HTTP request, top to bottom.
+//!
+//! [`handle`] is the whole pipeline in order:
+//!
+//! 1. take the current config snapshot (the request finishes on it even if a
+//!    reload swaps in another meanwhile);
+//! 2. assign the request id;
+//! 3. check the request head (`check_request`);
+//! 4. route it (`Router::find`);
+//! 5. run the route's action: a direct response, a redirect, or `forward`:
+//!    pick an endpoint, rewrite the request, send it through the cluster's pool
+//!    under the route timeout, and stream the response back;
+//! 6. turn any error into the client's JSON error (`ProxyError::into_response`,
+//!    the only place that does);
+//! 7. log the request when its response body ends (`access_log`).
+//!
+//! Later filters (auth, rate limits, cache...) slot in between 4 and 5.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::uri::{PathAndQuery, Scheme};
+use http::{header, HeaderValue, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use switchyard_balance::PickContext;
+use switchyard_config::{Direct, PathMatch, Redirect, RouteAction, UpstreamProtocol};
+
+use crate::access_log::{AccessRecord, Logged};
+use crate::body::{ProxyBody, TimedBody};
+use crate::error::{ProxyError, Side};
+use crate::headers::{apply_ops, set_forwarding, strip_hop_by_hop, Forwarding};
+use crate::request_id::{self, X_REQUEST_ID};
+use crate::router::{template_captures, RequestView};
+use crate::snapshot::{ClusterRuntime, RouteEntry, Snapshot};
+use crate::Shared;
+
+/// The response body type the gateway's listeners send.
+pub type ResponseBody = Logged<ProxyBody>;
+
+/// Facts about the client connection a request arrived on.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    pub peer: SocketAddr,
+    pub listener: Arc<str>,
+    /// Whether the peer is a trusted proxy (decided when the connection opened).
+    pub trusted: bool,
+}
+
+/// What the access log learns while the request is handled.
+#[derive(Default)]
+struct Outcome {
+    route: Option<String>,
+    upstream: Option<String>,
+    upstream_time: Option<std::time::Duration>,
+}
+
+/// Serves one request: the whole pipeline (see the module docs).
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnectionInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    let snapshot = shared.snapshot.load_full();
+    let request_id = request_id::from_request_or_new(req.headers());
+
+    // Kept for the access log only when it is on: the request moves upstream.
+    let log_enabled = snapshot.config.access_log;
+    let logged_head = log_enabled.then(|| {
+        (req.method().clone(), req.version(), request_host(&req).unwrap_or("-").to_owned(), req.uri().path().to_owned())
+    });
+
+    let mut outcome = Outcome::default();
+    let result = serve(&snapshot, &conn, req, &request_id, &mut outcome).await;
+    let (mut response, error) = match result {
+        Ok(response) => (response, None),
+        Err(error) => {
+            match error.side() {
+                Side::Upstream => tracing::warn!(%error, request_id = ?request_id, "request failed"),
+                _ => tracing::debug!(%error, request_id = ?request_id, "request rejected"),
+            }
+            (error.into_response(&request_id), Some(error.code()))
+        }
+    };
+    response.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+
+    let record = logged_head.map(|(method, version, host, path)| {
+        Box::new(AccessRecord {
+            started,
+            request_id: request_id.to_str().unwrap_or_default().to_owned(),
+            client: conn.peer.ip(),
+            listener: conn.listener.to_string(),
+            method,
+            version,
+            host,
+            path,
+            route: outcome.route,
+            status: response.status(),
+            upstream: outcome.upstream,
+            upstream_time: outcome.upstream_time,
+            error,
+        })
+    });
+    Ok(response.map(|body| Logged::new(body, record)))
+}
+
+/// Steps 3 to 5: check, route, act.
+async fn serve(
+    snapshot: &Snapshot,
+    conn: &ConnectionInfo,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    check_request(&req)?;
+    let listener = snapshot.listeners.get(&*conn.listener).ok_or_else(|| no_route(&req))?;
+
+    let host = request_host(&req).map(strip_port);
+    let view = RequestView {
+        method: req.method(),
+        host,
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let entry = listener.router.find(&view).ok_or_else(|| no_route(&req))?;
+    outcome.route = Some(entry.route.name.clone());
+
+    match &entry.route.action {
+        RouteAction::Direct(direct) => Ok(direct_response(direct)),
+        RouteAction::Redirect(redirect) => Ok(redirect_response(redirect, entry, &req)),
+        RouteAction::Forward { .. } => forward(entry, conn, req, request_id, outcome).await,
+    }
+}
+
+/// Rejects request heads that hyper accepts but a proxy must not pass on.
+fn check_request(req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    // RFC 9112 section 3.2: an HTTP/1.1 request without Host gets a 400.
+    if req.version() == Version::HTTP_11 && hosts == 0 && req.uri().authority().is_none() {
+        return Err(ProxyError::BadRequest("HTTP/1.1 request without a Host header"));
+    }
+    if !req.uri().path().starts_with('/') {
+        return Err(ProxyError::BadRequest("the request target must be an absolute path"));
+    }
+    Ok(())
+}
+
+/// Step 5 for proxied routes.
+async fn forward(
+    entry: &RouteEntry,
+    conn: &ConnectionInfo,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let route = &entry.route;
+    let cluster: &ClusterRuntime = entry.cluster.as_deref().expect("a forward route's cluster exists (validated)");
+
+    let ctx = PickContext { client_ip: Some(conn.peer.ip()), hash_key: None };
+    let index = cluster
+        .balancer
+        .pick(&cluster.endpoints, &ctx)
+        .ok_or_else(|| ProxyError::NoHealthyEndpoint { cluster: cluster.config.name.clone() })?;
+    let endpoint = &cluster.endpoints[index];
+    outcome.upstream = Some(endpoint.address().to_owned());
+    let in_flight = endpoint.begin();
+
+    let (mut parts, body) = req.into_parts();
+    let original_host = host_of(&parts.uri, &parts.headers).map(ToOwned::to_owned);
+    let path_and_query = rewritten_path_and_query(entry, &parts.uri);
+    parts.uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(cluster.authorities[index].clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("the rewritten request target is invalid"))?;
+
+    strip_hop_by_hop(&mut parts.headers);
+    set_forwarding(
+        &mut parts.headers,
+        &Forwarding {
+            peer: conn.peer.ip(),
+            trusted: conn.trusted,
+            proto: "http",
+            host: original_host.as_deref(),
+            version: parts.version,
+        },
+    );
+    let upstream_host = match (&route.rewrite.host, &original_host) {
+        (Some(rewritten), _) => Some(rewritten.clone()),
+        (None, Some(host)) => HeaderValue::from_str(host).ok(),
+        (None, None) => None,
+    };
+    match upstream_host {
+        Some(host) => parts.headers.insert(header::HOST, host),
+        // No host from the client (HTTP/1.0): the client library fills in the endpoint's.
+        None => parts.headers.remove(header::HOST),
+    };
+    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    apply_ops(&mut parts.headers, &route.request_headers);
+    parts.version = match cluster.config.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::Http2 => Version::HTTP_2,
+    };
+
+    let upstream_req = Request::from_parts(parts, TimedBody::new(body, route.idle_timeout, Side::Downstream));
+    let sent = Instant::now();
+    let response = match tokio::time::timeout(route.timeout, cluster.client.request(upstream_req)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return Err(ProxyError::from_upstream(endpoint.address(), e)),
+        Err(_) => {
+            return Err(ProxyError::UpstreamTimeout { endpoint: endpoint.address().to_owned(), timeout: route.timeout })
+        }
+    };
+    outcome.upstream_time = Some(sent.elapsed());
+
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    apply_ops(&mut parts.headers, &route.response_headers);
+    // The client's connection decides its own version; hyper fills it in.
+    parts.version = Version::default();
+    let body = ProxyBody::upstream(TimedBody::new(body, route.idle_timeout, Side::Upstream), in_flight);
+    Ok(Response::from_parts(parts, body))
+}
+
+/// The path and query sent upstream after the route's rewrite, if any.
+fn rewritten_path_and_query(entry: &RouteEntry, uri: &Uri) -> PathAndQuery {
+    let original = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let rewrite = &entry.route.rewrite;
+    let new_path = match (&rewrite.prefix, &rewrite.path) {
+        (Some(prefix), _) => replace_prefix(&entry.route.matcher.path, uri.path(), prefix),
+        (None, Some(path)) => Cow::Owned(fill_path(&entry.route.matcher.path, uri.path(), path)),
+        (None, None) => return original,
+    };
+    let joined = match uri.query() {
+        Some(query) => format!("{new_path}?{query}"),
+        None => new_path.into_owned(),
+    };
+    PathAndQuery::try_from(joined).unwrap_or(original)
+}
+
+/// `/api/users` with prefix `/api/` replaced by `/v2/` becomes `/v2/users`.
+fn replace_prefix<'a>(matcher: &Option<PathMatch>, path: &'a str, replacement: &str) -> Cow<'a, str> {
+    let Some(PathMatch::Prefix(matched)) = matcher else { return Cow::Borrowed(path) };
+    let rest = &path[matched.len().min(path.len())..];
+    let mut out = String::with_capacity(replacement.len() + rest.len() + 1);
+    out.push_str(replacement);
+    match (replacement.ends_with('/'), rest.starts_with('/')) {
+        (true, true) => out.push_str(&rest[1..]),
+        (false, false) if !rest.is_empty() => {
+            out.push('/');
+            out.push_str(rest);
+        }
+        _ => out.push_str(rest),
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+/// A whole-path rewrite: regex replacement, template capture fill-in, or literal.
+fn fill_path(matcher: &Option<PathMatch>, path: &str, template: &str) -> String {
+    match matcher {
+        Some(PathMatch::Regex(re)) => re.replace(path, template).into_owned(),
+        Some(PathMatch::Template(segments)) => {
+            let mut out = template.to_owned();
+            for (name, value) in template_captures(segments, path).unwrap_or_default() {
+                out = out.replace(&format!("{{{name}}}"), value);
+            }
+            out
+        }
+        _ => template.to_owned(),
+    }
+}
+
+fn direct_response(direct: &Direct) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(Bytes::from(direct.body.clone())));
+    *response.status_mut() = direct.status;
+    for (name, value) in &direct.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
+fn redirect_response(redirect: &Redirect, entry: &RouteEntry, req: &Request<Incoming>) -> Response<ProxyBody> {
+    let location = match &redirect.location {
+        Some(location) => location.clone(),
+        None => {
+            let uri = req.uri();
+            let scheme = redirect.scheme.as_deref().unwrap_or("http");
+            let request_host = request_host(req).unwrap_or("localhost");
+            let host = redirect.host.as_deref().unwrap_or_else(|| strip_port(request_host));
+            // Keep the client's port only when neither host nor scheme changes.
+            let port = redirect.port.map(|p| format!(":{p}")).unwrap_or_else(|| {
+                let same_origin = redirect.host.is_none() && redirect.scheme.is_none();
+                match request_host.strip_prefix(strip_port(request_host)) {
+                    Some(port) if same_origin => port.to_owned(),
+                    _ => String::new(),
+                }
+            });
+            let path = match (&redirect.path, &redirect.prefix) {
+                (Some(path), _) => Cow::Owned(fill_path(&entry.route.matcher.path, uri.path(), path)),
+                (None, Some(prefix)) => replace_prefix(&entry.route.matcher.path, uri.path(), prefix),
+                (None, None) => Cow::Borrowed(uri.path()),
+            };
+            match uri.query() {
+                Some(query) => format!("{scheme}://{host}{port}{path}?{query}"),
+                None => format!("{scheme}://{host}{port}{path}"),
+            }
+        }
+    };
+    let mut response = Response::new(ProxyBody::empty());
+    *response.status_mut() = redirect.status;
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+fn no_route(req: &Request<Incoming>) -> ProxyError {
+    ProxyError::NoRoute {
+        method: req.method().to_string(),
+        host: request_host(req).unwrap_or_default().to_owned(),
+        path: req.uri().path().to_owned(),
+    }
+}
+
+/// The host the client asked for: the URI authority (HTTP/2, absolute-form),
+/// else the `Host` header. May include a port.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    host_of(req.uri(), req.headers())
+}
+
+fn host_of<'a>(uri: &'a Uri, headers: &'a http::HeaderMap) -> Option<&'a str> {
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_ports() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn prefix_replacement_keeps_one_slash() {
+        let prefix = |p: &str| Some(PathMatch::Prefix(p.to_owned()));
+        let cases = [
+            ("/api/", "/api/users", "/", "/users"),
+            ("/api/", "/api/users", "/v2/", "/v2/users"),
+            ("/api", "/api/users", "/v2", "/v2/users"),
+            ("/api", "/api", "/", "/"),
+            ("/api", "/api", "/v2", "/v2"),
+            ("/api/", "/api/", "/internal/", "/internal/"),
+            ("/api", "/api/x", "", "/x"),
+        ];
+        for (matched, path, replacement, want) in cases {
+            assert_eq!(replace_prefix(&prefix(matched), path, replacement), want, "{matched} {path} {replacement}");
+        }
+    }
+
+    #[test]
+    fn whole_path_rewrites() {
+        let re = Some(PathMatch::Regex(regex::Regex::new("^(?:/old/([a-z]+))$").unwrap()));
+        assert_eq!(fill_path(&re, "/old/page", "/new/$1"), "/new/page");
+        let template = Some(PathMatch::Template(vec![
+            switchyard_config::TemplateSegment::Literal("u".into()),
+            switchyard_config::TemplateSegment::Capture("id".into()),
+        ]));
+        assert_eq!(fill_path(&template, "/u/42", "/users/{id}/profile"), "/users/42/profile");
+        assert_eq!(fill_path(&None, "/x", "/fixed"), "/fixed");
+    }
+}

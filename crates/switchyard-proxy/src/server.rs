@@ -1,0 +1,173 @@
+//! Listeners and connections: accepting, serving with hyper, reload of the
+//! listener set, idle connection reaping, and graceful drain.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::{handle, ConnectionInfo};
+use crate::Shared;
+
+/// A bound listener socket and the token that stops its accept loop.
+#[derive(Debug)]
+pub(crate) struct BoundListener {
+    /// The address asked for in the config (may have port 0).
+    pub configured: SocketAddr,
+    /// The address actually bound.
+    pub local: SocketAddr,
+    pub stop: CancellationToken,
+    /// The accept loop; it ends (closing the socket) soon after `stop`.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds `addr` with the socket options a proxy listener wants.
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Accepts connections on `listener` until `stop` fires.
+pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: TcpListener, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let shared_for_conn = shared.clone();
+                shared.tracker.spawn(serve_connection(shared_for_conn, name.clone(), stream, peer));
+            }
+            Err(error) => {
+                // Out of file descriptors or a transient error: back off a
+                // little instead of spinning, and keep serving.
+                tracing::warn!(%error, listener = %name, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::info!(listener = %name, "listener stopped");
+}
+
+/// Serves one client connection until it closes, idles out or drains.
+async fn serve_connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let snapshot = shared.snapshot.load_full();
+    let Some(runtime) = snapshot.listeners.get(&*listener) else { return };
+    let idle_timeout = runtime.config.idle_timeout;
+    let info = Arc::new(ConnectionInfo { peer, listener, trusted: runtime.trusts(peer.ip()) });
+
+    let activity = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(ActivityIo { inner: stream, activity: activity.clone() });
+    let shared_for_requests = shared.clone();
+    let service = service_fn(move |req| handle(shared_for_requests.clone(), info.clone(), req));
+    let conn = runtime.http.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+
+    let drain = shared.drain.clone();
+    let mut draining = false;
+    let mut last_seen = 0;
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, %peer, "connection ended with an error");
+                }
+                break;
+            }
+            _ = drain.cancelled(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = &mut idle, if !draining => {
+                let now_seen = activity.load(Ordering::Relaxed);
+                if now_seen == last_seen {
+                    // No byte either way for a whole idle period: close politely
+                    // (in-flight exchanges still finish).
+                    tracing::debug!(%peer, "closing idle connection");
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                } else {
+                    last_seen = now_seen;
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                }
+            }
+        }
+    }
+}
+
+/// A TCP stream that counts reads and writes, so the idle reaper can tell a
+/// quiet connection from a busy one without reading the clock per I/O.
+struct ActivityIo {
+    inner: TcpStream,
+    activity: Arc<AtomicU64>,
+}
+
+impl ActivityIo {
+    fn touch(&self) {
+        self.activity.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for ActivityIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for ActivityIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,160 @@
+//! The runtime snapshot: everything a request needs, built from a [`Config`]
+//! and swapped whole on reload.
+//!
+//! State that must outlive a reload (endpoint health and load, upstream pools)
+//! is not rebuilt: the [`Registry`] hands the same objects, found by name, to
+//! each new snapshot.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::uri::Authority;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use switchyard_balance::{Balancer, EndpointState, RoundRobin};
+use switchyard_config::{BalancerKind, Cluster, Config, Listener, Route, RouteAction};
+
+use crate::router::Router;
+use crate::upstream::{PoolSettings, UpstreamClient};
+
+/// An immutable view of the running configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub listeners: HashMap<String, ListenerRuntime>,
+    pub clusters: HashMap<String, Arc<ClusterRuntime>>,
+}
+
+/// A listener's settings and its router.
+pub struct ListenerRuntime {
+    pub config: Listener,
+    pub router: Router<RouteEntry>,
+    /// The hyper connection builder with this listener's limits and timeouts.
+    pub http: auto::Builder<TokioExecutor>,
+}
+
+impl std::fmt::Debug for ListenerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerRuntime").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl ListenerRuntime {
+    /// Whether `ip` is a trusted proxy for this listener.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.config.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// A route with its cluster resolved.
+#[derive(Debug)]
+pub struct RouteEntry {
+    pub route: Route,
+    pub cluster: Option<Arc<ClusterRuntime>>,
+}
+
+impl AsRef<Route> for RouteEntry {
+    fn as_ref(&self) -> &Route {
+        &self.route
+    }
+}
+
+/// A cluster ready to take requests.
+#[derive(Debug)]
+pub struct ClusterRuntime {
+    pub config: Cluster,
+    pub endpoints: Vec<Arc<EndpointState>>,
+    /// Parsed `host:port` of each endpoint, same order as `endpoints`.
+    pub authorities: Vec<Authority>,
+    pub balancer: Box<dyn Balancer>,
+    pub client: UpstreamClient,
+}
+
+/// Long-lived state found by name when a snapshot is built.
+#[derive(Debug, Default)]
+pub struct Registry {
+    endpoints: HashMap<(String, String), Arc<EndpointState>>,
+    clients: HashMap<PoolSettings, UpstreamClient>,
+}
+
+impl Registry {
+    /// Builds a snapshot of `config`, reusing state for names seen before and
+    /// forgetting state no longer referenced.
+    pub fn build(&mut self, config: Arc<Config>) -> Snapshot {
+        let mut endpoints_in_use = HashMap::new();
+        let mut clients_in_use = HashMap::new();
+        let mut clusters = HashMap::new();
+        for cluster in &config.clusters {
+            let settings = PoolSettings::of(cluster);
+            let client = self.clients.get(&settings).cloned().unwrap_or_else(|| settings.build());
+            clients_in_use.insert(settings, client.clone());
+            let mut endpoints = Vec::with_capacity(cluster.endpoints.len());
+            let mut authorities = Vec::with_capacity(cluster.endpoints.len());
+            for ep in &cluster.endpoints {
+                let key = (cluster.name.clone(), ep.address.clone());
+                let state = self
+                    .endpoints
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(EndpointState::new(ep.address.clone(), ep.weight)));
+                state.set_weight(ep.weight);
+                endpoints_in_use.insert(key, state.clone());
+                endpoints.push(state);
+                authorities.push(ep.address.parse().expect("validated endpoint address is a valid authority"));
+            }
+            let balancer: Box<dyn Balancer> = match cluster.balancer {
+                BalancerKind::RoundRobin => Box::new(RoundRobin::new()),
+            };
+            clusters.insert(
+                cluster.name.clone(),
+                Arc::new(ClusterRuntime { config: cluster.clone(), endpoints, authorities, balancer, client }),
+            );
+        }
+        self.endpoints = endpoints_in_use;
+        self.clients = clients_in_use;
+
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|listener| {
+                let entries = config
+                    .routes
+                    .iter()
+                    .filter(|r| r.listener.as_ref().is_none_or(|l| *l == listener.name))
+                    .map(|route| RouteEntry {
+                        route: route.clone(),
+                        cluster: match &route.action {
+                            RouteAction::Forward { cluster } => clusters.get(cluster).cloned(),
+                            _ => None,
+                        },
+                    })
+                    .collect();
+                let runtime = ListenerRuntime { config: listener.clone(), router: Router::new(entries), http: http_builder(listener) };
+                (listener.name.clone(), runtime)
+            })
+            .collect();
+        Snapshot { config, listeners, clusters }
+    }
+}
+
+/// hyper's server settings for one listener: HTTP/1.1 and h2c (prior knowledge).
+fn http_builder(listener: &Listener) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // hyper arms this when it starts waiting for a request head, including
+        // between keep-alive requests: it bounds slowloris clients and idle
+        // HTTP/1 connections alike.
+        .header_read_timeout(listener.header_read_timeout)
+        .max_buf_size(listener.max_header_size)
+        .max_headers(listener.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(listener.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(listener.max_header_size).unwrap_or(u32::MAX));
+    builder
+}
