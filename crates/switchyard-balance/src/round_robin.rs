@@ -38,7 +38,9 @@ mod tests {
     use super::*;
 
     fn endpoints(n: usize) -> Vec<Arc<EndpointState>> {
-        (0..n).map(|i| Arc::new(EndpointState::new(format!("127.0.0.1:{}", 9000 + i), 1))).collect()
+        (0..n)
+            .map(|i| Arc::new(EndpointState::new(format!("127.0.0.1:{}", 9000 + i), 1)))
+            .collect()
     }
 
     fn picks(rr: &RoundRobin, eps: &[Arc<EndpointState>], count: usize) -> Vec<Option<usize>> {

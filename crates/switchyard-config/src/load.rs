@@ -61,10 +61,13 @@ pub fn parse_toml(text: &str, file: &str) -> Result<Config, Diagnostics> {
 pub fn parse_json(bytes: &[u8]) -> Result<Config, Diagnostics> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let mut unknown = Vec::new();
-    let raw: RawConfig = serde_ignored::deserialize(&mut deserializer, |path| unknown.push(key_path(&path)))
-        .map_err(|e| {
+    let raw: RawConfig =
+        serde_ignored::deserialize(&mut deserializer, |path| unknown.push(key_path(&path))).map_err(|e| {
             let mut d = Diagnostic::new(KeyPath::root(), format!("invalid JSON: {e}"));
-            d.location = Some(Location { line: e.line(), column: e.column() });
+            d.location = Some(Location {
+                line: e.line(),
+                column: e.column(),
+            });
             Diagnostics(vec![d])
         })?;
     let mut problems: Vec<Diagnostic> = unknown.into_iter().map(unknown_key).collect();
@@ -111,7 +114,9 @@ fn locate(root: &DeTable<'_>, path: &KeyPath) -> Option<Range<usize>> {
             }
             PathSegment::Index(i) => {
                 let array = value.and_then(|v| v.get_ref().as_array())?;
-                let Some(element) = array.get(*i) else { return best };
+                let Some(element) = array.get(*i) else {
+                    return best;
+                };
                 best = Some(element.span());
                 value = Some(element);
                 table = None;
@@ -232,7 +237,13 @@ redirect = { location = "/z" }
         let joined = found.join("\n");
         assert!(joined.contains("duplicate listener name \"a\""), "{joined}");
         assert!(joined.contains("already used by listener \"a\""), "{joined}");
-        assert!(joined.contains("use only one of `path`, `path_prefix` and `path_regex`"), "{joined}");
-        assert!(joined.contains("only one of `cluster`, `redirect` and `direct`"), "{joined}");
+        assert!(
+            joined.contains("use only one of `path`, `path_prefix` and `path_regex`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("only one of `cluster`, `redirect` and `direct`"),
+            "{joined}"
+        );
     }
 }

@@ -110,7 +110,9 @@ impl Settler {
             Err(_) => {
                 self.error(
                     path,
-                    format!("invalid address \"{text}\": expected IP:PORT, such as \"127.0.0.1:8080\" or \"[::1]:8080\""),
+                    format!(
+                        "invalid address \"{text}\": expected IP:PORT, such as \"127.0.0.1:8080\" or \"[::1]:8080\""
+                    ),
                 );
                 None
             }
@@ -118,13 +120,22 @@ impl Settler {
     }
 
     /// A required name: present, non-empty, made of `[A-Za-z0-9_.-]`, unique in `seen`.
-    fn name(&mut self, value: &Option<String>, path: KeyPath, kind: &str, seen: &mut HashSet<String>) -> Option<String> {
+    fn name(
+        &mut self,
+        value: &Option<String>,
+        path: KeyPath,
+        kind: &str,
+        seen: &mut HashSet<String>,
+    ) -> Option<String> {
         let Some(name) = value else {
             self.error(path, format!("every {kind} needs a `name`"));
             return None;
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
-            self.error(path, format!("invalid {kind} name \"{name}\": use letters, digits, '_', '.' and '-'"));
+            self.error(
+                path,
+                format!("invalid {kind} name \"{name}\": use letters, digits, '_', '.' and '-'"),
+            );
             return None;
         }
         if !seen.insert(name.clone()) {
@@ -147,7 +158,10 @@ impl Settler {
         match HeaderValue::from_str(value) {
             Ok(v) => Some(v),
             Err(_) => {
-                self.error(path, format!("invalid header value \"{value}\": control characters are not allowed"));
+                self.error(
+                    path,
+                    format!("invalid header value \"{value}\": control characters are not allowed"),
+                );
                 None
             }
         }
@@ -180,7 +194,10 @@ impl Settler {
             .unwrap_or_else(|| defaults::ADMIN_LISTEN.parse().expect("default admin address is valid"));
         if let Some(token) = &raw.token {
             if token.len() < 16 {
-                self.error(path.key("token"), "admin token is too short: use at least 16 characters");
+                self.error(
+                    path.key("token"),
+                    "admin token is too short: use at least 16 characters",
+                );
             }
         } else if !listen.ip().is_loopback() {
             self.error(
@@ -188,7 +205,10 @@ impl Settler {
                 format!("the admin API listens on non-loopback address {listen}: set `token` so it cannot be used by anyone who can reach it"),
             );
         }
-        Admin { listen, token: raw.token.clone() }
+        Admin {
+            listen,
+            token: raw.token.clone(),
+        }
     }
 
     fn listeners(&mut self, raw: &[RawListener], path: &KeyPath) -> Vec<Listener> {
@@ -201,21 +221,30 @@ impl Settler {
             let listen = match &l.listen {
                 Some(text) => self.socket_addr(text, at.key("listen")),
                 None => {
-                    self.error(at.key("listen"), "every listener needs a `listen` address, such as \"127.0.0.1:8080\"");
+                    self.error(
+                        at.key("listen"),
+                        "every listener needs a `listen` address, such as \"127.0.0.1:8080\"",
+                    );
                     None
                 }
             };
             if let (Some(addr), Some(name)) = (listen, &name) {
                 if addr.port() != 0 {
                     if let Some(other) = addresses.insert(addr, name.clone()) {
-                        self.error(at.key("listen"), format!("address {addr} is already used by listener \"{other}\""));
+                        self.error(
+                            at.key("listen"),
+                            format!("address {addr} is already used by listener \"{other}\""),
+                        );
                     }
                 }
             }
             let protocol = match l.protocol.as_deref().unwrap_or("http") {
                 "http" => Some(ListenerProtocol::Http),
                 p @ ("https" | "tcp" | "udp") => {
-                    self.error(at.key("protocol"), format!("protocol \"{p}\" is not available in this version yet; use \"http\""));
+                    self.error(
+                        at.key("protocol"),
+                        format!("protocol \"{p}\" is not available in this version yet; use \"http\""),
+                    );
                     None
                 }
                 other => {
@@ -234,8 +263,11 @@ impl Settler {
                     ),
                 }
             }
-            let header_read_timeout =
-                self.duration(&l.header_read_timeout, at.key("header_read_timeout"), defaults::HEADER_READ_TIMEOUT);
+            let header_read_timeout = self.duration(
+                &l.header_read_timeout,
+                at.key("header_read_timeout"),
+                defaults::HEADER_READ_TIMEOUT,
+            );
             let idle_timeout = self.duration(&l.idle_timeout, at.key("idle_timeout"), defaults::LISTENER_IDLE_TIMEOUT);
             let max_header_size = self.size(&l.max_header_size, at.key("max_header_size"), defaults::MAX_HEADER_SIZE);
             // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
@@ -278,7 +310,10 @@ impl Settler {
                 planned if BALANCERS_PLANNED.contains(&planned) => {
                     self.error(
                         at.key("balancer"),
-                        format!("balancer \"{planned}\" is not available in this version yet (available: {})", BALANCERS_AVAILABLE.join(", ")),
+                        format!(
+                            "balancer \"{planned}\" is not available in this version yet (available: {})",
+                            BALANCERS_AVAILABLE.join(", ")
+                        ),
                     );
                     None
                 }
@@ -297,7 +332,10 @@ impl Settler {
             for (j, e) in c.endpoints.iter().enumerate() {
                 let ep = at.key("endpoints").index(j);
                 let Some(address) = &e.address else {
-                    self.error(ep.key("address"), "every endpoint needs an `address`, such as \"127.0.0.1:9001\"");
+                    self.error(
+                        ep.key("address"),
+                        "every endpoint needs an `address`, such as \"127.0.0.1:9001\"",
+                    );
                     continue;
                 };
                 if let Err(message) = check_host_port(address) {
@@ -309,23 +347,37 @@ impl Settler {
                 }
                 let weight = e.weight.unwrap_or(1);
                 if weight == 0 {
-                    self.error(ep.key("weight"), "weight must be at least 1 (remove the endpoint to stop sending it traffic)");
+                    self.error(
+                        ep.key("weight"),
+                        "weight must be at least 1 (remove the endpoint to stop sending it traffic)",
+                    );
                 }
-                endpoints.push(Endpoint { address: address.clone(), weight: weight.max(1) });
+                endpoints.push(Endpoint {
+                    address: address.clone(),
+                    weight: weight.max(1),
+                });
             }
             let protocol = match c.protocol.as_deref().unwrap_or("http1") {
                 "http1" => Some(UpstreamProtocol::Http1),
                 "http2" => Some(UpstreamProtocol::Http2),
                 other => {
                     let hint = did_you_mean(other, ["http1", "http2"]);
-                    self.error_with_hint(at.key("protocol"), format!("unknown upstream protocol \"{other}\" (expected \"http1\" or \"http2\")"), hint);
+                    self.error_with_hint(
+                        at.key("protocol"),
+                        format!("unknown upstream protocol \"{other}\" (expected \"http1\" or \"http2\")"),
+                        hint,
+                    );
                     None
                 }
             };
-            let connect_timeout = self.duration(&c.connect_timeout, at.key("connect_timeout"), defaults::CONNECT_TIMEOUT);
+            let connect_timeout =
+                self.duration(&c.connect_timeout, at.key("connect_timeout"), defaults::CONNECT_TIMEOUT);
             let pool = c.pool.clone().unwrap_or_default();
-            let pool_idle_timeout =
-                self.duration(&pool.idle_timeout, at.key("pool").key("idle_timeout"), defaults::POOL_IDLE_TIMEOUT);
+            let pool_idle_timeout = self.duration(
+                &pool.idle_timeout,
+                at.key("pool").key("idle_timeout"),
+                defaults::POOL_IDLE_TIMEOUT,
+            );
             if let (Some(name), Some(balancer), Some(protocol)) = (name, balancer, protocol) {
                 out.push(Cluster {
                     name,
@@ -358,7 +410,10 @@ impl Settler {
             }
             let matcher = self.route_match(&r.matcher, &at.key("match"));
             let action = self.action(r, &at, clusters, &matcher);
-            let rewrite = r.rewrite.as_ref().map_or_else(Rewrite::default, |rw| self.rewrite(rw, &at.key("rewrite"), &matcher));
+            let rewrite = r
+                .rewrite
+                .as_ref()
+                .map_or_else(Rewrite::default, |rw| self.rewrite(rw, &at.key("rewrite"), &matcher));
             let request_headers = self.header_ops(r.request_headers.as_ref(), &at.key("request_headers"));
             let response_headers = self.header_ops(r.response_headers.as_ref(), &at.key("response_headers"));
             let timeout = self.duration(&r.timeout, at.key("timeout"), defaults::ROUTE_TIMEOUT);
@@ -396,13 +451,23 @@ impl Settler {
             Some(if wildcard { HostMatch::Wildcard(format!(".{rest}")) } else { HostMatch::Exact(host) })
         });
 
-        let given: Vec<&str> = [("path", &raw.path), ("path_prefix", &raw.path_prefix), ("path_regex", &raw.path_regex)]
-            .iter()
-            .filter(|(_, v)| v.is_some())
-            .map(|(k, _)| *k)
-            .collect();
+        let given: Vec<&str> = [
+            ("path", &raw.path),
+            ("path_prefix", &raw.path_prefix),
+            ("path_regex", &raw.path_regex),
+        ]
+        .iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(k, _)| *k)
+        .collect();
         if given.len() > 1 {
-            self.error(at.key(given[1]), format!("use only one of `path`, `path_prefix` and `path_regex` (found `{}`)", given.join("` and `")));
+            self.error(
+                at.key(given[1]),
+                format!(
+                    "use only one of `path`, `path_prefix` and `path_regex` (found `{}`)",
+                    given.join("` and `")
+                ),
+            );
         }
         let path = if let Some(p) = &raw.path {
             self.path_exact_or_template(p, at.key("path"))
@@ -410,7 +475,10 @@ impl Settler {
             if p.starts_with('/') {
                 Some(PathMatch::Prefix(p.clone()))
             } else {
-                self.error(at.key("path_prefix"), format!("path prefix \"{p}\" must start with '/'"));
+                self.error(
+                    at.key("path_prefix"),
+                    format!("path prefix \"{p}\" must start with '/'"),
+                );
                 None
             }
         } else if let Some(p) = &raw.path_regex {
@@ -428,7 +496,13 @@ impl Settler {
         }
         let headers = self.value_matches(&raw.headers, &at.key("headers"), true);
         let query = self.value_matches(&raw.query, &at.key("query"), false);
-        RouteMatch { host, path, methods, headers, query }
+        RouteMatch {
+            host,
+            path,
+            methods,
+            headers,
+            query,
+        }
     }
 
     fn path_exact_or_template(&mut self, p: &str, at: KeyPath) -> Option<PathMatch> {
@@ -444,7 +518,12 @@ impl Settler {
         for segment in p[1..].split('/') {
             if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
                 if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    self.error(at, format!("invalid capture \"{segment}\" in path \"{p}\": use {{name}} with letters, digits and '_'"));
+                    self.error(
+                        at,
+                        format!(
+                            "invalid capture \"{segment}\" in path \"{p}\": use {{name}} with letters, digits and '_'"
+                        ),
+                    );
                     return None;
                 }
                 if !captures.insert(name.to_owned()) {
@@ -453,7 +532,12 @@ impl Settler {
                 }
                 segments.push(TemplateSegment::Capture(name.to_owned()));
             } else if segment.contains(['{', '}']) {
-                self.error(at, format!("a capture must be a whole segment, as in \"/users/{{id}}\"; found \"{segment}\" in \"{p}\""));
+                self.error(
+                    at,
+                    format!(
+                        "a capture must be a whole segment, as in \"/users/{{id}}\"; found \"{segment}\" in \"{p}\""
+                    ),
+                );
                 return None;
             } else {
                 segments.push(TemplateSegment::Literal(segment.to_owned()));
@@ -478,7 +562,10 @@ impl Settler {
             } else {
                 name.clone()
             };
-            let kinds = [m.value.is_some(), m.regex.is_some(), m.present.is_some()].iter().filter(|b| **b).count();
+            let kinds = [m.value.is_some(), m.regex.is_some(), m.present.is_some()]
+                .iter()
+                .filter(|b| **b)
+                .count();
             if kinds > 1 {
                 self.error(at.clone(), "use only one of `value`, `regex` and `present`");
                 continue;
@@ -499,11 +586,15 @@ impl Settler {
     }
 
     fn action(&mut self, r: &RawRoute, at: &KeyPath, clusters: &[&str], matcher: &RouteMatch) -> Option<RouteAction> {
-        let given: Vec<&str> = [("cluster", r.cluster.is_some()), ("redirect", r.redirect.is_some()), ("direct", r.direct.is_some())]
-            .iter()
-            .filter(|(_, present)| *present)
-            .map(|(k, _)| *k)
-            .collect();
+        let given: Vec<&str> = [
+            ("cluster", r.cluster.is_some()),
+            ("redirect", r.redirect.is_some()),
+            ("direct", r.direct.is_some()),
+        ]
+        .iter()
+        .filter(|(_, present)| *present)
+        .map(|(k, _)| *k)
+        .collect();
         match given.len() {
             0 => {
                 self.error(at.clone(), "a route needs one of `cluster`, `redirect` or `direct`");
@@ -511,7 +602,13 @@ impl Settler {
             }
             1 => {}
             _ => {
-                self.error(at.key(given[1]), format!("a route takes only one of `cluster`, `redirect` and `direct` (found `{}`)", given.join("` and `")));
+                self.error(
+                    at.key(given[1]),
+                    format!(
+                        "a route takes only one of `cluster`, `redirect` and `direct` (found `{}`)",
+                        given.join("` and `")
+                    ),
+                );
                 return None;
             }
         }
@@ -521,36 +618,59 @@ impl Settler {
                 self.error_with_hint(at.key("cluster"), format!("no cluster named \"{cluster}\""), hint);
                 return None;
             }
-            return Some(RouteAction::Forward { cluster: cluster.clone() });
+            return Some(RouteAction::Forward {
+                cluster: cluster.clone(),
+            });
         }
         if let Some(redirect) = &r.redirect {
-            return self.redirect(redirect, &at.key("redirect"), matcher).map(RouteAction::Redirect);
+            return self
+                .redirect(redirect, &at.key("redirect"), matcher)
+                .map(RouteAction::Redirect);
         }
-        r.direct.as_ref().and_then(|d| self.direct(d, &at.key("direct"))).map(RouteAction::Direct)
+        r.direct
+            .as_ref()
+            .and_then(|d| self.direct(d, &at.key("direct")))
+            .map(RouteAction::Direct)
     }
 
     fn redirect(&mut self, raw: &RawRedirect, at: &KeyPath, matcher: &RouteMatch) -> Option<Redirect> {
         let status = match raw.status.unwrap_or(302) {
             s @ (301 | 302 | 303 | 307 | 308) => StatusCode::from_u16(s).expect("listed redirect codes are valid"),
             other => {
-                self.error(at.key("status"), format!("redirect status {other} is not a redirect: use 301, 302, 303, 307 or 308"));
+                self.error(
+                    at.key("status"),
+                    format!("redirect status {other} is not a redirect: use 301, 302, 303, 307 or 308"),
+                );
                 return None;
             }
         };
         if let Some(scheme) = &raw.scheme {
             if scheme != "http" && scheme != "https" {
-                self.error(at.key("scheme"), format!("redirect scheme must be \"http\" or \"https\", found \"{scheme}\""));
+                self.error(
+                    at.key("scheme"),
+                    format!("redirect scheme must be \"http\" or \"https\", found \"{scheme}\""),
+                );
             }
         }
         if raw.prefix.is_some() && !matches!(matcher.path, Some(PathMatch::Prefix(_))) {
-            self.error(at.key("prefix"), "`prefix` replaces the matched `path_prefix`, but the route's match has none");
+            self.error(
+                at.key("prefix"),
+                "`prefix` replaces the matched `path_prefix`, but the route's match has none",
+            );
         }
         if raw.prefix.is_some() && raw.path.is_some() {
             self.error(at.key("prefix"), "use only one of `path` and `prefix`");
         }
-        let any_part = raw.scheme.is_some() || raw.host.is_some() || raw.port.is_some() || raw.path.is_some() || raw.prefix.is_some();
+        let any_part = raw.scheme.is_some()
+            || raw.host.is_some()
+            || raw.port.is_some()
+            || raw.path.is_some()
+            || raw.prefix.is_some();
         if raw.location.is_none() && !any_part {
-            self.error(at.clone(), "a redirect needs `location` or at least one of `scheme`, `host`, `port`, `path`, `prefix`");
+            self.error(
+                at.clone(),
+                "a redirect needs `location` or at least one of `scheme`, `host`, `port`, `path`, `prefix`",
+            );
         }
         if let Some(location) = &raw.location {
             self.header_value(location, at.key("location"))?;
@@ -570,7 +690,10 @@ impl Settler {
         let status = match StatusCode::from_u16(raw.status.unwrap_or(200)) {
             Ok(s) => s,
             Err(_) => {
-                self.error(at.key("status"), format!("invalid status code {}", raw.status.unwrap_or(0)));
+                self.error(
+                    at.key("status"),
+                    format!("invalid status code {}", raw.status.unwrap_or(0)),
+                );
                 return None;
             }
         };
@@ -585,7 +708,11 @@ impl Settler {
                 headers.push((n, v));
             }
         }
-        Some(Direct { status, body: raw.body.clone().unwrap_or_default(), headers })
+        Some(Direct {
+            status,
+            body: raw.body.clone().unwrap_or_default(),
+            headers,
+        })
     }
 
     fn rewrite(&mut self, raw: &RawRewrite, at: &KeyPath, matcher: &RouteMatch) -> Rewrite {
@@ -594,10 +721,16 @@ impl Settler {
         }
         if let Some(prefix) = &raw.prefix {
             if !matches!(matcher.path, Some(PathMatch::Prefix(_))) {
-                self.error(at.key("prefix"), "`prefix` replaces the matched `path_prefix`, but the route's match has none");
+                self.error(
+                    at.key("prefix"),
+                    "`prefix` replaces the matched `path_prefix`, but the route's match has none",
+                );
             }
             if !prefix.starts_with('/') {
-                self.error(at.key("prefix"), format!("rewrite prefix \"{prefix}\" must start with '/'"));
+                self.error(
+                    at.key("prefix"),
+                    format!("rewrite prefix \"{prefix}\" must start with '/'"),
+                );
             }
         }
         if let Some(path) = &raw.path {
@@ -606,11 +739,17 @@ impl Settler {
             }
         }
         let host = raw.host.as_ref().and_then(|h| self.header_value(h, at.key("host")));
-        Rewrite { prefix: raw.prefix.clone(), path: raw.path.clone(), host }
+        Rewrite {
+            prefix: raw.prefix.clone(),
+            path: raw.path.clone(),
+            host,
+        }
     }
 
     fn header_ops(&mut self, raw: Option<&RawHeaderOps>, at: &KeyPath) -> HeaderOps {
-        let Some(raw) = raw else { return HeaderOps::default() };
+        let Some(raw) = raw else {
+            return HeaderOps::default();
+        };
         let mut ops = HeaderOps::default();
         for (i, name) in raw.remove.iter().enumerate() {
             if let Some(n) = self.header_name(name, at.key("remove").index(i)) {
@@ -641,7 +780,9 @@ fn check_host_port(text: &str) -> Result<(), String> {
     if SocketAddr::from_str(text).is_ok() {
         return Ok(());
     }
-    let invalid = |why: &str| format!("invalid address \"{text}\": {why} (expected HOST:PORT, such as \"127.0.0.1:9001\" or \"users.internal:8080\")");
+    let invalid = |why: &str| {
+        format!("invalid address \"{text}\": {why} (expected HOST:PORT, such as \"127.0.0.1:9001\" or \"users.internal:8080\")")
+    };
     let Some((host, port)) = text.rsplit_once(':') else {
         return Err(invalid("missing port"));
     };
@@ -650,7 +791,9 @@ fn check_host_port(text: &str) -> Result<(), String> {
         Ok(_) => {}
     }
     let valid_host = !host.is_empty()
-        && host.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
     if valid_host {
         Ok(())
     } else {

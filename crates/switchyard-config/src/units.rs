@@ -20,9 +20,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses a byte size such as `"512"`, `"64KiB"`, `"1MiB"` or `"1GB"`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
     let (digits, unit) = trimmed.split_at(split);
     let invalid = || format!("invalid size \"{text}\" (examples: \"512B\", \"64KiB\", \"1MiB\")");
     let number: u64 = digits.parse().map_err(|_| invalid())?;

@@ -83,7 +83,12 @@ impl<B: Body> Logged<B> {
     /// Wraps `inner`; `record` is `None` when access logging is off.
     pub fn new(inner: B, record: Option<Box<AccessRecord>>) -> Self {
         let empty = inner.is_end_stream();
-        Self { inner, record, bytes: 0, empty }
+        Self {
+            inner,
+            record,
+            bytes: 0,
+            empty,
+        }
     }
 }
 

@@ -59,7 +59,12 @@ impl<B: Body> TimedBody<B> {
     pub fn new(inner: B, timeout: Duration, side: Side) -> Self {
         // An empty body is never polled; do not arm a timer for it.
         let idle = (!inner.is_end_stream()).then(|| Box::pin(tokio::time::sleep(timeout)));
-        Self { inner, idle, timeout, side }
+        Self {
+            inner,
+            idle,
+            timeout,
+            side,
+        }
     }
 }
 
@@ -80,12 +85,18 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Failed { side: *this.side, source: e.into() }))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Failed {
+                side: *this.side,
+                source: e.into(),
+            }))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let stalled = this.idle.as_mut().is_some_and(|idle| idle.as_mut().poll(cx).is_ready());
                 if stalled {
-                    Poll::Ready(Some(Err(BodyError::Idle { side: *this.side, after: *this.timeout })))
+                    Poll::Ready(Some(Err(BodyError::Idle {
+                        side: *this.side,
+                        after: *this.timeout,
+                    })))
                 } else {
                     Poll::Pending
                 }
@@ -125,7 +136,9 @@ impl ProxyBody {
     /// A complete body of `data`.
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data = data.into();
-        Self::Full { data: (!data.is_empty()).then_some(data) }
+        Self::Full {
+            data: (!data.is_empty()).then_some(data),
+        }
     }
 
     /// An empty body.
@@ -135,7 +148,10 @@ impl ProxyBody {
 
     /// The upstream's streamed body.
     pub fn upstream(body: TimedBody<Incoming>, in_flight: InFlight) -> Self {
-        Self::Upstream { body, in_flight: Some(in_flight) }
+        Self::Upstream {
+            body,
+            in_flight: Some(in_flight),
+        }
     }
 }
 

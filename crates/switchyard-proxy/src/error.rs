@@ -53,7 +53,9 @@ impl ProxyError {
     /// The party at fault.
     pub fn side(&self) -> Side {
         match self {
-            Self::NoRoute { .. } | Self::BadRequest(_) | Self::ClientTimeout | Self::ClientBody { .. } => Side::Downstream,
+            Self::NoRoute { .. } | Self::BadRequest(_) | Self::ClientTimeout | Self::ClientBody { .. } => {
+                Side::Downstream
+            }
             Self::NoHealthyEndpoint { .. }
             | Self::UpstreamConnect { .. }
             | Self::UpstreamConnectTimeout { .. }
@@ -64,7 +66,10 @@ impl ProxyError {
 
     /// Whether the failure was a timeout on either side.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Self::UpstreamConnectTimeout { .. } | Self::UpstreamTimeout { .. } | Self::ClientTimeout)
+        matches!(
+            self,
+            Self::UpstreamConnectTimeout { .. } | Self::UpstreamTimeout { .. } | Self::ClientTimeout
+        )
     }
 
     /// Whether retrying elsewhere is safe: nothing reached an upstream.
@@ -110,18 +115,30 @@ impl ProxyError {
             .map(BodyError::is_idle);
         match client_side {
             Some(true) => return Self::ClientTimeout,
-            Some(false) => return Self::ClientBody { source: Box::new(error) },
+            Some(false) => {
+                return Self::ClientBody {
+                    source: Box::new(error),
+                }
+            }
             None => {}
         }
         if error.is_connect() {
-            let timed_out = causes(&error)
-                .any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut));
+            let timed_out = causes(&error).any(|e| {
+                e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            });
             if timed_out {
                 return Self::UpstreamConnectTimeout { endpoint };
             }
-            return Self::UpstreamConnect { endpoint, source: Box::new(error) };
+            return Self::UpstreamConnect {
+                endpoint,
+                source: Box::new(error),
+            };
         }
-        Self::Upstream { endpoint, source: Box::new(error) }
+        Self::Upstream {
+            endpoint,
+            source: Box::new(error),
+        }
     }
 
     /// The response the client sees for this error.
@@ -136,7 +153,9 @@ impl ProxyError {
             Self::BadRequest(why) => format!("malformed request: {why}"),
             Self::ClientBody { .. } => "the request body could not be read".into(),
             Self::ClientTimeout => "the request body was not received in time".into(),
-            Self::NoHealthyEndpoint { cluster } => format!("no healthy endpoint in cluster {cluster}"),
+            Self::NoHealthyEndpoint { cluster } => {
+                format!("no healthy endpoint in cluster {cluster}")
+            }
             Self::UpstreamConnect { .. } => "the upstream could not be reached".into(),
             Self::UpstreamConnectTimeout { .. } => "connecting to the upstream timed out".into(),
             Self::UpstreamTimeout { .. } => "the upstream did not answer in time".into(),
@@ -179,18 +198,45 @@ mod tests {
     #[test]
     fn statuses_and_sides() {
         let cases = [
-            (ProxyError::NoRoute { method: "GET".into(), host: "h".into(), path: "/".into() }, 404, Side::Downstream),
+            (
+                ProxyError::NoRoute {
+                    method: "GET".into(),
+                    host: "h".into(),
+                    path: "/".into(),
+                },
+                404,
+                Side::Downstream,
+            ),
             (ProxyError::BadRequest("x"), 400, Side::Downstream),
             (ProxyError::ClientTimeout, 408, Side::Downstream),
-            (ProxyError::NoHealthyEndpoint { cluster: "c".into() }, 503, Side::Upstream),
-            (ProxyError::UpstreamConnectTimeout { endpoint: "e".into() }, 504, Side::Upstream),
-            (ProxyError::UpstreamTimeout { endpoint: "e".into(), timeout: Duration::from_secs(1) }, 504, Side::Upstream),
+            (
+                ProxyError::NoHealthyEndpoint { cluster: "c".into() },
+                503,
+                Side::Upstream,
+            ),
+            (
+                ProxyError::UpstreamConnectTimeout { endpoint: "e".into() },
+                504,
+                Side::Upstream,
+            ),
+            (
+                ProxyError::UpstreamTimeout {
+                    endpoint: "e".into(),
+                    timeout: Duration::from_secs(1),
+                },
+                504,
+                Side::Upstream,
+            ),
         ];
         for (error, status, side) in cases {
             assert_eq!(error.status().as_u16(), status, "{error}");
             assert_eq!(error.side(), side, "{error}");
         }
         assert!(ProxyError::UpstreamConnectTimeout { endpoint: "e".into() }.is_retryable());
-        assert!(!ProxyError::UpstreamTimeout { endpoint: "e".into(), timeout: Duration::from_secs(1) }.is_retryable());
+        assert!(!ProxyError::UpstreamTimeout {
+            endpoint: "e".into(),
+            timeout: Duration::from_secs(1)
+        }
+        .is_retryable());
     }
 }

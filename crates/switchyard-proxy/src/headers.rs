@@ -38,7 +38,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::UPGRADE);
     if let Some(te) = headers.get(header::TE) {
-        let only_trailers = te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        let only_trailers = te
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
         headers.remove(header::TE);
         if only_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -94,7 +96,10 @@ pub fn set_forwarding(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
         IpAddr::V6(ip) => write!(element, "for=\"[{ip}]\""),
     }
     .expect("writing to a String cannot fail");
-    if let Some(host) = fwd.host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
+    if let Some(host) = fwd
+        .host
+        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
+    {
         let _ = write!(element, ";host=\"{host}\"");
     }
     let _ = write!(element, ";proto={}", fwd.proto);
@@ -155,7 +160,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -195,7 +203,11 @@ mod tests {
 
     #[test]
     fn untrusted_clients_cannot_forge_their_address() {
-        let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-proto", "https"), ("forwarded", "for=1.1.1.1")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=1.1.1.1"),
+        ]);
         set_forwarding(&mut h, &fwd(false));
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -216,14 +228,21 @@ mod tests {
         set_forwarding(&mut h, &fwd(true));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["forwarded"], "for=1.1.1.1, for=10.1.2.3;host=\"api.example.com\";proto=http");
+        assert_eq!(
+            h["forwarded"],
+            "for=1.1.1.1, for=10.1.2.3;host=\"api.example.com\";proto=http"
+        );
         assert_eq!(h["via"], "1.1 edge, 1.1 switchyard");
     }
 
     #[test]
     fn ipv6_peers_are_quoted_in_forwarded() {
         let mut h = HeaderMap::new();
-        let f = Forwarding { peer: "::1".parse().unwrap(), host: None, ..fwd(false) };
+        let f = Forwarding {
+            peer: "::1".parse().unwrap(),
+            host: None,
+            ..fwd(false)
+        };
         set_forwarding(&mut h, &f);
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
         assert!(!h.contains_key("x-forwarded-host"));

@@ -52,7 +52,11 @@ pub struct Shared {
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("cannot listen on {address} for listener \"{name}\": {source}")]
-    Bind { name: String, address: SocketAddr, source: std::io::Error },
+    Bind {
+        name: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the gateway is shutting down")]
     ShuttingDown,
 }
@@ -120,10 +124,19 @@ impl Gateway {
             }
         }
 
-        let snapshot = self.shared.registry.lock().expect("registry lock is never poisoned").build(Arc::new(config));
+        let snapshot = self
+            .shared
+            .registry
+            .lock()
+            .expect("registry lock is never poisoned")
+            .build(Arc::new(config));
         shared.snapshot.store(Arc::new(snapshot));
 
-        let stale: Vec<String> = bound.iter().filter(|(name, b)| !unchanged(name, b)).map(|(n, _)| n.clone()).collect();
+        let stale: Vec<String> = bound
+            .iter()
+            .filter(|(name, b)| !unchanged(name, b))
+            .map(|(n, _)| n.clone())
+            .collect();
         for name in stale {
             if let Some(old) = bound.remove(&name) {
                 old.stop.cancel();
@@ -132,9 +145,22 @@ impl Gateway {
         for (name, configured, socket) in fresh {
             let local = socket.local_addr().unwrap_or(configured);
             let stop = CancellationToken::new();
-            let task = tokio::spawn(accept_loop(shared.clone(), Arc::from(name.as_str()), socket, stop.clone()));
+            let task = tokio::spawn(accept_loop(
+                shared.clone(),
+                Arc::from(name.as_str()),
+                socket,
+                stop.clone(),
+            ));
             tracing::info!(listener = %name, address = %local, "listening");
-            bound.insert(name, BoundListener { configured, local, stop, task });
+            bound.insert(
+                name,
+                BoundListener {
+                    configured,
+                    local,
+                    stop,
+                    task,
+                },
+            );
         }
         Ok(())
     }
@@ -146,7 +172,13 @@ impl Gateway {
 
     /// The bound address of each listener, by name.
     pub async fn listener_addresses(&self) -> HashMap<String, SocketAddr> {
-        self.shared.listeners.lock().await.iter().map(|(n, b)| (n.clone(), b.local)).collect()
+        self.shared
+            .listeners
+            .lock()
+            .await
+            .iter()
+            .map(|(n, b)| (n.clone(), b.local))
+            .collect()
     }
 
     /// Whether a graceful shutdown has begun.

@@ -71,7 +71,12 @@ pub async fn handle(
     // Kept for the access log only when it is on: the request moves upstream.
     let log_enabled = snapshot.config.access_log;
     let logged_head = log_enabled.then(|| {
-        (req.method().clone(), req.version(), request_host(&req).unwrap_or("-").to_owned(), req.uri().path().to_owned())
+        (
+            req.method().clone(),
+            req.version(),
+            request_host(&req).unwrap_or("-").to_owned(),
+            req.uri().path().to_owned(),
+        )
     });
 
     let mut outcome = Outcome::default();
@@ -80,7 +85,9 @@ pub async fn handle(
         Ok(response) => (response, None),
         Err(error) => {
             match error.side() {
-                Side::Upstream => tracing::warn!(%error, request_id = ?request_id, "request failed"),
+                Side::Upstream => {
+                    tracing::warn!(%error, request_id = ?request_id, "request failed")
+                }
                 _ => tracing::debug!(%error, request_id = ?request_id, "request rejected"),
             }
             (error.into_response(&request_id), Some(error.code()))
@@ -162,13 +169,21 @@ async fn forward(
     outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let route = &entry.route;
-    let cluster: &ClusterRuntime = entry.cluster.as_deref().expect("a forward route's cluster exists (validated)");
+    let cluster: &ClusterRuntime = entry
+        .cluster
+        .as_deref()
+        .expect("a forward route's cluster exists (validated)");
 
-    let ctx = PickContext { client_ip: Some(conn.peer.ip()), hash_key: None };
+    let ctx = PickContext {
+        client_ip: Some(conn.peer.ip()),
+        hash_key: None,
+    };
     let index = cluster
         .balancer
         .pick(&cluster.endpoints, &ctx)
-        .ok_or_else(|| ProxyError::NoHealthyEndpoint { cluster: cluster.config.name.clone() })?;
+        .ok_or_else(|| ProxyError::NoHealthyEndpoint {
+            cluster: cluster.config.name.clone(),
+        })?;
     let endpoint = &cluster.endpoints[index];
     outcome.upstream = Some(endpoint.address().to_owned());
     let in_flight = endpoint.begin();
@@ -217,7 +232,10 @@ async fn forward(
         Ok(Ok(response)) => response,
         Ok(Err(e)) => return Err(ProxyError::from_upstream(endpoint.address(), e)),
         Err(_) => {
-            return Err(ProxyError::UpstreamTimeout { endpoint: endpoint.address().to_owned(), timeout: route.timeout })
+            return Err(ProxyError::UpstreamTimeout {
+                endpoint: endpoint.address().to_owned(),
+                timeout: route.timeout,
+            })
         }
     };
     outcome.upstream_time = Some(sent.elapsed());
@@ -233,7 +251,10 @@ async fn forward(
 
 /// The path and query sent upstream after the route's rewrite, if any.
 fn rewritten_path_and_query(entry: &RouteEntry, uri: &Uri) -> PathAndQuery {
-    let original = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let original = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let rewrite = &entry.route.rewrite;
     let new_path = match (&rewrite.prefix, &rewrite.path) {
         (Some(prefix), _) => replace_prefix(&entry.route.matcher.path, uri.path(), prefix),
@@ -249,7 +270,9 @@ fn rewritten_path_and_query(entry: &RouteEntry, uri: &Uri) -> PathAndQuery {
 
 /// `/api/users` with prefix `/api/` replaced by `/v2/` becomes `/v2/users`.
 fn replace_prefix<'a>(matcher: &Option<PathMatch>, path: &'a str, replacement: &str) -> Cow<'a, str> {
-    let Some(PathMatch::Prefix(matched)) = matcher else { return Cow::Borrowed(path) };
+    let Some(PathMatch::Prefix(matched)) = matcher else {
+        return Cow::Borrowed(path);
+    };
     let rest = &path[matched.len().min(path.len())..];
     let mut out = String::with_capacity(replacement.len() + rest.len() + 1);
     out.push_str(replacement);
@@ -382,7 +405,11 @@ mod tests {
             ("/api", "/api/x", "", "/x"),
         ];
         for (matched, path, replacement, want) in cases {
-            assert_eq!(replace_prefix(&prefix(matched), path, replacement), want, "{matched} {path} {replacement}");
+            assert_eq!(
+                replace_prefix(&prefix(matched), path, replacement),
+                want,
+                "{matched} {path} {replacement}"
+            );
         }
     }
 
@@ -394,7 +421,10 @@ mod tests {
             switchyard_config::TemplateSegment::Literal("u".into()),
             switchyard_config::TemplateSegment::Capture("id".into()),
         ]));
-        assert_eq!(fill_path(&template, "/u/42", "/users/{id}/profile"), "/users/42/profile");
+        assert_eq!(
+            fill_path(&template, "/u/42", "/users/{id}/profile"),
+            "/users/42/profile"
+        );
         assert_eq!(fill_path(&None, "/x", "/fixed"), "/fixed");
     }
 }

@@ -38,18 +38,27 @@ pub struct Router<R = Arc<Route>> {
 impl<R: AsRef<Route>> Router<R> {
     /// Indexes `routes` (in declared order) for lookup.
     pub fn new(routes: Vec<R>) -> Self {
-        let mut router = Router { routes, exact_hosts: HashMap::new(), wildcard_hosts: Vec::new(), any_host: Vec::new() };
+        let mut router = Router {
+            routes,
+            exact_hosts: HashMap::new(),
+            wildcard_hosts: Vec::new(),
+            any_host: Vec::new(),
+        };
         for (i, route) in router.routes.iter().enumerate() {
             match &route.as_ref().matcher.host {
                 Some(HostMatch::Exact(host)) => router.exact_hosts.entry(host.clone()).or_default().push(i),
-                Some(HostMatch::Wildcard(suffix)) => match router.wildcard_hosts.iter_mut().find(|(s, _)| s == suffix) {
-                    Some((_, group)) => group.push(i),
-                    None => router.wildcard_hosts.push((suffix.clone(), vec![i])),
-                },
+                Some(HostMatch::Wildcard(suffix)) => {
+                    match router.wildcard_hosts.iter_mut().find(|(s, _)| s == suffix) {
+                        Some((_, group)) => group.push(i),
+                        None => router.wildcard_hosts.push((suffix.clone(), vec![i])),
+                    }
+                }
                 None => router.any_host.push(i),
             }
         }
-        router.wildcard_hosts.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        router
+            .wildcard_hosts
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         let routes = &router.routes;
         let by_specificity = |group: &mut Vec<usize>| {
             // Stable sort: equal specificity keeps declared order.
@@ -67,7 +76,10 @@ impl<R: AsRef<Route>> Router<R> {
         let host = host.as_deref();
         let mut query = LazyQuery::new(req.query);
         let in_group = |group: &[usize], query: &mut LazyQuery<'_>| {
-            group.iter().map(|&i| &self.routes[i]).find(|r| matches_request(&r.as_ref().matcher, req, query))
+            group
+                .iter()
+                .map(|&i| &self.routes[i])
+                .find(|r| matches_request(&r.as_ref().matcher, req, query))
         };
         if let Some(host) = host {
             if let Some(group) = self.exact_hosts.get(host) {
@@ -91,7 +103,13 @@ impl<R: AsRef<Route>> Router<R> {
 fn specificity(m: &RouteMatch) -> (u8, usize, usize) {
     let (rank, len) = match &m.path {
         Some(PathMatch::Exact(p)) => (4, p.len()),
-        Some(PathMatch::Template(segments)) => (3, segments.iter().filter(|s| matches!(s, TemplateSegment::Literal(_))).count()),
+        Some(PathMatch::Template(segments)) => (
+            3,
+            segments
+                .iter()
+                .filter(|s| matches!(s, TemplateSegment::Literal(_)))
+                .count(),
+        ),
         Some(PathMatch::Regex(_)) => (2, 0),
         Some(PathMatch::Prefix(p)) => (1, p.len()),
         None => (0, 0),
@@ -179,9 +197,10 @@ impl<'a> LazyQuery<'a> {
 
     fn get(&mut self, name: &str) -> Option<&str> {
         let raw = self.raw;
-        let pairs = self
-            .decoded
-            .get_or_insert_with(|| raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default());
+        let pairs = self.decoded.get_or_insert_with(|| {
+            raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default()
+        });
         pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
@@ -198,7 +217,13 @@ mod tests {
         Router::new(config.routes.into_iter().map(Arc::new).collect())
     }
 
-    fn find<'r>(r: &'r Router, method: &str, host: Option<&str>, target: &str, headers: &[(&str, &str)]) -> Option<&'r str> {
+    fn find<'r>(
+        r: &'r Router,
+        method: &str,
+        host: Option<&str>,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<&'r str> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
@@ -208,7 +233,13 @@ mod tests {
             None => (target, None),
         };
         let method = Method::from_bytes(method.as_bytes()).unwrap();
-        let view = RequestView { method: &method, host, path, query, headers: &map };
+        let view = RequestView {
+            method: &method,
+            host,
+            path,
+            query,
+            headers: &map,
+        };
         r.find(&view).map(|route| route.name.as_str())
     }
 
@@ -269,7 +300,9 @@ cluster = "c"
     #[test]
     fn routing_matrix() {
         let r = router(ROUTES);
-        let cases: &[(&str, Option<&str>, &str, &[(&str, &str)], &str)] = &[
+        // (method, host, target, headers, expected route)
+        type Case<'a> = (&'a str, Option<&'a str>, &'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("GET", None, "/", &[], "catch-all"),
             ("GET", None, "/api", &[], "api-prefix"),
             ("GET", None, "/api/x", &[], "api-prefix"),
@@ -295,7 +328,11 @@ cluster = "c"
             ("GET", Some("other.org"), "/", &[], "catch-all"),
         ];
         for (method, host, target, headers, want) in cases {
-            assert_eq!(find(&r, method, *host, target, headers), Some(*want), "{method} {host:?} {target} {headers:?}");
+            assert_eq!(
+                find(&r, method, *host, target, headers),
+                Some(*want),
+                "{method} {host:?} {target} {headers:?}"
+            );
         }
     }
 

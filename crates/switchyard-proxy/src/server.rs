@@ -52,7 +52,9 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: T
         match accepted {
             Ok((stream, peer)) => {
                 let shared_for_conn = shared.clone();
-                shared.tracker.spawn(serve_connection(shared_for_conn, name.clone(), stream, peer));
+                shared
+                    .tracker
+                    .spawn(serve_connection(shared_for_conn, name.clone(), stream, peer));
             }
             Err(error) => {
                 // Out of file descriptors or a transient error: back off a
@@ -69,12 +71,21 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: T
 async fn serve_connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let snapshot = shared.snapshot.load_full();
-    let Some(runtime) = snapshot.listeners.get(&*listener) else { return };
+    let Some(runtime) = snapshot.listeners.get(&*listener) else {
+        return;
+    };
     let idle_timeout = runtime.config.idle_timeout;
-    let info = Arc::new(ConnectionInfo { peer, listener, trusted: runtime.trusts(peer.ip()) });
+    let info = Arc::new(ConnectionInfo {
+        peer,
+        listener,
+        trusted: runtime.trusts(peer.ip()),
+    });
 
     let activity = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(ActivityIo { inner: stream, activity: activity.clone() });
+    let io = TokioIo::new(ActivityIo {
+        inner: stream,
+        activity: activity.clone(),
+    });
     let shared_for_requests = shared.clone();
     let service = service_fn(move |req| handle(shared_for_requests.clone(), info.clone(), req));
     let conn = runtime.http.serve_connection_with_upgrades(io, service);

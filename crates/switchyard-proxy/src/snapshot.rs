@@ -36,7 +36,9 @@ pub struct ListenerRuntime {
 
 impl std::fmt::Debug for ListenerRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ListenerRuntime").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("ListenerRuntime")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -101,14 +103,24 @@ impl Registry {
                 state.set_weight(ep.weight);
                 endpoints_in_use.insert(key, state.clone());
                 endpoints.push(state);
-                authorities.push(ep.address.parse().expect("validated endpoint address is a valid authority"));
+                authorities.push(
+                    ep.address
+                        .parse()
+                        .expect("validated endpoint address is a valid authority"),
+                );
             }
             let balancer: Box<dyn Balancer> = match cluster.balancer {
                 BalancerKind::RoundRobin => Box::new(RoundRobin::new()),
             };
             clusters.insert(
                 cluster.name.clone(),
-                Arc::new(ClusterRuntime { config: cluster.clone(), endpoints, authorities, balancer, client }),
+                Arc::new(ClusterRuntime {
+                    config: cluster.clone(),
+                    endpoints,
+                    authorities,
+                    balancer,
+                    client,
+                }),
             );
         }
         self.endpoints = endpoints_in_use;
@@ -130,11 +142,19 @@ impl Registry {
                         },
                     })
                     .collect();
-                let runtime = ListenerRuntime { config: listener.clone(), router: Router::new(entries), http: http_builder(listener) };
+                let runtime = ListenerRuntime {
+                    config: listener.clone(),
+                    router: Router::new(entries),
+                    http: http_builder(listener),
+                };
                 (listener.name.clone(), runtime)
             })
             .collect();
-        Snapshot { config, listeners, clusters }
+        Snapshot {
+            config,
+            listeners,
+            clusters,
+        }
     }
 }
 

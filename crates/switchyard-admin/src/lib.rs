@@ -1,0 +1,230 @@
+//! The admin API: a small JSON HTTP server on its own listener (loopback by
+//! default) for probes and operators.
+//!
+//! | method | path          | what                                              |
+//! |--------|---------------|---------------------------------------------------|
+//! | GET    | `/live`       | the process is up                                 |
+//! | GET    | `/ready`      | serving traffic (503 while draining)              |
+//! | GET    | `/api/config` | the running configuration as JSON                 |
+//! | PUT    | `/api/config` | validate and apply a new configuration atomically |
+//!
+//! Errors are `{"error": {"code", "message"}}`; an invalid configuration also
+//! carries `details`, one entry per problem.
+
+#![forbid(unsafe_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{json, Value};
+use switchyard_config::Admin;
+use switchyard_proxy::Gateway;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Largest configuration document `PUT /api/config` accepts.
+const MAX_CONFIG_BODY: usize = 4 << 20;
+
+/// What the admin API serves and acts on.
+#[derive(Debug, Clone)]
+struct AdminState {
+    gateway: Gateway,
+    token: Option<Arc<str>>,
+}
+
+/// A running admin listener.
+#[derive(Debug)]
+pub struct AdminServer {
+    /// The bound address.
+    pub local_addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl AdminServer {
+    /// Stops accepting admin connections.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// Binds the admin listener and serves it in the background.
+pub async fn start(settings: &Admin, gateway: Gateway) -> std::io::Result<AdminServer> {
+    let listener = TcpListener::bind(settings.listen).await?;
+    let local_addr = listener.local_addr()?;
+    let state = AdminState {
+        gateway,
+        token: settings.token.as_deref().map(Arc::from),
+    };
+    let stop = CancellationToken::new();
+    tokio::spawn(accept_loop(listener, state, stop.clone()));
+    tracing::info!(address = %local_addr, "admin listening");
+    Ok(AdminServer { local_addr, stop })
+}
+
+async fn accept_loop(listener: TcpListener, state: AdminState, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, req).await) }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(expected) = &state.token {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), expected.as_bytes())) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid `Authorization: Bearer` token is required",
+            );
+        }
+    }
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/live") => json_response(StatusCode::OK, &json!({"status": "live"})),
+        (&Method::GET, "/ready") => {
+            if state.gateway.is_draining() {
+                json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"}))
+            } else {
+                json_response(StatusCode::OK, &json!({"status": "ready"}))
+            }
+        }
+        (&Method::GET, "/api/config") => match serde_json::to_value(&state.gateway.config().raw) {
+            Ok(config) => json_response(StatusCode::OK, &config),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+        },
+        (&Method::PUT, "/api/config") => put_config(state, req).await,
+        (_, "/live" | "/ready" | "/api/config") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("{} is not allowed on {path}", req.method()),
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no admin endpoint at {path}"),
+        ),
+    }
+}
+
+async fn put_config(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let body = match Limited::new(req.into_body(), MAX_CONFIG_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &format!("the configuration could not be read: {e}"),
+            );
+        }
+    };
+    let config = match switchyard_config::parse_json(&body) {
+        Ok(config) => config,
+        Err(diagnostics) => {
+            tracing::warn!(
+                errors = diagnostics.len(),
+                "admin API: configuration rejected, keeping the running one"
+            );
+            let details: Vec<Value> = diagnostics
+                .iter()
+                .map(|d| {
+                    json!({
+                        "path": d.path.to_string(),
+                        "message": d.message,
+                        "hint": d.hint,
+                        "line": d.location.map(|l| l.line),
+                        "column": d.location.map(|l| l.column),
+                    })
+                })
+                .collect();
+            let body = json!({
+                "error": {
+                    "code": "invalid_config",
+                    "message": format!("the configuration has {} error(s); the running configuration is unchanged", diagnostics.len()),
+                    "details": details,
+                }
+            });
+            return json_response(StatusCode::BAD_REQUEST, &body);
+        }
+    };
+    match state.gateway.apply(config).await {
+        Ok(()) => {
+            tracing::info!("admin API: configuration applied");
+            json_response(StatusCode::OK, &json!({"status": "applied"}))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "admin API: configuration could not be applied, keeping the running one");
+            error(StatusCode::CONFLICT, "apply_failed", &e.to_string())
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    json_response(status, &json!({"error": {"code": code, "message": message}}))
+}
+
+/// Compares secrets without exiting early on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret-token-123", b"secret-token-123"));
+        assert!(!constant_time_eq(b"secret-token-123", b"secret-token-124"));
+        assert!(!constant_time_eq(b"short", b"longer"));
+    }
+}

@@ -1,0 +1,167 @@
+//! The process lifecycle of `switchyard run`: start, reload (SIGHUP, file
+//! change), drain on SIGTERM/SIGINT.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use notify::{RecursiveMode, Watcher};
+use switchyard_config::Config;
+use switchyard_proxy::Gateway;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+/// `switchyard run --config FILE`.
+pub fn run_file(path: PathBuf) -> anyhow::Result<()> {
+    let config = switchyard_config::load_file(&path).map_err(|d| anyhow!("invalid configuration:\n{d}"))?;
+    let runtime = build_runtime(config.runtime.workers)?;
+    runtime.block_on(serve(config, Some(path)))
+}
+
+/// A multi-threaded runtime with `workers` threads (0: one per core).
+pub fn build_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    builder
+        .enable_all()
+        .thread_name("switchyard-worker")
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Serves `config` until SIGTERM or SIGINT, then drains. With `path`, reloads
+/// from that file on SIGHUP and whenever it changes.
+pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    let admin_settings = config.admin.clone();
+    let gateway = Gateway::start(config).await.context("starting listeners")?;
+    let admin = match &admin_settings {
+        Some(settings) => Some(
+            switchyard_admin::start(settings, gateway.clone())
+                .await
+                .with_context(|| format!("starting the admin API on {}", settings.listen))?,
+        ),
+        None => None,
+    };
+
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    // Without a file, a channel that never yields (its sender lives here).
+    let (_no_changes, idle) = mpsc::channel(1);
+    let (_watcher, mut changes) = match &path {
+        Some(path) => {
+            let (watcher, rx) = watch(path)?;
+            (Some(watcher), rx)
+        }
+        None => (None, idle),
+    };
+    let mut last_text = match &path {
+        Some(path) => tokio::fs::read_to_string(path).await.ok(),
+        None => None,
+    };
+
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); break; }
+            _ = interrupt.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); break; }
+            _ = hangup.recv() => {
+                if let Some(path) = &path {
+                    reload(&gateway, path, "SIGHUP", &mut last_text, true).await;
+                }
+            }
+            Some(()) = changes.recv() => {
+                // Editors write in several steps: let them finish, then read once.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                while changes.try_recv().is_ok() {}
+                if let Some(path) = &path {
+                    reload(&gateway, path, "file change", &mut last_text, false).await;
+                }
+            }
+        }
+    }
+
+    let drain_timeout = gateway.config().runtime.drain_timeout;
+    tracing::info!(timeout = ?drain_timeout, "draining in-flight requests");
+    let clean = gateway.shutdown(drain_timeout).await;
+    if let Some(admin) = admin {
+        admin.stop();
+    }
+    if clean {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!("drain timeout reached; closing the remaining connections");
+    }
+    Ok(())
+}
+
+/// Reads, validates and applies the file. A bad file keeps the running config.
+/// With `force` false, an unchanged file is not applied again.
+async fn reload(gateway: &Gateway, path: &Path, trigger: &str, last_text: &mut Option<String>, force: bool) {
+    let text = match tokio::fs::read_to_string(path).await {
+        Ok(text) => text,
+        Err(error) => {
+            tracing::error!(trigger, %error, file = %path.display(), "reload failed: cannot read the file; keeping the running configuration");
+            return;
+        }
+    };
+    if !force && last_text.as_deref() == Some(text.as_str()) {
+        return;
+    }
+    *last_text = Some(text.clone());
+    let config = match switchyard_config::parse_toml(&text, &path.display().to_string()) {
+        Ok(config) => config,
+        Err(diagnostics) => {
+            for d in diagnostics.iter() {
+                tracing::error!(trigger, problem = %d, "invalid configuration");
+            }
+            tracing::error!(
+                trigger,
+                errors = diagnostics.len(),
+                "reload rejected; keeping the running configuration"
+            );
+            return;
+        }
+    };
+    let running = gateway.config();
+    if config.runtime.workers != running.runtime.workers {
+        tracing::warn!("runtime.workers changed: takes effect on restart only");
+    }
+    if config.admin.as_ref().map(|a| a.listen) != running.admin.as_ref().map(|a| a.listen) {
+        tracing::warn!("admin.listen changed: takes effect on restart only");
+    }
+    match gateway.apply(config).await {
+        Ok(()) => tracing::info!(trigger, "configuration reloaded"),
+        Err(error) => {
+            tracing::error!(trigger, %error, "reload failed; keeping the running configuration")
+        }
+    }
+}
+
+/// Watches the directory holding `path` (editors often replace the file, which
+/// a watch on the file itself would lose) and signals changes to it.
+fn watch(path: &Path) -> anyhow::Result<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
+    let (tx, rx) = mpsc::channel(16);
+    let file = path
+        .canonicalize()
+        .with_context(|| format!("resolving {}", path.display()))?;
+    let dir = file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let name = file.file_name().map(|n| n.to_owned());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let ours = event.paths.iter().any(|p| p.file_name() == name.as_deref());
+            if ours && !event.kind.is_access() {
+                let _ = tx.try_send(());
+            }
+        }
+    })
+    .context("starting the config file watcher")?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    Ok((watcher, rx))
+}
