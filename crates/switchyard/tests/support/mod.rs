@@ -1,0 +1,13 @@
+//! Test harness shared by the integration tests: the real `switchyard` binary
+//! started from a config string, real backends that record what they saw, and
+//! HTTP/1.1, HTTP/2 and raw-TCP clients. Everything listens on 127.0.0.1 with
+//! ephemeral ports, so tests run in parallel.
+
+#![allow(dead_code)]
+
+pub mod backend;
+pub mod client;
+pub mod gateway;
+
+pub use backend::Backend;
+pub use gateway::GatewayProcess;
