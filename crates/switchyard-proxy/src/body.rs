@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use switchyard_balance::InFlight;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{BoxError, Side};
@@ -51,6 +52,8 @@ pin_project! {
         idle: Option<Pin<Box<Sleep>>>,
         timeout: Duration,
         side: Side,
+        // Told when the body has been read to its end.
+        finished: Option<oneshot::Sender<()>>,
     }
 }
 
@@ -64,7 +67,20 @@ impl<B: Body> TimedBody<B> {
             idle,
             timeout,
             side,
+            finished: None,
         }
+    }
+
+    /// Like [`TimedBody::new`], plus a receiver that resolves once the body has
+    /// been read to its end (or dropped); `None` for an empty body.
+    pub fn with_completion(inner: B, timeout: Duration, side: Side) -> (Self, Option<oneshot::Receiver<()>>) {
+        let mut body = Self::new(inner, timeout, side);
+        if body.inner.is_end_stream() {
+            return (body, None);
+        }
+        let (tx, rx) = oneshot::channel();
+        body.finished = Some(tx);
+        (body, Some(rx))
     }
 }
 
@@ -77,11 +93,17 @@ where
     type Error = BodyError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(idle) = this.idle.as_mut() {
                     idle.as_mut().reset(Instant::now() + *this.timeout);
+                }
+                // A body with a known length may never be polled past its last frame.
+                if this.inner.is_end_stream() {
+                    if let Some(tx) = this.finished.take() {
+                        let _ = tx.send(());
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -89,7 +111,12 @@ where
                 side: *this.side,
                 source: e.into(),
             }))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                if let Some(tx) = this.finished.take() {
+                    let _ = tx.send(());
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 let stalled = this.idle.as_mut().is_some_and(|idle| idle.as_mut().poll(cx).is_ready());
                 if stalled {

@@ -226,16 +226,25 @@ async fn forward(
         UpstreamProtocol::Http2 => Version::HTTP_2,
     };
 
-    let upstream_req = Request::from_parts(parts, TimedBody::new(body, route.idle_timeout, Side::Downstream));
+    let (body, body_sent) = TimedBody::with_completion(body, route.idle_timeout, Side::Downstream);
+    let upstream_req = Request::from_parts(parts, body);
     let sent = Instant::now();
-    let response = match tokio::time::timeout(route.timeout, cluster.client.request(upstream_req)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => return Err(ProxyError::from_upstream(endpoint.address(), e)),
-        Err(_) => {
-            return Err(ProxyError::UpstreamTimeout {
-                endpoint: endpoint.address().to_owned(),
-                timeout: route.timeout,
-            })
+    // The route timeout counts from the end of the request body: a slow
+    // upload is the client's business (bounded by the idle timeout), not the
+    // upstream's.
+    let deadline = async {
+        if let Some(body_sent) = body_sent {
+            let _ = body_sent.await;
+        }
+        tokio::time::sleep(route.timeout).await;
+    };
+    let response = tokio::select! {
+        result = cluster.client.request(upstream_req) => match result {
+            Ok(response) => response,
+            Err(e) => return Err(ProxyError::from_upstream(endpoint.address(), e)),
+        },
+        () = deadline => {
+            return Err(ProxyError::UpstreamTimeout { endpoint: endpoint.address().to_owned(), timeout: route.timeout });
         }
     };
     outcome.upstream_time = Some(sent.elapsed());

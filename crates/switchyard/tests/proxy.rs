@@ -134,7 +134,11 @@ async fn routing_matrix_over_http1_and_http2() {
             (route("GET", "/api/users", None, &[]), "a", "/internal/users"),
             (route("GET", "/users/42", None, &[]), "b", "/v2/users/42/profile"),
             (route("POST", "/submit", None, &[]), "b", "/submit"),
-            (route("GET", "/feature/x", None, &[("x-canary", "yes")]), "b", "/feature/x"),
+            (
+                route("GET", "/feature/x", None, &[("x-canary", "yes")]),
+                "b",
+                "/feature/x",
+            ),
             (route("GET", "/feature/x?debug=1", None, &[]), "b", "/feature/x"),
             (route("GET", "/feature/x", None, &[]), "a", "/feature/x"),
             (route("GET", "/hop", None, &[]), "a", "/hop"),
@@ -152,7 +156,11 @@ async fn routing_matrix_over_http1_and_http2() {
         }
         if proto == Proto::H1 {
             // Host routing (HTTP/1.1 Host header).
-            for (host, backend) in [("a.example.com", "a"), ("A.Example.com:8080", "a"), ("x.example.com", "b")] {
+            for (host, backend) in [
+                ("a.example.com", "a"),
+                ("A.Example.com:8080", "a"),
+                ("x.example.com", "b"),
+            ] {
                 let reply = send(&c, route("GET", "/anything", Some(host), &[])).await;
                 assert_eq!(reply.json()["backend"], backend, "host {host}");
             }
@@ -171,10 +179,19 @@ async fn header_rules_rewrites_and_gateway_answers() {
     let (a, _b, gw) = two_backends_and_gateway("").await;
     let c = client(Proto::H1);
 
-    let reply = get(&c, &gw.url("/api/x"), &[("x-drop-me", "1"), ("x-request-id", "given-id-1")]).await;
+    let reply = get(
+        &c,
+        &gw.url("/api/x"),
+        &[("x-drop-me", "1"), ("x-request-id", "given-id-1")],
+    )
+    .await;
     assert_eq!(reply.header("x-gateway"), Some("switchyard"), "response header added");
     assert_eq!(reply.header("x-backend"), None, "response header removed");
-    assert_eq!(reply.header("x-request-id"), Some("given-id-1"), "request id passed through to the client");
+    assert_eq!(
+        reply.header("x-request-id"),
+        Some("given-id-1"),
+        "request id passed through to the client"
+    );
     let seen = a.seen().pop().unwrap();
     assert_eq!(seen.headers["x-route"], "api");
     assert!(!seen.headers.contains_key("x-drop-me"));
@@ -194,7 +211,10 @@ async fn header_rules_rewrites_and_gateway_answers() {
 
     let reply = get(&c, &gw.url("/old/page?q=1"), &[]).await;
     assert_eq!(reply.status, 308);
-    assert_eq!(reply.header("location"), Some(format!("http://{}/new/page?q=1", gw.addr()).as_str()));
+    assert_eq!(
+        reply.header("location"),
+        Some(format!("http://{}/new/page?q=1", gw.addr()).as_str())
+    );
     let reply = get(&c, &gw.url("/secure"), &[]).await;
     assert_eq!(reply.status, 301);
     assert_eq!(reply.header("location"), Some("https://secure.example.com/secure"));
@@ -202,7 +222,10 @@ async fn header_rules_rewrites_and_gateway_answers() {
     let reply = get(&c, &gw.url("/dead"), &[]).await;
     assert_eq!(reply.status, 502);
     assert_eq!(reply.json()["error"]["code"], "upstream_connect_failed");
-    assert!(!reply.text().contains("127.0.0.1:1"), "the client is not told internal addresses");
+    assert!(
+        !reply.text().contains("127.0.0.1:1"),
+        "the client is not told internal addresses"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +235,13 @@ async fn hop_by_hop_headers_do_not_cross() {
     let reply = get(
         &c,
         &gw.url("/hop"),
-        &[("connection", "x-client-secret"), ("x-client-secret", "1"), ("keep-alive", "timeout=9"), ("te", "trailers"), ("proxy-connection", "x")],
+        &[
+            ("connection", "x-client-secret"),
+            ("x-client-secret", "1"),
+            ("keep-alive", "timeout=9"),
+            ("te", "trailers"),
+            ("proxy-connection", "x"),
+        ],
     )
     .await;
     assert_eq!(reply.status, 200);
@@ -230,12 +259,19 @@ async fn hop_by_hop_headers_do_not_cross() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_trust_only_configured_proxies() {
-    let spoof = [("x-forwarded-for", "203.0.113.7"), ("x-forwarded-proto", "https"), ("forwarded", "for=203.0.113.7")];
+    let spoof = [
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-proto", "https"),
+        ("forwarded", "for=203.0.113.7"),
+    ];
 
     let (a, _b, untrusting) = two_backends_and_gateway("").await;
     get(&client(Proto::H1), &untrusting.url("/api/x"), &spoof).await;
     let seen = a.seen().pop().unwrap();
-    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1", "a client cannot claim another address");
+    assert_eq!(
+        seen.headers["x-forwarded-for"], "127.0.0.1",
+        "a client cannot claim another address"
+    );
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
     assert_eq!(seen.headers["x-forwarded-host"], untrusting.addr().to_string());
     let forwarded = seen.headers["forwarded"].to_str().unwrap();
@@ -258,7 +294,9 @@ async fn round_robin_spreads_evenly_over_both_protocols() {
         let mut counts = std::collections::HashMap::new();
         for _ in 0..20 {
             let reply = get(&c, &gw.url("/rr/x"), &[]).await;
-            *counts.entry(reply.json()["backend"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+            *counts
+                .entry(reply.json()["backend"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
         }
         assert_eq!(counts.get("a"), Some(&10), "{proto:?} {counts:?}");
         assert_eq!(counts.get("b"), Some(&10), "{proto:?} {counts:?}");
@@ -275,18 +313,32 @@ async fn upstream_connections_are_reused() {
     let seen = a.seen();
     assert_eq!(seen.len(), 10);
     let connections: HashSet<_> = seen.iter().map(|s| s.peer).collect();
-    assert_eq!(connections.len(), 1, "sequential requests share one keep-alive upstream connection");
-    let ids: HashSet<_> = seen.iter().map(|s| s.headers["x-request-id"].to_str().unwrap().to_owned()).collect();
+    assert_eq!(
+        connections.len(),
+        1,
+        "sequential requests share one keep-alive upstream connection"
+    );
+    let ids: HashSet<_> = seen
+        .iter()
+        .map(|s| s.headers["x-request-id"].to_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids.len(), 10, "every request has its own id");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_records_each_request() {
     let (_a, _b, gw) = two_backends_and_gateway("").await;
-    let reply = get(&client(Proto::H1), &gw.url("/api/logged?x=1"), &[("x-request-id", "log-me-1")]).await;
+    let reply = get(
+        &client(Proto::H1),
+        &gw.url("/api/logged?x=1"),
+        &[("x-request-id", "log-me-1")],
+    )
+    .await;
     assert_eq!(reply.status, 200);
     let found = gw
-        .wait_log(std::time::Duration::from_secs(5), |v| support::gateway::is_access(v) && v["request_id"] == "log-me-1")
+        .wait_log(std::time::Duration::from_secs(5), |v| {
+            support::gateway::is_access(v) && v["request_id"] == "log-me-1"
+        })
         .await;
     assert!(found, "no access log line; logs:\n{}", gw.dump_logs());
     let line = gw.logs().into_iter().find(|v| v["request_id"] == "log-me-1").unwrap();

@@ -59,11 +59,18 @@ impl Backend {
                 let (name, seen) = (name_owned.clone(), seen_owned.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(name.clone(), seen.clone(), peer, req));
-                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
-        Backend { addr, name: name.to_owned(), seen, task }
+        Backend {
+            addr,
+            name: name.to_owned(),
+            seen,
+            task,
+        }
     }
 
     /// Requests seen so far.
@@ -79,7 +86,9 @@ impl Drop for Backend {
 }
 
 fn full(text: impl Into<Bytes>) -> Body {
-    Full::new(text.into()).map_err(|never: Infallible| match never {}).boxed()
+    Full::new(text.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 fn zeros(total: u64) -> Body {
@@ -88,7 +97,10 @@ fn zeros(total: u64) -> Body {
             return None;
         }
         let n = left.min(ZEROS.len() as u64);
-        Some((Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(&ZEROS[..n as usize]))), left - n))
+        Some((
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(&ZEROS[..n as usize]))),
+            left - n,
+        ))
     });
     BodyExt::boxed(StreamBody::new(chunks))
 }
@@ -121,7 +133,9 @@ async fn handle(
             r
         }
         "stall" => {
-            let first = futures_util::stream::once(async { Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"first"))) });
+            let first = futures_util::stream::once(async {
+                Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"first")))
+            });
             let never = futures_util::stream::pending();
             Response::new(BodyExt::boxed(StreamBody::new(first.chain(never))))
         }
@@ -151,8 +165,11 @@ async fn handle(
             r
         }
         _ => {
-            let headers: BTreeMap<&str, &str> =
-                req.headers().iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))).collect();
+            let headers: BTreeMap<&str, &str> = req
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
+                .collect();
             let body = serde_json::json!({
                 "backend": name,
                 "method": req.method().as_str(),

@@ -23,7 +23,9 @@ pub enum Proto {
 
 /// A client speaking `proto` (h2 with prior knowledge over cleartext).
 pub fn client(proto: Proto) -> HttpClient {
-    Client::builder(TokioExecutor::new()).http2_only(proto == Proto::H2).build_http()
+    Client::builder(TokioExecutor::new())
+        .http2_only(proto == Proto::H2)
+        .build_http()
 }
 
 /// An empty request body.
@@ -65,7 +67,11 @@ pub async fn send(client: &HttpClient, req: Request<Body>) -> Reply {
         .expect("request succeeds at the HTTP level");
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("read body").to_bytes();
-    Reply { status: parts.status, headers: parts.headers, body }
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
 }
 
 /// `GET url` with extra headers.

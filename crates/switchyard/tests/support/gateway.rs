@@ -51,16 +51,30 @@ impl GatewayProcess {
         let expected_listeners = config.matches("[[listeners]]").count();
         let wants_admin = config.contains("[admin]");
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut gateway = GatewayProcess { child, _dir: dir, config_path, logs, listeners: HashMap::new(), admin: None };
+        let mut gateway = GatewayProcess {
+            child,
+            _dir: dir,
+            config_path,
+            logs,
+            listeners: HashMap::new(),
+            admin: None,
+        };
         loop {
             gateway.collect_addresses();
             if gateway.listeners.len() >= expected_listeners && (!wants_admin || gateway.admin.is_some()) {
                 return gateway;
             }
             if let Ok(Some(status)) = gateway.child.try_wait() {
-                panic!("switchyard exited during startup ({status}); logs:\n{}", gateway.dump_logs());
+                panic!(
+                    "switchyard exited during startup ({status}); logs:\n{}",
+                    gateway.dump_logs()
+                );
             }
-            assert!(Instant::now() < deadline, "switchyard did not start; logs:\n{}", gateway.dump_logs());
+            assert!(
+                Instant::now() < deadline,
+                "switchyard did not start; logs:\n{}",
+                gateway.dump_logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -81,7 +95,10 @@ impl GatewayProcess {
 
     /// The address of the listener named `public` (or the only one).
     pub fn addr(&self) -> SocketAddr {
-        self.listeners.get("public").copied().unwrap_or_else(|| *self.listeners.values().next().expect("a listener"))
+        self.listeners
+            .get("public")
+            .copied()
+            .unwrap_or_else(|| *self.listeners.values().next().expect("a listener"))
     }
 
     /// `http://ADDR{path}` on the main listener.
@@ -101,7 +118,10 @@ impl GatewayProcess {
 
     /// Sends a signal (`"HUP"`, `"TERM"`, ...) to this process only.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").args(["-s", name, &self.pid().to_string()]).status().expect("run kill");
+        let status = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
         assert!(status.success(), "kill -s {name} failed");
     }
 
