@@ -67,6 +67,7 @@ pub async fn handle(
     let started = Instant::now();
     let snapshot = shared.snapshot.load_full();
     let request_id = request_id::from_request_or_new(req.headers());
+    let version = req.version();
 
     // Kept for the access log only when it is on: the request moves upstream.
     let log_enabled = snapshot.config.access_log;
@@ -90,7 +91,13 @@ pub async fn handle(
                 }
                 _ => tracing::debug!(%error, request_id = ?request_id, "request rejected"),
             }
-            (error.into_response(&request_id), Some(error.code()))
+            let mut response = error.into_response(&request_id);
+            // After a malformed HTTP/1 request the connection's framing cannot
+            // be trusted: answer, then close.
+            if matches!(error, ProxyError::BadRequest(_)) && version < Version::HTTP_2 {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            (response, Some(error.code()))
         }
     };
     response.headers_mut().insert(X_REQUEST_ID, request_id.clone());
