@@ -30,6 +30,10 @@ use switchyard_proxy::Gateway;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Shown instead of the admin token in `GET /api/config`; a `PUT` carrying it
+/// back keeps the running token.
+const REDACTED: &str = "<redacted>";
+
 /// Largest configuration document `PUT /api/config` accepts.
 const MAX_CONFIG_BODY: usize = 4 << 20;
 
@@ -104,7 +108,9 @@ async fn accept_loop(listener: TcpListener, state: AdminState, stop: Cancellatio
 }
 
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if let Some(expected) = &state.token {
+    // Probes stay open so orchestrators need no secret; everything else needs it.
+    let is_probe = matches!(req.uri().path(), "/live" | "/ready");
+    if let Some(expected) = state.token.as_ref().filter(|_| !is_probe) {
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -129,7 +135,13 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             }
         }
         (&Method::GET, "/api/config") => match serde_json::to_value(&state.gateway.config().raw) {
-            Ok(config) => json_response(StatusCode::OK, &config),
+            Ok(mut config) => {
+                // The admin token is a secret: never echo it.
+                if let Some(token) = config.pointer_mut("/admin/token") {
+                    *token = Value::String(REDACTED.into());
+                }
+                json_response(StatusCode::OK, &config)
+            }
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
         },
         (&Method::PUT, "/api/config") => put_config(state, req).await,
@@ -157,6 +169,10 @@ async fn put_config(state: &AdminState, req: Request<Incoming>) -> Response<Full
             );
         }
     };
+    let body = restore_token(
+        &body,
+        state.gateway.config().admin.as_ref().and_then(|a| a.token.as_deref()),
+    );
     let config = match switchyard_config::parse_json(&body) {
         Ok(config) => config,
         Err(diagnostics) => {
@@ -186,6 +202,10 @@ async fn put_config(state: &AdminState, req: Request<Incoming>) -> Response<Full
             return json_response(StatusCode::BAD_REQUEST, &body);
         }
     };
+    let running = state.gateway.config();
+    if config.admin.as_ref().map(|a| (a.listen, &a.token)) != running.admin.as_ref().map(|a| (a.listen, &a.token)) {
+        tracing::warn!("admin API: changes to [admin] take effect on restart only");
+    }
     match state.gateway.apply(config).await {
         Ok(()) => {
             tracing::info!("admin API: configuration applied");
@@ -195,6 +215,20 @@ async fn put_config(state: &AdminState, req: Request<Incoming>) -> Response<Full
             tracing::warn!(error = %e, "admin API: configuration could not be applied, keeping the running one");
             error(StatusCode::CONFLICT, "apply_failed", &e.to_string())
         }
+    }
+}
+
+/// Puts the running token back where a client sent the redacted placeholder.
+fn restore_token(body: &Bytes, running: Option<&str>) -> Bytes {
+    let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+        return body.clone();
+    };
+    match (value.pointer_mut("/admin/token"), running) {
+        (Some(token), Some(running)) if token == REDACTED => {
+            *token = Value::String(running.to_owned());
+            Bytes::from(value.to_string())
+        }
+        _ => body.clone(),
     }
 }
 

@@ -220,6 +220,35 @@ cluster = "apii"
     }
 
     #[test]
+    fn redirects_endpoints_and_generated_names_are_checked() {
+        let text = r#"
+[[clusters]]
+name = "c"
+endpoints = [{ address = "127.0.0.1:0" }]
+[[routes]]
+redirect = { path = "nolead", host = "bad host" }
+[[routes]]
+name = "route-0"
+cluster = "c"
+"#;
+        let joined = errors(text).join("\n");
+        assert!(
+            joined
+                .contains("`clusters[0].endpoints[0].address`: invalid address \"127.0.0.1:0\": port must be 1-65535"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("`routes[0].redirect.path`: redirect path must start with '/'"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("`routes[0].redirect.host`: invalid redirect host \"bad host\""),
+            "{joined}"
+        );
+        assert!(joined.contains("would be called \"route-0\""), "{joined}");
+    }
+
+    #[test]
     fn duplicates_and_exclusive_keys() {
         let text = r#"
 [[listeners]]

@@ -402,6 +402,14 @@ impl Settler {
                 Some(_) => self.name(&r.name, at.key("name"), "route", &mut names),
                 None => Some(format!("route-{i}")),
             };
+            if r.name.is_none() && raw.iter().any(|other| other.name.as_deref() == name.as_deref()) {
+                self.error(
+                    at.key("name"),
+                    format!(
+                        "this unnamed route would be called \"route-{i}\", which another route uses: give it a `name`"
+                    ),
+                );
+            }
             if let Some(listener) = &r.listener {
                 if !listeners.contains(&listener.as_str()) {
                     let hint = did_you_mean(listener, listeners.iter().copied());
@@ -672,6 +680,20 @@ impl Settler {
                 "a redirect needs `location` or at least one of `scheme`, `host`, `port`, `path`, `prefix`",
             );
         }
+        for (key, value) in [("path", &raw.path), ("prefix", &raw.prefix)] {
+            if value.as_ref().is_some_and(|v| !v.starts_with('/')) {
+                self.error(at.key(key), format!("redirect {key} must start with '/'"));
+            }
+        }
+        if let Some(host) = &raw.host {
+            let valid = !host.is_empty()
+                && host
+                    .split('.')
+                    .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+            if !valid {
+                self.error(at.key("host"), format!("invalid redirect host \"{host}\": expected a name such as \"www.example.com\" (use `port` for the port)"));
+            }
+        }
         if let Some(location) = &raw.location {
             self.header_value(location, at.key("location"))?;
         }
@@ -777,7 +799,10 @@ fn parse_cidr(text: &str) -> Option<IpNet> {
 
 /// Checks `host:port` where host is an IP literal or a DNS name.
 fn check_host_port(text: &str) -> Result<(), String> {
-    if SocketAddr::from_str(text).is_ok() {
+    if let Ok(addr) = SocketAddr::from_str(text) {
+        if addr.port() == 0 {
+            return Err(format!("invalid address \"{text}\": port must be 1-65535"));
+        }
         return Ok(());
     }
     let invalid = |why: &str| {

@@ -97,12 +97,18 @@ impl<B: Body<Data = Bytes, Error = BodyError>> Body for Logged<B> {
     type Error = BodyError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         if this.record.is_some() {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     *this.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    // A body of known length is not polled past its last frame.
+                    if this.inner.is_end_stream() {
+                        if let Some(record) = this.record.take() {
+                            record.emit(*this.bytes, "complete");
+                        }
+                    }
                 }
                 Poll::Ready(None) => {
                     if let Some(record) = this.record.take() {

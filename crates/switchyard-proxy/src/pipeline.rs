@@ -87,15 +87,17 @@ pub async fn handle(
         Err(error) => {
             match error.side() {
                 Side::Upstream => {
-                    tracing::warn!(%error, request_id = ?request_id, "request failed")
+                    tracing::warn!(%error, request_id = request_id.to_str().unwrap_or_default(), "request failed")
                 }
-                _ => tracing::debug!(%error, request_id = ?request_id, "request rejected"),
+                _ => tracing::debug!(%error, request_id = request_id.to_str().unwrap_or_default(), "request rejected"),
             }
             let mut response = error.into_response(&request_id);
             // After a malformed HTTP/1 request the connection's framing cannot
             // be trusted: answer, then close.
             if matches!(error, ProxyError::BadRequest(_)) && version < Version::HTTP_2 {
-                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             (response, Some(error.code()))
         }

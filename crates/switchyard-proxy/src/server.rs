@@ -52,9 +52,13 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: T
         match accepted {
             Ok((stream, peer)) => {
                 let shared_for_conn = shared.clone();
-                shared
-                    .tracker
-                    .spawn(serve_connection(shared_for_conn, name.clone(), stream, peer));
+                shared.tracker.spawn(serve_connection(
+                    shared_for_conn,
+                    name.clone(),
+                    stream,
+                    peer,
+                    stop.clone(),
+                ));
             }
             Err(error) => {
                 // Out of file descriptors or a transient error: back off a
@@ -67,8 +71,16 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: T
     tracing::info!(listener = %name, "listener stopped");
 }
 
-/// Serves one client connection until it closes, idles out or drains.
-async fn serve_connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one client connection until it closes, idles out or drains. `closing`
+/// fires when its listener is removed by a reload: the connection then closes
+/// gracefully like on drain.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    closing: CancellationToken,
+) {
     let _ = stream.set_nodelay(true);
     let snapshot = shared.snapshot.load_full();
     let Some(runtime) = snapshot.listeners.get(&*listener) else {
@@ -103,6 +115,10 @@ async fn serve_connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpSt
                     tracing::debug!(%error, %peer, "connection ended with an error");
                 }
                 break;
+            }
+            _ = closing.cancelled(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
             }
             _ = drain.cancelled(), if !draining => {
                 draining = true;

@@ -84,7 +84,12 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
 
     let drain_timeout = gateway.config().runtime.drain_timeout;
     tracing::info!(timeout = ?drain_timeout, "draining in-flight requests");
-    let clean = gateway.shutdown(drain_timeout).await;
+    // A second SIGTERM/SIGINT during the drain means "now".
+    let clean = tokio::select! {
+        clean = gateway.shutdown(drain_timeout) => clean,
+        _ = terminate.recv() => { tracing::warn!("second signal: exiting without waiting"); false }
+        _ = interrupt.recv() => { tracing::warn!("second signal: exiting without waiting"); false }
+    };
     if let Some(admin) = admin {
         admin.stop();
     }

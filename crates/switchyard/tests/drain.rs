@@ -14,9 +14,6 @@ fn config(backend: &Backend) -> String {
 [runtime]
 drain_timeout = "10s"
 
-[admin]
-listen = "127.0.0.1:0"
-
 [[listeners]]
 name = "public"
 listen = "127.0.0.1:0"
@@ -51,26 +48,18 @@ async fn sigterm_lets_in_flight_requests_finish() {
 
         gw.signal("TERM");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(tokio::net::TcpStream::connect(gw.addr()).await.is_err(), "{proto:?}: no new connections while draining");
+        assert!(
+            tokio::net::TcpStream::connect(gw.addr()).await.is_err(),
+            "{proto:?}: no new connections while draining"
+        );
 
         let reply = in_flight.await.unwrap();
         assert_eq!(reply.status, 200, "{proto:?}: the in-flight request completed");
         assert_eq!(reply.text(), "slow done");
-        let status = gw.wait_exit(Duration::from_secs(10)).await.expect("exits after draining");
+        let status = gw
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .expect("exits after draining");
         assert!(status.success(), "{proto:?}: exit status {status}");
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_reports_ready_while_serving() {
-    let backend = Backend::start("b").await;
-    let gw = GatewayProcess::start(&config(&backend));
-    let c = client(Proto::H1);
-    let live = get(&c, &gw.admin_url("/live"), &[]).await;
-    assert_eq!((live.status.as_u16(), live.json()["status"].as_str()), (200, Some("live")));
-    let ready = get(&c, &gw.admin_url("/ready"), &[]).await;
-    assert_eq!((ready.status.as_u16(), ready.json()["status"].as_str()), (200, Some("ready")));
-    let missing = get(&c, &gw.admin_url("/nope"), &[]).await;
-    assert_eq!(missing.status, 404);
-    assert_eq!(missing.json()["error"]["code"], "not_found");
 }

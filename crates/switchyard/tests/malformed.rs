@@ -31,7 +31,11 @@ cluster = "up"
 }
 
 fn status_of(answer: &str) -> u16 {
-    answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,26 +43,54 @@ async fn malformed_requests_are_rejected_and_the_gateway_keeps_serving() {
     let (backend, gw) = setup().await;
     let huge = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(32 * 1024));
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
-        ("control byte in a header value", b"GET / HTTP/1.1\r\nHost: t\r\nX-Bad: a\x01b\r\n\r\n".to_vec(), 400),
-        ("space in a header name", b"GET / HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n".to_vec(), 400),
+        (
+            "control byte in a header value",
+            b"GET / HTTP/1.1\r\nHost: t\r\nX-Bad: a\x01b\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "space in a header name",
+            b"GET / HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n".to_vec(),
+            400,
+        ),
         ("oversized headers", huge.into_bytes(), 431),
-        ("non-numeric Content-Length", b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n".to_vec(), 400),
+        (
+            "non-numeric Content-Length",
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n".to_vec(),
+            400,
+        ),
         (
             "conflicting Content-Length values",
             b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
             400,
         ),
-        ("Transfer-Encoding not ending in chunked", b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 400),
+        (
+            "Transfer-Encoding not ending in chunked",
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+            400,
+        ),
         ("HTTP/1.1 without Host", b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
-        ("two Host headers", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400),
+        (
+            "two Host headers",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(),
+            400,
+        ),
         ("garbage request line", b"HELLO\r\n\r\n".to_vec(), 400),
     ];
     for (what, request, want) in cases {
         let answer = raw(gw.addr(), &request, Duration::from_secs(5)).await;
         assert_eq!(status_of(&answer), want, "{what}: {answer:?}");
     }
-    assert!(backend.seen().is_empty(), "no malformed request reached the upstream: {:?}", backend.seen());
-    assert_eq!(get(&client(Proto::H1), &gw.url("/"), &[]).await.status, 200, "still serving");
+    assert!(
+        backend.seen().is_empty(),
+        "no malformed request reached the upstream: {:?}",
+        backend.seen()
+    );
+    assert_eq!(
+        get(&client(Proto::H1), &gw.url("/"), &[]).await.status,
+        200,
+        "still serving"
+    );
 }
 
 /// RFC 9112 section 6.1: with both Content-Length and Transfer-Encoding, the
@@ -70,11 +102,22 @@ async fn content_length_with_transfer_encoding_cannot_smuggle() {
     let (backend, gw) = setup().await;
     let attack = b"POST /first HTTP/1.1\r\nHost: t\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n";
     let answer = raw(gw.addr(), attack, Duration::from_secs(5)).await;
-    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "exactly one response, then close: {answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        1,
+        "exactly one response, then close: {answer}"
+    );
     let paths: Vec<String> = backend.seen().into_iter().map(|s| s.path_and_query).collect();
-    assert!(!paths.iter().any(|p| p.contains("smuggled")), "smuggled request reached the upstream: {paths:?}");
+    assert!(
+        !paths.iter().any(|p| p.contains("smuggled")),
+        "smuggled request reached the upstream: {paths:?}"
+    );
     if let Some(first) = backend.seen().first() {
         assert!(!first.headers.contains_key("content-length") || first.headers["content-length"] == "0");
     }
-    assert_eq!(get(&client(Proto::H1), &gw.url("/"), &[]).await.status, 200, "still serving");
+    assert_eq!(
+        get(&client(Proto::H1), &gw.url("/"), &[]).await.status,
+        200,
+        "still serving"
+    );
 }

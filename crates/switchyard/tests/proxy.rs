@@ -350,4 +350,8 @@ async fn access_log_records_each_request() {
     assert_eq!(line["bytes"], reply.body.len() as u64);
     assert!(line["upstream"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(line["duration_ms"].as_f64().is_some());
+    assert_eq!(
+        line["outcome"], "complete",
+        "a fully delivered body is logged as complete"
+    );
 }

@@ -45,7 +45,10 @@ fn json_body(value: &serde_json::Value) -> support::client::Body {
 }
 
 async fn backend_now(gw: &GatewayProcess) -> String {
-    get(&client(Proto::H1), &gw.url("/"), &[]).await.json()["backend"].as_str().unwrap().to_owned()
+    get(&client(Proto::H1), &gw.url("/"), &[]).await.json()["backend"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +72,11 @@ async fn reloads_under_load_lose_no_request() {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let c = if fresh_connections { client(proto) } else { pooled.clone() };
+                let c = if fresh_connections {
+                    client(proto)
+                } else {
+                    pooled.clone()
+                };
                 let req = Request::get(&url).body(support::client::empty()).unwrap();
                 let success = match tokio::time::timeout(Duration::from_secs(10), c.request(req)).await {
                     Ok(Ok(r)) => r.status() == 200 && r.into_body().collect().await.is_ok(),
@@ -88,8 +95,14 @@ async fn reloads_under_load_lose_no_request() {
     // 1. SIGHUP after editing the file.
     gw.rewrite_config(&config(&old, &new, "new", ""));
     gw.signal("HUP");
-    let reloaded = |trigger: &'static str| move |v: &serde_json::Value| has_message(v, "configuration reloaded") && v["trigger"] == trigger;
-    assert!(gw.wait_log(Duration::from_secs(10), reloaded("SIGHUP")).await, "{}", gw.dump_logs());
+    let reloaded = |trigger: &'static str| {
+        move |v: &serde_json::Value| has_message(v, "configuration reloaded") && v["trigger"] == trigger
+    };
+    assert!(
+        gw.wait_log(Duration::from_secs(10), reloaded("SIGHUP")).await,
+        "{}",
+        gw.dump_logs()
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(backend_now(&gw).await, "new");
 
@@ -97,7 +110,9 @@ async fn reloads_under_load_lose_no_request() {
     let c = client(Proto::H1);
     let mut running = get(&c, &gw.admin_url("/api/config"), &[]).await.json();
     running["routes"][0]["cluster"] = "old".into();
-    let put = Request::put(gw.admin_url("/api/config")).body(json_body(&running)).unwrap();
+    let put = Request::put(gw.admin_url("/api/config"))
+        .body(json_body(&running))
+        .unwrap();
     let reply = send(&c, put).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(backend_now(&gw).await, "old");
@@ -121,7 +136,9 @@ async fn file_changes_are_picked_up_without_a_signal() {
     assert_eq!(backend_now(&gw).await, "old");
     gw.rewrite_config(&config(&old, &new, "new", ""));
     let seen = gw
-        .wait_log(Duration::from_secs(10), |v| has_message(v, "configuration reloaded") && v["trigger"] == "file change")
+        .wait_log(Duration::from_secs(10), |v| {
+            has_message(v, "configuration reloaded") && v["trigger"] == "file change"
+        })
         .await;
     assert!(seen, "{}", gw.dump_logs());
     assert_eq!(backend_now(&gw).await, "new");
@@ -136,9 +153,16 @@ async fn a_bad_config_keeps_the_running_one() {
     // By file + SIGHUP.
     gw.rewrite_config(&config(&old, &new, "missing-cluster", ""));
     gw.signal("HUP");
-    let rejected = gw.wait_log(Duration::from_secs(10), |v| has_message(v, "reload rejected; keeping the running configuration")).await;
+    let rejected = gw
+        .wait_log(Duration::from_secs(10), |v| {
+            has_message(v, "reload rejected; keeping the running configuration")
+        })
+        .await;
     assert!(rejected, "{}", gw.dump_logs());
-    assert!(gw.dump_logs().contains("no cluster named \\\"missing-cluster\\\""), "the log says why");
+    assert!(
+        gw.dump_logs().contains("no cluster named \\\"missing-cluster\\\""),
+        "the log says why"
+    );
     assert_eq!(backend_now(&gw).await, "old");
 
     // By the admin API: 400 with every problem, located by key path.
@@ -149,15 +173,36 @@ async fn a_bad_config_keeps_the_running_one() {
         "routes": [{ "name": "all", "cluster": "y", "timeout": "soon" }],
         "colour": "blue"
     });
-    let reply = send(&c, Request::put(gw.admin_url("/api/config")).body(json_body(&bad)).unwrap()).await;
+    let reply = send(
+        &c,
+        Request::put(gw.admin_url("/api/config")).body(json_body(&bad)).unwrap(),
+    )
+    .await;
     assert_eq!(reply.status, 400);
     let body = reply.json();
     assert_eq!(body["error"]["code"], "invalid_config");
-    let paths: Vec<&str> = body["error"]["details"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap()).collect();
-    for want in ["colour", "clusters[0].balancer", "clusters[0].endpoints[0].address", "routes[0].cluster", "routes[0].timeout"] {
+    let paths: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap())
+        .collect();
+    for want in [
+        "colour",
+        "clusters[0].balancer",
+        "clusters[0].endpoints[0].address",
+        "routes[0].cluster",
+        "routes[0].timeout",
+    ] {
         assert!(paths.contains(&want), "{want} missing from {paths:?}");
     }
-    let reply = send(&c, Request::put(gw.admin_url("/api/config")).body(json_body(&"not a config".into())).unwrap()).await;
+    let reply = send(
+        &c,
+        Request::put(gw.admin_url("/api/config"))
+            .body(json_body(&"not a config".into()))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(reply.status, 400);
     assert_eq!(backend_now(&gw).await, "old", "still serving the old config");
 }
@@ -170,17 +215,52 @@ async fn a_reload_can_add_and_remove_listeners() {
     let second = "[[listeners]]\nname = \"second\"\nlisten = \"127.0.0.1:0\"\n";
     gw.rewrite_config(&format!("{}\n{second}", config(&old, &new, "old", "")));
     gw.signal("HUP");
-    let bound = gw.wait_log(Duration::from_secs(10), |v| has_message(v, "listening") && v["listener"] == "second").await;
+    let bound = gw
+        .wait_log(Duration::from_secs(10), |v| {
+            has_message(v, "listening") && v["listener"] == "second"
+        })
+        .await;
     assert!(bound, "{}", gw.dump_logs());
-    let line = gw.logs().into_iter().find(|v| has_message(v, "listening") && v["listener"] == "second").unwrap();
+    let line = gw
+        .logs()
+        .into_iter()
+        .find(|v| has_message(v, "listening") && v["listener"] == "second")
+        .unwrap();
     let second_addr = line["address"].as_str().unwrap();
     let reply = get(&client(Proto::H1), &format!("http://{second_addr}/"), &[]).await;
     assert_eq!(reply.status, 200);
+    // A keep-alive connection open on the listener that is about to go away.
+    let mut open = tokio::net::TcpStream::connect(second_addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut open, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut open, &mut first)
+        .await
+        .unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
 
     gw.rewrite_config(&config(&old, &new, "old", ""));
     gw.signal("HUP");
-    let stopped = gw.wait_log(Duration::from_secs(10), |v| has_message(v, "listener stopped") && v["listener"] == "second").await;
+    let stopped = gw
+        .wait_log(Duration::from_secs(10), |v| {
+            has_message(v, "listener stopped") && v["listener"] == "second"
+        })
+        .await;
     assert!(stopped, "{}", gw.dump_logs());
-    assert!(tokio::net::TcpStream::connect(second_addr).await.is_err(), "the removed listener no longer accepts");
+    assert!(
+        tokio::net::TcpStream::connect(second_addr).await.is_err(),
+        "the removed listener no longer accepts"
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut open, &mut rest),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "connections of a removed listener are closed, not left serving 404s"
+    );
     assert_eq!(backend_now(&gw).await, "old", "the kept listener still serves");
 }

@@ -9,5 +9,7 @@ pub mod backend;
 pub mod client;
 pub mod gateway;
 
+#[allow(unused_imports)]
 pub use backend::Backend;
+#[allow(unused_imports)]
 pub use gateway::GatewayProcess;

@@ -1,0 +1,107 @@
+//! The admin API: probes, the bearer token, and the running configuration.
+
+mod support;
+
+use http::Request;
+use support::client::{client, get, send, Proto};
+use support::{Backend, GatewayProcess};
+
+const TOKEN: &str = "a-long-enough-admin-token";
+
+async fn gateway(admin_extra: &str) -> (Backend, GatewayProcess) {
+    let backend = Backend::start("b").await;
+    let gw = GatewayProcess::start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+{admin_extra}
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+
+[[clusters]]
+name = "up"
+endpoints = [{{ address = "{}" }}]
+
+[[routes]]
+name = "all"
+cluster = "up"
+"#,
+        backend.addr
+    ));
+    (backend, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_and_unknown_paths_are_json_errors() {
+    let (_backend, gw) = gateway("").await;
+    let c = client(Proto::H1);
+    let live = get(&c, &gw.admin_url("/live"), &[]).await;
+    assert_eq!(
+        (live.status.as_u16(), live.json()["status"].as_str()),
+        (200, Some("live"))
+    );
+    let ready = get(&c, &gw.admin_url("/ready"), &[]).await;
+    assert_eq!(
+        (ready.status.as_u16(), ready.json()["status"].as_str()),
+        (200, Some("ready"))
+    );
+    let missing = get(&c, &gw.admin_url("/nope"), &[]).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["error"]["code"], "not_found");
+    let wrong_method = send(
+        &c,
+        Request::delete(gw.admin_url("/api/config"))
+            .body(support::client::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(wrong_method.status, 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_guards_everything_but_probes_and_is_never_echoed() {
+    let (_backend, gw) = gateway(&format!("token = \"{TOKEN}\"")).await;
+    let c = client(Proto::H1);
+    assert_eq!(
+        get(&c, &gw.admin_url("/live"), &[]).await.status,
+        200,
+        "probes need no token"
+    );
+    assert_eq!(get(&c, &gw.admin_url("/ready"), &[]).await.status, 200);
+
+    let denied = get(&c, &gw.admin_url("/api/config"), &[]).await;
+    assert_eq!(denied.status, 401);
+    assert_eq!(denied.json()["error"]["code"], "unauthorized");
+    let wrong = get(
+        &c,
+        &gw.admin_url("/api/config"),
+        &[("authorization", "Bearer not-the-token-at-all")],
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+
+    let bearer = format!("Bearer {TOKEN}");
+    let config = get(&c, &gw.admin_url("/api/config"), &[("authorization", &bearer)]).await;
+    assert_eq!(config.status, 200);
+    assert!(
+        !config.text().contains(TOKEN),
+        "the token is redacted: {}",
+        config.text()
+    );
+    assert_eq!(config.json()["admin"]["token"], "<redacted>");
+
+    // Sending the served config back keeps the running token.
+    let body = http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+        http_body_util::Full::new(config.body.clone()),
+        |never| match never {},
+    ));
+    let put = Request::put(gw.admin_url("/api/config"))
+        .header("authorization", &bearer)
+        .body(body)
+        .unwrap();
+    assert_eq!(send(&c, put).await.status, 200);
+    let again = get(&c, &gw.admin_url("/api/config"), &[("authorization", &bearer)]).await;
+    assert_eq!(again.status, 200, "the token still works after the round trip");
+}
