@@ -32,6 +32,11 @@ name = "both"
 endpoints = [{{ address = "{a}" }}, {{ address = "{b}" }}]
 
 [[clusters]]
+name = "a-over-h2"
+protocol = "http2"
+endpoints = [{{ address = "{a}" }}]
+
+[[clusters]]
 name = "nobody-home"
 endpoints = [{{ address = "127.0.0.1:1" }}]
 
@@ -103,6 +108,17 @@ redirect = {{ scheme = "https", host = "secure.example.com", status = 301 }}
 name = "dead"
 match = {{ path_prefix = "/dead" }}
 cluster = "nobody-home"
+
+[[routes]]
+name = "h2-upstream"
+match = {{ path_prefix = "/h2up/" }}
+cluster = "a-over-h2"
+
+[[routes]]
+name = "renamed-host"
+match = {{ path_prefix = "/renamed/" }}
+cluster = "a"
+rewrite = {{ host = "internal.service" }}
 
 [[routes]]
 name = "hop"
@@ -353,5 +369,48 @@ async fn access_log_records_each_request() {
     assert_eq!(
         line["outcome"], "complete",
         "a fully delivered body is logged as complete"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_over_http2_with_pooled_connections() {
+    let (a, _b, gw) = two_backends_and_gateway("").await;
+    for proto in [Proto::H1, Proto::H2] {
+        let c = client(proto);
+        for _ in 0..5 {
+            let reply = get(&c, &gw.url("/h2up/x"), &[]).await;
+            assert_eq!(reply.status, 200, "{proto:?}: {}", reply.text());
+        }
+    }
+    let seen = a.seen();
+    assert_eq!(seen.len(), 10);
+    assert!(
+        seen.iter().all(|s| s.version == http::Version::HTTP_2),
+        "the upstream was spoken to in HTTP/2"
+    );
+    let connections: HashSet<_> = seen.iter().map(|s| s.peer).collect();
+    assert_eq!(
+        connections.len(),
+        1,
+        "one multiplexed upstream connection serves them all"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_is_preserved_or_rewritten_per_route() {
+    let (a, _b, gw) = two_backends_and_gateway("").await;
+    let c = client(Proto::H1);
+    get(&c, &gw.url("/renamed/x"), &[("host", "public.example.org")]).await;
+    let seen = a.seen().pop().unwrap();
+    assert_eq!(seen.headers["host"], "internal.service", "rewritten for this route");
+    assert_eq!(
+        seen.headers["x-forwarded-host"], "public.example.org",
+        "the original host is still reported"
+    );
+    get(&c, &gw.url("/api/x"), &[("host", "public.example.org")]).await;
+    assert_eq!(
+        a.seen().pop().unwrap().headers["host"],
+        "public.example.org",
+        "preserved by default"
     );
 }
