@@ -88,11 +88,14 @@ fn bench_headers(c: &mut Criterion) {
     ] {
         base.insert(k, HeaderValue::from_static(v));
     }
+    let peer_value = HeaderValue::from_static("192.0.2.10");
+    let host = HeaderValue::from_static("api.example.com");
     let fwd = Forwarding {
         peer: "192.0.2.10".parse().unwrap(),
+        peer_value: &peer_value,
         trusted: false,
         proto: "http",
-        host: Some("api.example.com"),
+        host: Some(&host),
         version: Version::HTTP_11,
     };
     c.bench_function("strip_and_forwarding_headers", |b| {

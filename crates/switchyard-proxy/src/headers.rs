@@ -2,7 +2,6 @@
 //! it adds so upstreams know who the client was (`X-Forwarded-*`, `Forwarded`,
 //! `Via`).
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -53,12 +52,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub struct Forwarding<'a> {
     /// The address of the connection's peer.
     pub peer: IpAddr,
+    /// The same address as a header value, made once per connection.
+    pub peer_value: &'a HeaderValue,
     /// Whether the peer is a trusted proxy whose forwarding headers we keep.
     pub trusted: bool,
     /// `http` or `https`: the scheme the client used with us.
     pub proto: &'static str,
     /// The host the client asked for, if any.
-    pub host: Option<&'a str>,
+    pub host: Option<&'a HeaderValue>,
     /// The client's HTTP version, for `Via`.
     pub version: Version,
 }
@@ -67,22 +68,29 @@ pub struct Forwarding<'a> {
 ///
 /// From an untrusted peer, any forwarding headers it sent are replaced: a client
 /// must not be able to claim another address. From a trusted proxy, they are
-/// kept and our hop is appended.
+/// kept and our hop is appended. The common case (untrusted, no `Via`) reuses
+/// per-connection and static values instead of formatting new ones.
 pub fn set_forwarding(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
-    let peer = fwd.peer.to_string();
+    let peer = fwd.peer_value.to_str().unwrap_or_default();
+    // Room for the six fields below up front: one growth instead of several.
+    headers.reserve(6);
 
-    let xff = match (fwd.trusted, joined(headers, &X_FORWARDED_FOR)) {
-        (true, Some(previous)) => format!("{previous}, {peer}"),
-        _ => peer.clone(),
+    let xff = match fwd.trusted.then(|| joined(headers, &X_FORWARDED_FOR)).flatten() {
+        Some(previous) => HeaderValue::from_str(&format!("{previous}, {peer}")).ok(),
+        None => Some(fwd.peer_value.clone()),
     };
-    insert_str(headers, X_FORWARDED_FOR, &xff);
+    if let Some(xff) = xff {
+        headers.insert(X_FORWARDED_FOR, xff);
+    }
 
     if !(fwd.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
     }
     if !(fwd.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         match fwd.host {
-            Some(host) => insert_str(headers, X_FORWARDED_HOST, host),
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
             None => {
                 headers.remove(&X_FORWARDED_HOST);
             }
@@ -90,24 +98,33 @@ pub fn set_forwarding(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     }
 
     // RFC 7239: IPv6 nodes are quoted and bracketed; a host with a port needs quotes.
-    let mut element = String::with_capacity(64);
+    let mut element = String::with_capacity(80);
     match fwd.peer {
-        IpAddr::V4(ip) => write!(element, "for={ip}"),
-        IpAddr::V6(ip) => write!(element, "for=\"[{ip}]\""),
+        IpAddr::V4(_) => {
+            element.push_str("for=");
+            element.push_str(peer);
+        }
+        IpAddr::V6(_) => {
+            element.push_str("for=\"[");
+            element.push_str(peer);
+            element.push_str("]\"");
+        }
     }
-    .expect("writing to a String cannot fail");
-    if let Some(host) = fwd
-        .host
-        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
-    {
-        let _ = write!(element, ";host=\"{host}\"");
+    let host = fwd.host.and_then(|h| h.to_str().ok()).filter(|h| !h.contains('"'));
+    if let Some(host) = host {
+        element.push_str(";host=\"");
+        element.push_str(host);
+        element.push('"');
     }
-    let _ = write!(element, ";proto={}", fwd.proto);
-    let forwarded = match (fwd.trusted, joined(headers, &FORWARDED)) {
-        (true, Some(previous)) => format!("{previous}, {element}"),
-        _ => element,
+    element.push_str(";proto=");
+    element.push_str(fwd.proto);
+    let forwarded = match fwd.trusted.then(|| joined(headers, &FORWARDED)).flatten() {
+        Some(previous) => format!("{previous}, {element}"),
+        None => element,
     };
-    insert_str(headers, FORWARDED, &forwarded);
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
+        headers.insert(FORWARDED, value);
+    }
 
     let hop = match fwd.version {
         Version::HTTP_10 => "1.0 switchyard",
@@ -116,10 +133,12 @@ pub fn set_forwarding(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
         _ => "1.1 switchyard",
     };
     let via = match joined(headers, &header::VIA) {
-        Some(previous) => format!("{previous}, {hop}"),
-        None => hop.to_owned(),
+        Some(previous) => HeaderValue::from_str(&format!("{previous}, {hop}")).ok(),
+        None => Some(HeaderValue::from_static(hop)),
     };
-    insert_str(headers, header::VIA, &via);
+    if let Some(via) = via {
+        headers.insert(header::VIA, via);
+    }
 }
 
 /// Applies configured header edits: remove, then set, then add.
@@ -145,12 +164,6 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
         out.push_str(v);
     }
     Some(out)
-}
-
-fn insert_str(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name, v);
-    }
 }
 
 #[cfg(test)]
@@ -191,12 +204,16 @@ mod tests {
         assert_eq!(h["te"], "trailers");
     }
 
+    static PEER: HeaderValue = HeaderValue::from_static("10.1.2.3");
+    static HOST: HeaderValue = HeaderValue::from_static("api.example.com");
+
     fn fwd(trusted: bool) -> Forwarding<'static> {
         Forwarding {
             peer: "10.1.2.3".parse().unwrap(),
+            peer_value: &PEER,
             trusted,
             proto: "http",
-            host: Some("api.example.com"),
+            host: Some(&HOST),
             version: Version::HTTP_11,
         }
     }
@@ -238,8 +255,10 @@ mod tests {
     #[test]
     fn ipv6_peers_are_quoted_in_forwarded() {
         let mut h = HeaderMap::new();
+        let v6 = HeaderValue::from_static("::1");
         let f = Forwarding {
             peer: "::1".parse().unwrap(),
+            peer_value: &v6,
             host: None,
             ..fwd(false)
         };

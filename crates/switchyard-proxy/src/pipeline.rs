@@ -48,13 +48,29 @@ pub struct ConnectionInfo {
     pub listener: Arc<str>,
     /// Whether the peer is a trusted proxy (decided when the connection opened).
     pub trusted: bool,
+    /// The peer's IP as a header value, for `X-Forwarded-For` (made once).
+    pub peer_value: HeaderValue,
 }
 
-/// What the access log learns while the request is handled.
+impl ConnectionInfo {
+    /// Facts about a connection from `peer` accepted on `listener`.
+    pub fn new(peer: SocketAddr, listener: Arc<str>, trusted: bool) -> Self {
+        let peer_value = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value");
+        Self {
+            peer,
+            listener,
+            trusted,
+            peer_value,
+        }
+    }
+}
+
+/// What the access log learns while the request is handled; borrowed from
+/// the snapshot so that nothing is copied unless the log is on.
 #[derive(Default)]
-struct Outcome {
-    route: Option<String>,
-    upstream: Option<String>,
+struct Outcome<'s> {
+    route: Option<&'s str>,
+    upstream: Option<&'s str>,
     upstream_time: Option<std::time::Duration>,
 }
 
@@ -114,9 +130,9 @@ pub async fn handle(
             version,
             host,
             path,
-            route: outcome.route,
+            route: outcome.route.map(str::to_owned),
             status: response.status(),
-            upstream: outcome.upstream,
+            upstream: outcome.upstream.map(str::to_owned),
             upstream_time: outcome.upstream_time,
             error,
         })
@@ -125,12 +141,12 @@ pub async fn handle(
 }
 
 /// Steps 3 to 5: check, route, act.
-async fn serve(
-    snapshot: &Snapshot,
+async fn serve<'s>(
+    snapshot: &'s Snapshot,
     conn: &ConnectionInfo,
     req: Request<Incoming>,
     request_id: &HeaderValue,
-    outcome: &mut Outcome,
+    outcome: &mut Outcome<'s>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_request(&req)?;
     let listener = snapshot.listeners.get(&*conn.listener).ok_or_else(|| no_route(&req))?;
@@ -144,7 +160,7 @@ async fn serve(
         headers: req.headers(),
     };
     let entry = listener.router.find(&view).ok_or_else(|| no_route(&req))?;
-    outcome.route = Some(entry.route.name.clone());
+    outcome.route = Some(&entry.route.name);
 
     match &entry.route.action {
         RouteAction::Direct(direct) => Ok(direct_response(direct)),
@@ -170,15 +186,15 @@ fn check_request(req: &Request<Incoming>) -> Result<(), ProxyError> {
 }
 
 /// Step 5 for proxied routes.
-async fn forward(
-    entry: &RouteEntry,
+async fn forward<'s>(
+    entry: &'s RouteEntry,
     conn: &ConnectionInfo,
     req: Request<Incoming>,
     request_id: &HeaderValue,
-    outcome: &mut Outcome,
+    outcome: &mut Outcome<'s>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let route = &entry.route;
-    let cluster: &ClusterRuntime = entry
+    let cluster: &'s ClusterRuntime = entry
         .cluster
         .as_deref()
         .expect("a forward route's cluster exists (validated)");
@@ -194,11 +210,16 @@ async fn forward(
             cluster: cluster.config.name.clone(),
         })?;
     let endpoint = &cluster.endpoints[index];
-    outcome.upstream = Some(endpoint.address().to_owned());
+    outcome.upstream = Some(endpoint.address());
     let in_flight = endpoint.begin();
 
     let (mut parts, body) = req.into_parts();
-    let original_host = host_of(&parts.uri, &parts.headers).map(ToOwned::to_owned);
+    // The client's host as a header value: a cheap clone of its Host header, or
+    // made from the URI authority (HTTP/2, absolute-form requests).
+    let original_host = match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
     let path_and_query = rewritten_path_and_query(entry, &parts.uri);
     parts.uri = Uri::builder()
         .scheme(Scheme::HTTP)
@@ -212,17 +233,14 @@ async fn forward(
         &mut parts.headers,
         &Forwarding {
             peer: conn.peer.ip(),
+            peer_value: &conn.peer_value,
             trusted: conn.trusted,
             proto: "http",
-            host: original_host.as_deref(),
+            host: original_host.as_ref(),
             version: parts.version,
         },
     );
-    let upstream_host = match (&route.rewrite.host, &original_host) {
-        (Some(rewritten), _) => Some(rewritten.clone()),
-        (None, Some(host)) => HeaderValue::from_str(host).ok(),
-        (None, None) => None,
-    };
+    let upstream_host = route.rewrite.host.clone().or(original_host);
     match upstream_host {
         Some(host) => parts.headers.insert(header::HOST, host),
         // No host from the client (HTTP/1.0): the client library fills in the endpoint's.

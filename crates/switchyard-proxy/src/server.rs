@@ -87,11 +87,7 @@ async fn serve_connection(
         return;
     };
     let idle_timeout = runtime.config.idle_timeout;
-    let info = Arc::new(ConnectionInfo {
-        peer,
-        listener,
-        trusted: runtime.trusts(peer.ip()),
-    });
+    let info = Arc::new(ConnectionInfo::new(peer, listener, runtime.trusts(peer.ip())));
 
     let activity = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(ActivityIo {
