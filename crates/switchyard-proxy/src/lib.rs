@@ -144,7 +144,8 @@ impl Gateway {
         }
         for (name, configured, socket) in fresh {
             let local = socket.local_addr().unwrap_or(configured);
-            let stop = CancellationToken::new();
+            // A child of the drain token: one token per connection to watch.
+            let stop = shared.drain.child_token();
             let task = tokio::spawn(accept_loop(
                 shared.clone(),
                 Arc::from(name.as_str()),

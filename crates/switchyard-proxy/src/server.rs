@@ -72,8 +72,9 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: T
 }
 
 /// Serves one client connection until it closes, idles out or drains. `closing`
-/// fires when its listener is removed by a reload: the connection then closes
-/// gracefully like on drain.
+/// (the listener's token, a child of the gateway's drain token) fires when the
+/// gateway drains or a reload removes the listener: the connection then closes
+/// gracefully.
 async fn serve_connection(
     shared: Arc<Shared>,
     listener: Arc<str>,
@@ -99,7 +100,6 @@ async fn serve_connection(
     let conn = runtime.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
 
-    let drain = shared.drain.clone();
     let mut draining = false;
     let mut last_seen = 0;
     let idle = tokio::time::sleep(idle_timeout);
@@ -113,10 +113,6 @@ async fn serve_connection(
                 break;
             }
             _ = closing.cancelled(), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = drain.cancelled(), if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }

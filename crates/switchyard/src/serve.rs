@@ -18,12 +18,19 @@ pub fn run_file(path: PathBuf) -> anyhow::Result<()> {
     runtime.block_on(serve(config, Some(path)))
 }
 
-/// A multi-threaded runtime with `workers` threads (0: one per core).
+/// The async runtime: `workers` threads (0: one per core). With one worker, a
+/// current-thread scheduler: no work stealing to pay for when there is nobody
+/// to steal from.
 pub fn build_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        builder.worker_threads(workers);
-    }
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if workers > 0 {
+            builder.worker_threads(workers);
+        }
+        builder
+    };
     builder
         .enable_all()
         .thread_name("switchyard-worker")
