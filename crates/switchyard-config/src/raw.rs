@@ -94,6 +94,8 @@ pub struct RawRoute {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_duration: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<RawRewrite>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<RawHeaderOps>,

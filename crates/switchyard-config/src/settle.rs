@@ -426,6 +426,10 @@ impl Settler {
             let response_headers = self.header_ops(r.response_headers.as_ref(), &at.key("response_headers"));
             let timeout = self.duration(&r.timeout, at.key("timeout"), defaults::ROUTE_TIMEOUT);
             let idle_timeout = self.duration(&r.idle_timeout, at.key("idle_timeout"), defaults::ROUTE_IDLE_TIMEOUT);
+            let max_duration = r
+                .max_duration
+                .is_some()
+                .then(|| self.duration(&r.max_duration, at.key("max_duration"), Duration::MAX));
             if let (Some(name), Some(action)) = (name, action) {
                 out.push(Route {
                     name,
@@ -434,6 +438,7 @@ impl Settler {
                     action,
                     timeout,
                     idle_timeout,
+                    max_duration,
                     rewrite,
                     request_headers,
                     response_headers,

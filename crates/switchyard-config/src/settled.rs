@@ -85,6 +85,9 @@ pub struct Route {
     pub timeout: Duration,
     /// Longest a body (either direction) may stall between chunks.
     pub idle_timeout: Duration,
+    /// Longest the whole exchange may take, from the request's arrival to the
+    /// last byte of the response; `None`: no limit (streams may run forever).
+    pub max_duration: Option<Duration>,
     pub rewrite: Rewrite,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,

@@ -117,7 +117,13 @@ impl<B: Body<Data = Bytes, Error = BodyError>> Body for Logged<B> {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     if let Some(record) = this.record.take() {
-                        let outcome = if e.is_idle() { "body_idle_timeout" } else { "body_error" };
+                        let outcome = if e.is_idle() {
+                            "body_idle_timeout"
+                        } else if e.is_deadline() {
+                            "max_duration"
+                        } else {
+                            "body_error"
+                        };
                         record.emit(*this.bytes, outcome);
                     }
                 }

@@ -24,6 +24,8 @@ use crate::error::{BoxError, Side};
 pub enum BodyError {
     #[error("{side:?} body sent nothing for {after:?}")]
     Idle { side: Side, after: Duration },
+    #[error("{side:?} body was still streaming when the route's max_duration ran out")]
+    Deadline { side: Side },
     #[error("{side:?} body failed: {source}")]
     Failed { side: Side, source: BoxError },
 }
@@ -32,13 +34,18 @@ impl BodyError {
     /// The side whose body it was.
     pub fn side(&self) -> Side {
         match self {
-            Self::Idle { side, .. } | Self::Failed { side, .. } => *side,
+            Self::Idle { side, .. } | Self::Deadline { side } | Self::Failed { side, .. } => *side,
         }
     }
 
     /// Whether the body stalled (rather than broke).
     pub fn is_idle(&self) -> bool {
         matches!(self, Self::Idle { .. })
+    }
+
+    /// Whether the exchange ran past its deadline (`max_duration`).
+    pub fn is_deadline(&self) -> bool {
+        matches!(self, Self::Deadline { .. })
     }
 }
 
@@ -47,10 +54,15 @@ pin_project! {
     pub struct TimedBody<B> {
         #[pin]
         inner: B,
-        // Boxed so the body stays `Unpin`, as the upstream client requires;
-        // empty bodies (most requests) never allocate it.
+        // Armed lazily, the first time the body has to wait: a body that is
+        // ready whenever it is polled (small responses, most requests) never
+        // reads the clock or registers a timer. Boxed so the body stays `Unpin`.
         idle: Option<Pin<Box<Sleep>>>,
+        // A frame arrived since the timer was last (re)armed.
+        progressed: bool,
         timeout: Duration,
+        // The end of the whole exchange (`max_duration`), when the route has one.
+        deadline: Option<Pin<Box<Sleep>>>,
         side: Side,
         // Told when the body has been read to its end.
         finished: Option<oneshot::Sender<()>>,
@@ -60,15 +72,21 @@ pin_project! {
 impl<B: Body> TimedBody<B> {
     /// Wraps `inner`, which belongs to `side`, with an idle `timeout`.
     pub fn new(inner: B, timeout: Duration, side: Side) -> Self {
-        // An empty body is never polled; do not arm a timer for it.
-        let idle = (!inner.is_end_stream()).then(|| Box::pin(tokio::time::sleep(timeout)));
         Self {
             inner,
-            idle,
+            idle: None,
+            progressed: false,
             timeout,
+            deadline: None,
             side,
             finished: None,
         }
+    }
+
+    /// Also fails the body once `deadline` passes, however busy it is.
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        self
     }
 
     /// Like [`TimedBody::new`], plus a receiver that resolves once the body has
@@ -94,11 +112,14 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut this = self.project();
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Err(BodyError::Deadline { side: *this.side })));
+            }
+        }
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(idle) = this.idle.as_mut() {
-                    idle.as_mut().reset(Instant::now() + *this.timeout);
-                }
+                *this.progressed = true;
                 // A body with a known length may never be polled past its last frame.
                 if this.inner.is_end_stream() {
                     if let Some(tx) = this.finished.take() {
@@ -118,8 +139,21 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let stalled = this.idle.as_mut().is_some_and(|idle| idle.as_mut().poll(cx).is_ready());
-                if stalled {
+                // The stall is measured from the first poll that had to wait
+                // after the last frame.
+                let idle = match this.idle.as_mut() {
+                    Some(idle) => {
+                        if std::mem::take(this.progressed) {
+                            idle.as_mut().reset(Instant::now() + *this.timeout);
+                        }
+                        idle
+                    }
+                    None => {
+                        *this.progressed = false;
+                        this.idle.insert(Box::pin(tokio::time::sleep(*this.timeout)))
+                    }
+                };
+                if idle.as_mut().poll(cx).is_ready() {
                     Poll::Ready(Some(Err(BodyError::Idle {
                         side: *this.side,
                         after: *this.timeout,
@@ -246,12 +280,64 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_empty_body_arms_no_timer() {
-        let body = TimedBody::new(Full::new(Bytes::new()), Duration::from_millis(1), Side::Upstream);
+    async fn a_body_that_never_waits_never_times_out() {
+        // The timer runs only while the body waits, not while nobody polls it.
+        let body = TimedBody::new(
+            Full::new(Bytes::from_static(b"ready")),
+            Duration::from_millis(1),
+            Side::Upstream,
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(body.is_end_stream());
         let collected = body.collect().await.unwrap().to_bytes();
-        assert!(collected.is_empty());
+        assert_eq!(&collected[..], b"ready");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_frame_restarts_the_idle_timer() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+        let body = TimedBody::new(
+            StreamBody::new(tokio_stream_from(rx)),
+            Duration::from_secs(5),
+            Side::Upstream,
+        );
+        let sender = tokio::spawn(async move {
+            // Three pauses of 4s: 12s in all, but never 5s without a frame.
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.unwrap();
+            }
+        });
+        let collected = body.collect().await.expect("no idle timeout").to_bytes();
+        assert_eq!(&collected[..], b"xxx");
+        sender.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_body_still_stops_at_its_deadline() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut body = TimedBody::new(
+            StreamBody::new(tokio_stream_from(rx)),
+            Duration::from_secs(5),
+            Side::Upstream,
+        )
+        .with_deadline(Some(deadline));
+        tokio::spawn(async move {
+            // A frame every second: never idle, but longer than the deadline.
+            while tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.is_ok() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let mut frames = 0;
+        let error = loop {
+            match body.frame().await.expect("the body errs before it ends") {
+                Ok(_) => frames += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(error.is_deadline(), "{error}");
+        assert!((9..=11).contains(&frames), "{frames} frames before the deadline");
+        assert_eq!(Instant::now(), deadline);
     }
 
     /// A minimal `Stream` over an mpsc receiver (avoids a tokio-stream dependency).

@@ -97,7 +97,7 @@ pub async fn handle(
     });
 
     let mut outcome = Outcome::default();
-    let result = serve(&snapshot, &conn, req, &request_id, &mut outcome).await;
+    let result = serve(&snapshot, &conn, req, &request_id, started, &mut outcome).await;
     let (mut response, error) = match result {
         Ok(response) => (response, None),
         Err(error) => {
@@ -146,6 +146,7 @@ async fn serve<'s>(
     conn: &ConnectionInfo,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    started: Instant,
     outcome: &mut Outcome<'s>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_request(&req)?;
@@ -165,7 +166,7 @@ async fn serve<'s>(
     match &entry.route.action {
         RouteAction::Direct(direct) => Ok(direct_response(direct)),
         RouteAction::Redirect(redirect) => Ok(redirect_response(redirect, entry, &req)),
-        RouteAction::Forward { .. } => forward(entry, conn, req, request_id, outcome).await,
+        RouteAction::Forward { .. } => forward(entry, conn, req, request_id, started, outcome).await,
     }
 }
 
@@ -191,6 +192,7 @@ async fn forward<'s>(
     conn: &ConnectionInfo,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    started: Instant,
     outcome: &mut Outcome<'s>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let route = &entry.route;
@@ -253,25 +255,49 @@ async fn forward<'s>(
         UpstreamProtocol::Http2 => Version::HTTP_2,
     };
 
-    let (body, body_sent) = TimedBody::with_completion(body, route.idle_timeout, Side::Downstream);
+    let (body, mut body_sent) = TimedBody::with_completion(body, route.idle_timeout, Side::Downstream);
     let upstream_req = Request::from_parts(parts, body);
     let sent = Instant::now();
     // The route timeout counts from the end of the request body: a slow
     // upload is the client's business (bounded by the idle timeout), not the
     // upstream's.
-    let deadline = async {
-        if let Some(body_sent) = body_sent {
+    let headers_deadline = async {
+        if let Some(body_sent) = body_sent.as_mut() {
             let _ = body_sent.await;
         }
         tokio::time::sleep(route.timeout).await;
+    };
+    // `max_duration` bounds the whole exchange, from the request's arrival.
+    let end_of_exchange = route
+        .max_duration
+        .map(|max| tokio::time::Instant::from_std(started) + max);
+    let exchange_deadline = async {
+        match end_of_exchange {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
     };
     let response = tokio::select! {
         result = cluster.client.request(upstream_req) => match result {
             Ok(response) => response,
             Err(e) => return Err(ProxyError::from_upstream(endpoint.address(), e)),
         },
-        () = deadline => {
+        () = headers_deadline => {
             return Err(ProxyError::UpstreamTimeout { endpoint: endpoint.address().to_owned(), timeout: route.timeout });
+        }
+        () = exchange_deadline => {
+            // Still uploading: the client was too slow, not the upstream.
+            let uploading = body_sent.is_some_and(|mut rx| {
+                matches!(rx.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty))
+            });
+            return Err(if uploading {
+                ProxyError::ClientTimeout
+            } else {
+                ProxyError::UpstreamTimeout {
+                    endpoint: endpoint.address().to_owned(),
+                    timeout: route.max_duration.unwrap_or(route.timeout),
+                }
+            });
         }
     };
     outcome.upstream_time = Some(sent.elapsed());
@@ -281,7 +307,8 @@ async fn forward<'s>(
     apply_ops(&mut parts.headers, &route.response_headers);
     // The client's connection decides its own version; hyper fills it in.
     parts.version = Version::default();
-    let body = ProxyBody::upstream(TimedBody::new(body, route.idle_timeout, Side::Upstream), in_flight);
+    let body = TimedBody::new(body, route.idle_timeout, Side::Upstream).with_deadline(end_of_exchange);
+    let body = ProxyBody::upstream(body, in_flight);
     Ok(Response::from_parts(parts, body))
 }
 

@@ -82,7 +82,8 @@ async fn serve_connection(
     peer: SocketAddr,
     closing: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY is inherited from the listening socket (see `bind`): no
+    // setsockopt per connection.
     let snapshot = shared.snapshot.load_full();
     let Some(runtime) = snapshot.listeners.get(&*listener) else {
         return;

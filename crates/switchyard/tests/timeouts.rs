@@ -1,6 +1,7 @@
 //! Every timeout, observed from outside: upstream response (504), upstream
-//! connect (504), stalled upstream body, stalled client body (408), slow
-//! request headers (slowloris) and idle keep-alive connections.
+//! connect (504), stalled upstream body, stalled client body (408), the whole
+//! exchange (`max_duration`), slow request headers (slowloris) and idle
+//! keep-alive connections.
 
 mod support;
 
@@ -101,6 +102,51 @@ async fn stalled_client_body_gets_408() {
     let answer = raw(gw.addr(), request, Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"client_timeout\""), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_duration_bounds_the_whole_exchange() {
+    let backend = Backend::start("trickle").await;
+    // Generous header and idle timeouts: only `max_duration` can end these.
+    let cfg = config(&backend.addr.to_string(), "").replace(
+        "timeout = \"400ms\"\nidle_timeout = \"400ms\"",
+        "timeout = \"20s\"\nidle_timeout = \"20s\"\nmax_duration = \"700ms\"",
+    );
+    assert!(cfg.contains("max_duration"), "{cfg}");
+    let gw = GatewayProcess::start(&cfg);
+    for proto in [Proto::H1, Proto::H2] {
+        let c = client(proto);
+        // Headers too late: 504 although the route's `timeout` is 20s.
+        let reply = get(&c, &gw.url("/slow/5000"), &[]).await;
+        assert_eq!(reply.status, 504, "{proto:?}");
+        assert_eq!(reply.json()["error"]["code"], "upstream_timeout");
+
+        // A steady stream (never idle) of 3s is cut at 700ms: the body errs
+        // after some, not all, of its chunks.
+        let response = c
+            .request(Request::get(gw.url("/trickle/30")).body(empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{proto:?}");
+        let mut body = response.into_body();
+        let mut received = 0;
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match body.frame().await {
+                    Some(Ok(frame)) => received += frame.data_ref().map_or(0, |d| d.len()),
+                    Some(Err(_)) => return false,
+                    None => return true,
+                }
+            }
+        })
+        .await
+        .expect("the gateway cuts the stream instead of letting it run");
+        assert!(!ended, "{proto:?}: a cut stream ends in an error, not a clean end");
+        assert!(received > 0 && received < 30 * 5, "{proto:?}: {received} bytes");
+
+        // Short exchanges are untouched.
+        assert_eq!(get(&c, &gw.url("/trickle/2"), &[]).await.status, 200, "{proto:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

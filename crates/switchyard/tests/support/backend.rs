@@ -46,7 +46,7 @@ impl Backend {
     ///
     /// Paths: `/slow/{ms}` answers after a delay; `/stream/{n}` streams n bytes
     /// (chunked); `/sized/{n}` the same with Content-Length; `/stall` sends one
-    /// chunk then nothing; `/upload` counts the request body; `/status/{code}`;
+    /// chunk then nothing; `/trickle/{n}` sends n small chunks 100ms apart; `/upload` counts the request body; `/status/{code}`;
     /// `/hop` answers with hop-by-hop headers; anything else echoes the
     /// request as JSON.
     pub async fn start(name: &str) -> Backend {
@@ -131,6 +131,19 @@ async fn handle(
             let mut r = Response::new(zeros(number(1)));
             r.headers_mut().insert("content-length", number(1).into());
             r
+        }
+        "trickle" => {
+            let chunks = futures_util::stream::unfold(number(1), |left| async move {
+                if left == 0 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Some((
+                    Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"tick\n"))),
+                    left - 1,
+                ))
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(chunks)))
         }
         "stall" => {
             let first = futures_util::stream::once(async {
