@@ -214,6 +214,25 @@ pub struct RawCluster {
     pub connect_timeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<RawPool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<RawHashKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<String>,
+}
+
+/// `hash_key = { header | cookie | path | client_ip }`: what `consistent_hash`
+/// hashes. Exactly one key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawHashKey {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<bool>,
 }
 
 /// One upstream endpoint of a cluster.

@@ -18,18 +18,6 @@ use crate::raw::*;
 use crate::settled::*;
 use crate::units::{parse_duration, parse_size};
 
-/// Every balancer name of the design; only some are built into this version.
-const BALANCERS_AVAILABLE: &[&str] = &["round_robin"];
-const BALANCERS_PLANNED: &[&str] = &[
-    "weighted_round_robin",
-    "least_connections",
-    "least_response_time",
-    "power_of_two",
-    "random",
-    "ip_hash",
-    "consistent_hash",
-];
-
 /// Checks `raw` and converts it; returns every problem found on failure.
 pub fn settle(raw: RawConfig) -> Result<Config, Vec<Diagnostic>> {
     let mut settler = Settler::default();
@@ -305,25 +293,23 @@ impl Settler {
         for (i, c) in raw.iter().enumerate() {
             let at = path.index(i);
             let name = self.name(&c.name, at.key("name"), "cluster", &mut names);
-            let balancer = match c.balancer.as_deref().unwrap_or("round_robin") {
-                "round_robin" => Some(BalancerKind::RoundRobin),
-                planned if BALANCERS_PLANNED.contains(&planned) => {
-                    self.error(
-                        at.key("balancer"),
-                        format!(
-                            "balancer \"{planned}\" is not available in this version yet (available: {})",
-                            BALANCERS_AVAILABLE.join(", ")
-                        ),
-                    );
-                    None
-                }
-                other => {
-                    let all = BALANCERS_AVAILABLE.iter().chain(BALANCERS_PLANNED).copied();
-                    let hint = did_you_mean(other, all);
-                    self.error_with_hint(at.key("balancer"), format!("unknown balancer \"{other}\""), hint);
+            let wanted = c.balancer.as_deref().unwrap_or("round_robin");
+            let balancer = match BalancerKind::ALL.iter().find(|(name, _)| *name == wanted) {
+                Some((_, kind)) => Some(*kind),
+                None => {
+                    let hint = did_you_mean(wanted, BalancerKind::ALL.iter().map(|(name, _)| *name));
+                    self.error_with_hint(at.key("balancer"), format!("unknown balancer \"{wanted}\""), hint);
                     None
                 }
             };
+            let hash_key = match &c.hash_key {
+                Some(raw) => self.hash_key(raw, &at.key("hash_key"), balancer),
+                None => HashKey::ClientIp,
+            };
+            let slow_start = c
+                .slow_start
+                .is_some()
+                .then(|| self.duration(&c.slow_start, at.key("slow_start"), Duration::ZERO));
             if c.endpoints.is_empty() {
                 self.error(at.key("endpoints"), "a cluster needs at least one endpoint");
             }
@@ -387,10 +373,69 @@ impl Settler {
                     connect_timeout,
                     pool_max_idle_per_endpoint: pool.max_idle_per_endpoint.unwrap_or(defaults::POOL_MAX_IDLE),
                     pool_idle_timeout,
+                    hash_key,
+                    slow_start,
                 });
             }
         }
         out
+    }
+
+    fn hash_key(&mut self, raw: &RawHashKey, at: &KeyPath, balancer: Option<BalancerKind>) -> HashKey {
+        let given: Vec<&str> = [
+            ("header", raw.header.is_some()),
+            ("cookie", raw.cookie.is_some()),
+            ("path", raw.path.is_some()),
+            ("client_ip", raw.client_ip.is_some()),
+        ]
+        .iter()
+        .filter(|(_, present)| *present)
+        .map(|(k, _)| *k)
+        .collect();
+        if given.len() != 1 {
+            self.error(
+                at.clone(),
+                format!(
+                    "`hash_key` takes exactly one of `header`, `cookie`, `path` and `client_ip` (found {})",
+                    if given.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        format!("`{}`", given.join("`, `"))
+                    }
+                ),
+            );
+            return HashKey::ClientIp;
+        }
+        if balancer.is_some_and(|b| b != BalancerKind::ConsistentHash) {
+            self.error(
+                at.clone(),
+                "`hash_key` only applies to `balancer = \"consistent_hash\"` (`ip_hash` always hashes the client address)",
+            );
+        }
+        for (key, flag) in [("path", raw.path), ("client_ip", raw.client_ip)] {
+            if flag == Some(false) {
+                self.error(at.key(key), format!("write `{key} = true`, or choose another key"));
+            }
+        }
+        if let Some(name) = &raw.header {
+            return self
+                .header_name(name, at.key("header"))
+                .map_or(HashKey::ClientIp, HashKey::Header);
+        }
+        if let Some(name) = &raw.cookie {
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+            if !valid {
+                self.error(at.key("cookie"), format!("invalid cookie name \"{name}\""));
+            }
+            return HashKey::Cookie(name.clone());
+        }
+        if raw.path.is_some() {
+            return HashKey::Path;
+        }
+        HashKey::ClientIp
     }
 
     fn routes(&mut self, raw: &[RawRoute], path: &KeyPath, listeners: &[&str], clusters: &[&str]) -> Vec<Route> {

@@ -211,10 +211,46 @@ pub struct Direct {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// Balancing algorithms available to clusters.
+/// Balancing algorithms available to clusters (see docs/configuration.md for
+/// when to use which).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BalancerKind {
     RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    LeastResponseTime,
+    PowerOfTwo,
+    Random,
+    IpHash,
+    ConsistentHash,
+}
+
+impl BalancerKind {
+    /// Every balancer with its configuration name.
+    pub const ALL: [(&'static str, BalancerKind); 8] = [
+        ("round_robin", Self::RoundRobin),
+        ("weighted_round_robin", Self::WeightedRoundRobin),
+        ("least_connections", Self::LeastConnections),
+        ("least_response_time", Self::LeastResponseTime),
+        ("power_of_two", Self::PowerOfTwo),
+        ("random", Self::Random),
+        ("ip_hash", Self::IpHash),
+        ("consistent_hash", Self::ConsistentHash),
+    ];
+}
+
+/// What a hashing balancer hashes for a request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HashKey {
+    /// The client's IP address.
+    #[default]
+    ClientIp,
+    /// A request header's value (the client IP when absent).
+    Header(HeaderName),
+    /// A cookie's value (the client IP when absent).
+    Cookie(String),
+    /// The request path.
+    Path,
 }
 
 /// Protocol spoken to a cluster's endpoints.
@@ -238,6 +274,10 @@ pub struct Cluster {
     pub pool_max_idle_per_endpoint: usize,
     /// How long an idle upstream connection is kept.
     pub pool_idle_timeout: Duration,
+    /// What `consistent_hash` hashes (`ip_hash` always hashes the client IP).
+    pub hash_key: HashKey,
+    /// A new or recovered endpoint ramps up to its full share over this long.
+    pub slow_start: Option<Duration>,
 }
 
 /// One upstream endpoint.

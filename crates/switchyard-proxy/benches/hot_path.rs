@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method, Version};
-use switchyard_balance::{Balancer, EndpointState, PickContext, RoundRobin};
 use switchyard_proxy::headers::{set_forwarding, strip_hop_by_hop, Forwarding};
 use switchyard_proxy::request_id;
 use switchyard_proxy::router::{RequestView, Router};
@@ -67,17 +66,6 @@ fn bench_router(c: &mut Criterion) {
     group.finish();
 }
 
-fn bench_balancer(c: &mut Criterion) {
-    let endpoints: Vec<Arc<EndpointState>> = (0..16)
-        .map(|i| Arc::new(EndpointState::new(format!("10.0.0.{i}:80"), 1)))
-        .collect();
-    let rr = RoundRobin::new();
-    let ctx = PickContext::default();
-    c.bench_function("round_robin_pick_16", |b| {
-        b.iter(|| black_box(rr.pick(black_box(&endpoints), &ctx)))
-    });
-}
-
 fn bench_headers(c: &mut Criterion) {
     let mut base = HeaderMap::new();
     for (k, v) in [
@@ -112,5 +100,5 @@ fn bench_headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_router, bench_balancer, bench_headers);
+criterion_group!(benches, bench_router, bench_headers);
 criterion_main!(benches);

@@ -27,7 +27,7 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use switchyard_balance::PickContext;
-use switchyard_config::{Direct, PathMatch, Redirect, RouteAction, UpstreamProtocol};
+use switchyard_config::{BalancerKind, Cluster, Direct, HashKey, PathMatch, Redirect, RouteAction, UpstreamProtocol};
 
 use crate::access_log::{AccessRecord, Logged};
 use crate::body::{ProxyBody, TimedBody};
@@ -202,8 +202,10 @@ async fn forward<'s>(
         .expect("a forward route's cluster exists (validated)");
 
     let ctx = PickContext {
+        now: started,
         client_ip: Some(conn.peer.ip()),
-        hash_key: None,
+        hash_key: hash_key(&cluster.config, &req),
+        panic: false,
     };
     let index = cluster
         .balancer
@@ -300,7 +302,10 @@ async fn forward<'s>(
             });
         }
     };
-    outcome.upstream_time = Some(sent.elapsed());
+    let received = Instant::now();
+    let rtt = received - sent;
+    outcome.upstream_time = Some(rtt);
+    endpoint.observe_latency(rtt, received);
 
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -310,6 +315,29 @@ async fn forward<'s>(
     let body = TimedBody::new(body, route.idle_timeout, Side::Upstream).with_deadline(end_of_exchange);
     let body = ProxyBody::upstream(body, in_flight);
     Ok(Response::from_parts(parts, body))
+}
+
+/// The key a `consistent_hash` cluster hashes for `req`; `None` means the
+/// client address (the default key, and the fallback when the header or
+/// cookie is absent).
+fn hash_key<'r>(cluster: &Cluster, req: &'r Request<Incoming>) -> Option<&'r [u8]> {
+    if cluster.balancer != BalancerKind::ConsistentHash {
+        return None;
+    }
+    match &cluster.hash_key {
+        HashKey::ClientIp => None,
+        HashKey::Path => Some(req.uri().path().as_bytes()),
+        HashKey::Header(name) => req.headers().get(name).map(HeaderValue::as_bytes),
+        HashKey::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_bytes()),
+    }
 }
 
 /// The path and query sent upstream after the route's rewrite, if any.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use http::uri::Authority;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use switchyard_balance::{Balancer, EndpointState, RoundRobin};
+use switchyard_balance::{Algorithm, Balancer, Cursor, EndpointState, Options};
 use switchyard_config::{BalancerKind, Cluster, Config, Listener, Route, RouteAction};
 
 use crate::router::Router;
@@ -78,14 +78,20 @@ pub struct ClusterRuntime {
 pub struct Registry {
     endpoints: HashMap<(String, String), Arc<EndpointState>>,
     clients: HashMap<PoolSettings, UpstreamClient>,
+    /// Round-robin positions by cluster name.
+    cursors: HashMap<String, Cursor>,
+    /// Whether a snapshot was built before (endpoints added later slow-start).
+    built: bool,
 }
 
 impl Registry {
     /// Builds a snapshot of `config`, reusing state for names seen before and
     /// forgetting state no longer referenced.
     pub fn build(&mut self, config: Arc<Config>) -> Snapshot {
+        let now = std::time::Instant::now();
         let mut endpoints_in_use = HashMap::new();
         let mut clients_in_use = HashMap::new();
+        let mut cursors_in_use = HashMap::new();
         let mut clusters = HashMap::new();
         for cluster in &config.clusters {
             let settings = PoolSettings::of(cluster);
@@ -95,11 +101,15 @@ impl Registry {
             let mut authorities = Vec::with_capacity(cluster.endpoints.len());
             for ep in &cluster.endpoints {
                 let key = (cluster.name.clone(), ep.address.clone());
-                let state = self
-                    .endpoints
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(EndpointState::new(ep.address.clone(), ep.weight)));
+                let state = self.endpoints.get(&key).cloned().unwrap_or_else(|| {
+                    let state = EndpointState::new(ep.address.clone(), ep.weight);
+                    // An endpoint a reload adds joins gently; the first
+                    // configuration's endpoints start at full share.
+                    if self.built {
+                        state.start_ramp(now);
+                    }
+                    Arc::new(state)
+                });
                 state.set_weight(ep.weight);
                 endpoints_in_use.insert(key, state.clone());
                 endpoints.push(state);
@@ -109,9 +119,12 @@ impl Registry {
                         .expect("validated endpoint address is a valid authority"),
                 );
             }
-            let balancer: Box<dyn Balancer> = match cluster.balancer {
-                BalancerKind::RoundRobin => Box::new(RoundRobin::new()),
+            let cursor = self.cursors.get(&cluster.name).cloned().unwrap_or_default();
+            cursors_in_use.insert(cluster.name.clone(), cursor.clone());
+            let options = Options {
+                slow_start: cluster.slow_start,
             };
+            let balancer = switchyard_balance::build(algorithm(cluster.balancer), &endpoints, &options, cursor);
             clusters.insert(
                 cluster.name.clone(),
                 Arc::new(ClusterRuntime {
@@ -125,6 +138,8 @@ impl Registry {
         }
         self.endpoints = endpoints_in_use;
         self.clients = clients_in_use;
+        self.cursors = cursors_in_use;
+        self.built = true;
 
         let listeners = config
             .listeners
@@ -155,6 +170,20 @@ impl Registry {
             listeners,
             clusters,
         }
+    }
+}
+
+/// The balancer crate's name for a configured algorithm.
+fn algorithm(kind: BalancerKind) -> Algorithm {
+    match kind {
+        BalancerKind::RoundRobin => Algorithm::RoundRobin,
+        BalancerKind::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
+        BalancerKind::LeastConnections => Algorithm::LeastConnections,
+        BalancerKind::LeastResponseTime => Algorithm::LeastResponseTime,
+        BalancerKind::PowerOfTwo => Algorithm::PowerOfTwo,
+        BalancerKind::Random => Algorithm::Random,
+        BalancerKind::IpHash => Algorithm::IpHash,
+        BalancerKind::ConsistentHash => Algorithm::ConsistentHash,
     }
 }
 
