@@ -147,6 +147,30 @@ impl Ramp {
     }
 }
 
+/// The first of `candidates` that is usable and that slow start admits; failing
+/// that, the first usable candidate (a ramping endpoint beats none); failing
+/// that, the first usable endpoint from `scan_from` on.
+pub(crate) fn first_admitted(
+    candidates: impl Iterator<Item = usize>,
+    endpoints: &[Arc<EndpointState>],
+    ctx: &PickContext<'_>,
+    ramp: Ramp,
+    scan_from: usize,
+) -> Option<usize> {
+    let mut fallback = None;
+    for i in candidates {
+        let endpoint = &endpoints[i];
+        if !ctx.usable(endpoint) {
+            continue;
+        }
+        if ramp.admits(endpoint, ctx.now) {
+            return Some(i);
+        }
+        fallback.get_or_insert(i);
+    }
+    fallback.or_else(|| first_usable_from(endpoints, scan_from, ctx))
+}
+
 /// The first usable endpoint at or after `start` (wrapping), for pickers whose
 /// preferred choice was unusable.
 pub(crate) fn first_usable_from(

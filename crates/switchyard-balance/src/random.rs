@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::{first_usable_from, Balancer, EndpointState, PickContext, Ramp};
+use crate::{first_admitted, Balancer, EndpointState, PickContext, Ramp};
 
 /// Weighted random picker.
 #[derive(Debug)]
@@ -39,19 +39,8 @@ impl Balancer for WeightedRandom {
         }
         // Redraw on an unusable or ramping endpoint: keeps the others' shares
         // proportional. After a few misses, scan.
-        let mut fallback = None;
-        for _ in 0..8 {
-            let i = self.draw();
-            let endpoint = &endpoints[i];
-            if !ctx.usable(endpoint) {
-                continue;
-            }
-            if self.ramp.admits(endpoint, ctx.now) {
-                return Some(i);
-            }
-            fallback.get_or_insert(i);
-        }
-        fallback.or_else(|| first_usable_from(endpoints, fastrand::usize(..endpoints.len()), ctx))
+        let scan_from = fastrand::usize(..endpoints.len());
+        first_admitted((0..8).map(|_| self.draw()), endpoints, ctx, self.ramp, scan_from)
     }
 }
 

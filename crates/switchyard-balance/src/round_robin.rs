@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::{first_usable_from, Balancer, Cursor, EndpointState, PickContext, Ramp};
+use crate::{first_admitted, Balancer, Cursor, EndpointState, PickContext, Ramp};
 
 /// Cycles through endpoints, skipping unusable ones.
 #[derive(Debug)]
@@ -29,19 +29,13 @@ impl Balancer for RoundRobin {
         // One shared counter: concurrent picks interleave but each advances it,
         // so the distribution stays even without a lock.
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut fallback = None;
-        for offset in 0..n {
-            let i = (start + offset) % n;
-            let endpoint = &endpoints[i];
-            if !ctx.usable(endpoint) {
-                continue;
-            }
-            if self.ramp.admits(endpoint, ctx.now) {
-                return Some(i);
-            }
-            fallback.get_or_insert(i);
-        }
-        fallback.or_else(|| first_usable_from(endpoints, start, ctx))
+        first_admitted(
+            (0..n).map(|offset| (start + offset) % n),
+            endpoints,
+            ctx,
+            self.ramp,
+            start,
+        )
     }
 }
 

@@ -13,7 +13,7 @@ use std::collections::BinaryHeap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::{first_usable_from, Balancer, Cursor, EndpointState, PickContext, Ramp};
+use crate::{first_admitted, Balancer, Cursor, EndpointState, PickContext, Ramp};
 
 /// Longest schedule kept; heavier weight sums are scaled down to fit.
 const MAX_SCHEDULE: u64 = 1 << 18;
@@ -51,20 +51,9 @@ impl Balancer for SmoothWeighted {
         // An unusable or ramping endpoint's slot goes to a random other slot,
         // so the others keep their proportions; a bounded number of draws
         // keeps the pick O(1) when most endpoints are fine.
-        let mut fallback = None;
-        for attempt in 0..len.min(16) {
-            let slot = if attempt == 0 { start } else { fastrand::usize(..len) };
-            let i = self.schedule[slot] as usize;
-            let endpoint = &endpoints[i];
-            if !ctx.usable(endpoint) {
-                continue;
-            }
-            if self.ramp.admits(endpoint, ctx.now) {
-                return Some(i);
-            }
-            fallback.get_or_insert(i);
-        }
-        fallback.or_else(|| first_usable_from(endpoints, self.schedule[start] as usize, ctx))
+        let slots = (0..len.min(16)).map(|attempt| if attempt == 0 { start } else { fastrand::usize(..len) });
+        let candidates = slots.map(|slot| self.schedule[slot] as usize);
+        first_admitted(candidates, endpoints, ctx, self.ramp, self.schedule[start] as usize)
     }
 }
 
