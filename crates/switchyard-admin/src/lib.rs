@@ -7,6 +7,7 @@
 //! | GET    | `/ready`      | serving traffic (503 while draining)              |
 //! | GET    | `/api/config` | the running configuration as JSON                 |
 //! | PUT    | `/api/config` | validate and apply a new configuration atomically |
+//! | GET    | `/api/clusters` | clusters and the live state of every endpoint   |
 //!
 //! Errors are `{"error": {"code", "message"}}`; an invalid configuration also
 //! carries `details`, one entry per problem.
@@ -145,7 +146,10 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
         },
         (&Method::PUT, "/api/config") => put_config(state, req).await,
-        (_, "/live" | "/ready" | "/api/config") => error(
+        (&Method::GET, "/api/clusters") => {
+            json_response(StatusCode::OK, &json!({"clusters": state.gateway.cluster_status()}))
+        }
+        (_, "/live" | "/ready" | "/api/config" | "/api/clusters") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             &format!("{} is not allowed on {path}", req.method()),

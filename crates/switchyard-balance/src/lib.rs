@@ -5,8 +5,9 @@
 //! slow-start ramp) and return an index. They do no I/O and take no locks, so
 //! they are cheap on the request path and can be tested exhaustively; the
 //! caller passes the time (`PickContext::now`) and the randomness comes from a
-//! thread-local generator that tests seed. Discovery, health checking and
-//! outlier detection live elsewhere and only write into [`EndpointState`].
+//! thread-local generator that tests seed. [`ClusterHealth`] holds the
+//! cluster-wide side of availability (outlier ejection, panic mode); the I/O
+//! of health checking and discovery lives elsewhere and only writes into it.
 //!
 //! A picker is built for one endpoint list (one config snapshot) by [`build`];
 //! whatever must outlive a reload lives in [`EndpointState`] or in the
@@ -17,6 +18,7 @@
 mod endpoint;
 pub mod ewma;
 pub mod hash;
+mod health;
 mod least_connections;
 mod least_response_time;
 mod maglev;
@@ -24,7 +26,8 @@ mod random;
 mod round_robin;
 mod smooth_weighted;
 
-pub use endpoint::{EndpointState, InFlight};
+pub use endpoint::{EndpointState, Failure, InFlight};
+pub use health::{ClusterHealth, Ejection, OutlierPolicy};
 pub use least_connections::{LeastConnections, PowerOfTwo};
 pub use least_response_time::LeastResponseTime;
 pub use maglev::Maglev;

@@ -275,4 +275,82 @@ redirect = { location = "/z" }
             "{joined}"
         );
     }
+
+    #[test]
+    fn health_outlier_panic_and_sticky_settle() {
+        let text = r#"
+[[clusters]]
+name = "c"
+endpoints = [{ address = "127.0.0.1:9001" }]
+health_check = { path = "/healthz", expected_statuses = [204, "2xx"], body_contains = "ok", interval = "1s", timeout = "500ms" }
+outlier_detection = { consecutive_failures = 3, base_ejection = "10s" }
+panic_threshold = 25
+sticky = { cookie = "sid", ttl = "1h" }
+"#;
+        let config = parse_toml(text, "test.toml").expect("valid config");
+        let cluster = &config.clusters[0];
+        let check = cluster.health_check.as_ref().unwrap();
+        assert_eq!(check.interval, std::time::Duration::from_secs(1));
+        assert_eq!(
+            check.jitter,
+            std::time::Duration::from_millis(100),
+            "a tenth of the interval"
+        );
+        assert_eq!((check.healthy_threshold, check.unhealthy_threshold), (2, 3));
+        match &check.kind {
+            crate::HealthCheckKind::Http {
+                path,
+                expected_statuses,
+                body_contains,
+                ..
+            } => {
+                assert_eq!(path, "/healthz");
+                assert_eq!(expected_statuses, &[(204, 204), (200, 299)]);
+                assert_eq!(body_contains.as_deref(), Some("ok"));
+            }
+            other => panic!("expected an HTTP check, got {other:?}"),
+        }
+        let outlier = cluster.outlier_detection.unwrap();
+        assert_eq!(outlier.consecutive_failures, 3);
+        assert_eq!(outlier.max_ejection, std::time::Duration::from_secs(300));
+        assert_eq!(outlier.max_ejected_percent, 50);
+        assert_eq!(cluster.panic_threshold, 25);
+        let sticky = cluster.sticky.as_ref().unwrap();
+        assert_eq!(sticky.cookie, "sid");
+        assert_eq!(sticky.ttl, Some(std::time::Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn bad_health_outlier_panic_and_sticky_keys_are_named() {
+        let text = r#"
+[[clusters]]
+name = "c"
+balancer = "ip_hash"
+endpoints = [{ address = "127.0.0.1:9001" }]
+health_check = { type = "tcp", path = "/x", interval = "1s", timeout = "2s", healthy_threshold = 0, expected_statuses = [99] }
+outlier_detection = { base_ejection = "1m", max_ejection = "10s", max_ejected_percent = 101 }
+panic_threshold = 200
+sticky = { cookie = "a b" }
+
+[[clusters]]
+name = "d"
+endpoints = [{ address = "127.0.0.1:9001" }]
+health_check = { type = "grpc", expected_statuses = ["6xx"] }
+"#;
+        let joined = errors(text).join("\n");
+        for expected in [
+            "`clusters[0].health_check.path`: only HTTP checks take this key",
+            "`clusters[0].health_check.expected_statuses`: only HTTP checks take this key",
+            "`clusters[0].health_check.timeout`: the check timeout (2s) is longer than its interval (1s)",
+            "`clusters[0].health_check.healthy_threshold`: must be at least 1",
+            "`clusters[0].outlier_detection.max_ejection`: shorter than `base_ejection` (1m)",
+            "`clusters[0].outlier_detection.max_ejected_percent`: 101 is not a percentage",
+            "`clusters[0].panic_threshold`: 200 is not a percentage",
+            "`clusters[0].sticky.cookie`: invalid cookie name \"a b\"",
+            "`clusters[0].sticky`: hashing balancers already give affinity",
+            "`clusters[1].health_check.type`: unknown check type \"grpc\"",
+        ] {
+            assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
+        }
+    }
 }

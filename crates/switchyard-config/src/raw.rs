@@ -218,6 +218,74 @@ pub struct RawCluster {
     pub hash_key: Option<RawHashKey>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow_start: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<RawHealthCheck>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<RawOutlierDetection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub panic_threshold: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<RawSticky>,
+}
+
+/// `health_check = { ... }`: active checks of every endpoint of a cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawHealthCheck {
+    /// `"http"` (default) or `"tcp"`.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Status codes (`200`) or classes (`"2xx"`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub expected_statuses: Vec<RawStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// One entry of `expected_statuses`: a code or a class such as `"2xx"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawStatus {
+    Code(u16),
+    Class(String),
+}
+
+/// `outlier_detection = { ... }`: passive ejection of failing endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawOutlierDetection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_ejection: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ejection: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ejected_percent: Option<u32>,
+}
+
+/// `sticky = { cookie, ttl }`: cookie-based session affinity.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawSticky {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
 }
 
 /// `hash_key = { header | cookie | path | client_ip }`: what `consistent_hash`

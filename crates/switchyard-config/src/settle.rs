@@ -310,6 +310,25 @@ impl Settler {
                 .slow_start
                 .is_some()
                 .then(|| self.duration(&c.slow_start, at.key("slow_start"), Duration::ZERO));
+            let health_check = c
+                .health_check
+                .as_ref()
+                .map(|raw| self.health_check(raw, &at.key("health_check")));
+            let outlier_detection = c
+                .outlier_detection
+                .as_ref()
+                .map(|raw| self.outlier_detection(raw, &at.key("outlier_detection")));
+            let panic_threshold = c.panic_threshold.unwrap_or(defaults::PANIC_THRESHOLD);
+            if panic_threshold > 100 {
+                self.error(
+                    at.key("panic_threshold"),
+                    format!("{panic_threshold} is not a percentage: use 0 to 100 (0 turns panic mode off)"),
+                );
+            }
+            let sticky = c
+                .sticky
+                .as_ref()
+                .map(|raw| self.sticky(raw, &at.key("sticky"), balancer));
             if c.endpoints.is_empty() {
                 self.error(at.key("endpoints"), "a cluster needs at least one endpoint");
             }
@@ -375,6 +394,10 @@ impl Settler {
                     pool_idle_timeout,
                     hash_key,
                     slow_start,
+                    health_check,
+                    outlier_detection,
+                    panic_threshold: panic_threshold.min(100),
+                    sticky,
                 });
             }
         }
@@ -423,11 +446,7 @@ impl Settler {
                 .map_or(HashKey::ClientIp, HashKey::Header);
         }
         if let Some(name) = &raw.cookie {
-            let valid = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
-            if !valid {
+            if !valid_cookie_name(name) {
                 self.error(at.key("cookie"), format!("invalid cookie name \"{name}\""));
             }
             return HashKey::Cookie(name.clone());
@@ -436,6 +455,167 @@ impl Settler {
             return HashKey::Path;
         }
         HashKey::ClientIp
+    }
+
+    fn health_check(&mut self, raw: &RawHealthCheck, at: &KeyPath) -> HealthCheck {
+        let interval = self.duration(&raw.interval, at.key("interval"), defaults::HEALTH_INTERVAL);
+        let jitter = match &raw.jitter {
+            Some(text) => match parse_duration(text) {
+                Ok(d) => d,
+                Err(message) => {
+                    self.error(at.key("jitter"), message);
+                    Duration::ZERO
+                }
+            },
+            None => interval / 10,
+        };
+        let timeout = self.duration(&raw.timeout, at.key("timeout"), defaults::HEALTH_TIMEOUT);
+        if timeout > interval {
+            self.error(
+                at.key("timeout"),
+                format!(
+                    "the check timeout ({}) is longer than its interval ({}): checks would overlap",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                ),
+            );
+        }
+        let mut threshold = |value: Option<u32>, key: &str, default: u32| {
+            let n = value.unwrap_or(default);
+            if n == 0 {
+                self.error(at.key(key), "must be at least 1");
+            }
+            n.max(1)
+        };
+        let healthy_threshold = threshold(raw.healthy_threshold, "healthy_threshold", defaults::HEALTHY_THRESHOLD);
+        let unhealthy_threshold = threshold(
+            raw.unhealthy_threshold,
+            "unhealthy_threshold",
+            defaults::UNHEALTHY_THRESHOLD,
+        );
+        let kind = match raw.kind.as_deref().unwrap_or("http") {
+            "http" => {
+                let path = raw.path.clone().unwrap_or_else(|| defaults::HEALTH_PATH.to_owned());
+                if !path.starts_with('/') || http::uri::PathAndQuery::try_from(path.as_str()).is_err() {
+                    self.error(
+                        at.key("path"),
+                        format!("invalid check path \"{path}\": expected an absolute path such as \"/healthz\""),
+                    );
+                }
+                if let Some(host) = &raw.host {
+                    if http::HeaderValue::from_str(host).is_err() || host.is_empty() {
+                        self.error(at.key("host"), format!("invalid Host header value \"{host}\""));
+                    }
+                }
+                let mut expected_statuses = Vec::new();
+                for (i, status) in raw.expected_statuses.iter().enumerate() {
+                    match status_range(status) {
+                        Ok(range) => expected_statuses.push(range),
+                        Err(message) => self.error(at.key("expected_statuses").index(i), message),
+                    }
+                }
+                if expected_statuses.is_empty() {
+                    expected_statuses.push((200, 399));
+                }
+                HealthCheckKind::Http {
+                    path,
+                    host: raw.host.clone(),
+                    expected_statuses,
+                    body_contains: raw.body_contains.clone(),
+                }
+            }
+            "tcp" => {
+                let http_only = [
+                    ("path", raw.path.is_some()),
+                    ("host", raw.host.is_some()),
+                    ("expected_statuses", !raw.expected_statuses.is_empty()),
+                    ("body_contains", raw.body_contains.is_some()),
+                ];
+                for (key, _) in http_only.iter().filter(|(_, present)| *present) {
+                    self.error(
+                        at.key(key),
+                        "only HTTP checks take this key (this check is `type = \"tcp\"`)",
+                    );
+                }
+                HealthCheckKind::Tcp
+            }
+            other => {
+                let hint = did_you_mean(other, ["http", "tcp"]);
+                self.error_with_hint(
+                    at.key("type"),
+                    format!("unknown check type \"{other}\" (expected \"http\" or \"tcp\")"),
+                    hint,
+                );
+                HealthCheckKind::Tcp
+            }
+        };
+        HealthCheck {
+            kind,
+            interval,
+            jitter,
+            timeout,
+            healthy_threshold,
+            unhealthy_threshold,
+        }
+    }
+
+    fn outlier_detection(&mut self, raw: &RawOutlierDetection, at: &KeyPath) -> OutlierDetection {
+        let consecutive_failures = raw
+            .consecutive_failures
+            .unwrap_or(defaults::OUTLIER_CONSECUTIVE_FAILURES);
+        if consecutive_failures == 0 {
+            self.error(at.key("consecutive_failures"), "must be at least 1");
+        }
+        let base_ejection = self.duration(
+            &raw.base_ejection,
+            at.key("base_ejection"),
+            defaults::OUTLIER_BASE_EJECTION,
+        );
+        let max_ejection = self.duration(
+            &raw.max_ejection,
+            at.key("max_ejection"),
+            defaults::OUTLIER_MAX_EJECTION.max(base_ejection),
+        );
+        if max_ejection < base_ejection {
+            self.error(
+                at.key("max_ejection"),
+                format!(
+                    "shorter than `base_ejection` ({}): ejections could never last their base time",
+                    humantime::format_duration(base_ejection)
+                ),
+            );
+        }
+        let max_ejected_percent = raw.max_ejected_percent.unwrap_or(defaults::OUTLIER_MAX_EJECTED_PERCENT);
+        if max_ejected_percent > 100 {
+            self.error(
+                at.key("max_ejected_percent"),
+                format!("{max_ejected_percent} is not a percentage: use 0 to 100"),
+            );
+        }
+        OutlierDetection {
+            consecutive_failures: consecutive_failures.max(1),
+            base_ejection,
+            max_ejection: max_ejection.max(base_ejection),
+            max_ejected_percent: max_ejected_percent.min(100),
+        }
+    }
+
+    fn sticky(&mut self, raw: &RawSticky, at: &KeyPath, balancer: Option<BalancerKind>) -> Sticky {
+        let cookie = raw.cookie.clone().unwrap_or_else(|| defaults::STICKY_COOKIE.to_owned());
+        if !valid_cookie_name(&cookie) {
+            self.error(at.key("cookie"), format!("invalid cookie name \"{cookie}\""));
+        }
+        if matches!(balancer, Some(BalancerKind::IpHash | BalancerKind::ConsistentHash)) {
+            self.error(
+                at.clone(),
+                "hashing balancers already give affinity: use `sticky` with a non-hashing balancer, or drop it",
+            );
+        }
+        let ttl = raw
+            .ttl
+            .is_some()
+            .then(|| self.duration(&raw.ttl, at.key("ttl"), Duration::ZERO));
+        Sticky { cookie, ttl }
     }
 
     fn routes(&mut self, raw: &[RawRoute], path: &KeyPath, listeners: &[&str], clusters: &[&str]) -> Vec<Route> {
@@ -873,5 +1053,30 @@ fn check_host_port(text: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(invalid("bad host name"))
+    }
+}
+
+/// A cookie name as RFC 6265 allows it (an HTTP token).
+fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
+/// `200` is `(200, 200)`; `"2xx"` is `(200, 299)`.
+fn status_range(status: &RawStatus) -> Result<(u16, u16), String> {
+    match status {
+        RawStatus::Code(code) if (100..=599).contains(code) => Ok((*code, *code)),
+        RawStatus::Code(code) => Err(format!("{code} is not an HTTP status code (100-599)")),
+        RawStatus::Class(text) => match text.as_bytes() {
+            [d @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
+                let base = u16::from(d - b'0') * 100;
+                Ok((base, base + 99))
+            }
+            _ => Err(format!(
+                "invalid status \"{text}\": expected a code such as 200 or a class such as \"2xx\""
+            )),
+        },
     }
 }

@@ -278,6 +278,67 @@ pub struct Cluster {
     pub hash_key: HashKey,
     /// A new or recovered endpoint ramps up to its full share over this long.
     pub slow_start: Option<Duration>,
+    /// Active checks; `None`: every endpoint counts as healthy.
+    pub health_check: Option<HealthCheck>,
+    /// Passive ejection; `None`: endpoints are never ejected.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Below this share of available endpoints (percent), spread requests
+    /// over all of them; 0 turns panic mode off.
+    pub panic_threshold: u32,
+    /// Cookie-based affinity; `None`: off.
+    pub sticky: Option<Sticky>,
+}
+
+/// How endpoints are actively checked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    pub interval: Duration,
+    /// Up to this much is added at random to each interval, so that checks of
+    /// many endpoints (and many gateways) do not fire in lockstep.
+    pub jitter: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes that bring an unhealthy endpoint back.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take a healthy endpoint out.
+    pub unhealthy_threshold: u32,
+}
+
+/// What a check does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HealthCheckKind {
+    /// A TCP connect succeeds.
+    Tcp,
+    /// `GET path` answers with an expected status (and body substring).
+    Http {
+        path: String,
+        /// The Host header; the endpoint's address when `None`.
+        host: Option<String>,
+        /// Inclusive status ranges that pass.
+        expected_statuses: Vec<(u16, u16)>,
+        body_contains: Option<String>,
+    },
+}
+
+/// When an endpoint is ejected for failing requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Consecutive failed requests (5xx, connect failure, reset) that eject.
+    pub consecutive_failures: u32,
+    /// The first ejection lasts this long; each repeat adds as much again.
+    pub base_ejection: Duration,
+    /// The longest an ejection lasts.
+    pub max_ejection: Duration,
+    /// Never eject more than this share of the cluster (percent).
+    pub max_ejected_percent: u32,
+}
+
+/// Cookie-based affinity settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sticky {
+    pub cookie: String,
+    /// Cookie lifetime (`Max-Age`); `None`: a session cookie.
+    pub ttl: Option<Duration>,
 }
 
 /// One upstream endpoint.
@@ -304,4 +365,15 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const POOL_MAX_IDLE: usize = 128;
     pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+    pub const HEALTH_PATH: &str = "/";
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const HEALTHY_THRESHOLD: u32 = 2;
+    pub const UNHEALTHY_THRESHOLD: u32 = 3;
+    pub const OUTLIER_CONSECUTIVE_FAILURES: u32 = 5;
+    pub const OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(30);
+    pub const OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
+    pub const OUTLIER_MAX_EJECTED_PERCENT: u32 = 50;
+    pub const PANIC_THRESHOLD: u32 = 50;
+    pub const STICKY_COOKIE: &str = "switchyard_sticky";
 }

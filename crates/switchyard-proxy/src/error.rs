@@ -72,6 +72,18 @@ impl ProxyError {
         )
     }
 
+    /// How outlier detection counts this error against the endpoint; `None`
+    /// when the endpoint is not to blame (the client was, or none was picked).
+    pub fn endpoint_failure(&self) -> Option<switchyard_balance::Failure> {
+        use switchyard_balance::Failure;
+        match self {
+            Self::UpstreamConnect { .. } => Some(Failure::Connect),
+            Self::UpstreamConnectTimeout { .. } | Self::UpstreamTimeout { .. } => Some(Failure::Timeout),
+            Self::Upstream { .. } => Some(Failure::Reset),
+            _ => None,
+        }
+    }
+
     /// Whether retrying elsewhere is safe: nothing reached an upstream.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::UpstreamConnect { .. } | Self::UpstreamConnectTimeout { .. })

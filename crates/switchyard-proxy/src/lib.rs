@@ -11,6 +11,7 @@ pub mod access_log;
 pub mod body;
 pub mod error;
 pub mod headers;
+mod health;
 pub mod pipeline;
 pub mod request_id;
 pub mod router;
@@ -29,6 +30,7 @@ use switchyard_config::Config;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::health::HealthCheckers;
 use crate::server::{accept_loop, bind, BoundListener};
 use crate::snapshot::{Registry, Snapshot};
 
@@ -39,6 +41,8 @@ pub struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
     /// Long-lived state by name; locked only while a snapshot is built.
     registry: Mutex<Registry>,
+    /// Active health check tasks, matched to each new snapshot.
+    checkers: Mutex<HealthCheckers>,
     /// Bound listeners by name. The async lock also serialises reloads.
     listeners: tokio::sync::Mutex<HashMap<String, BoundListener>>,
     /// Every connection task, so shutdown can wait for them.
@@ -75,6 +79,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry: Mutex::new(registry),
+            checkers: Mutex::new(HealthCheckers::default()),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             drain: CancellationToken::new(),
@@ -130,7 +135,13 @@ impl Gateway {
             .lock()
             .expect("registry lock is never poisoned")
             .build(Arc::new(config));
-        shared.snapshot.store(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        shared.snapshot.store(snapshot.clone());
+        shared
+            .checkers
+            .lock()
+            .expect("checkers lock is never poisoned")
+            .reconcile(&snapshot, &shared.drain);
 
         let stale: Vec<String> = bound
             .iter()
@@ -169,6 +180,15 @@ impl Gateway {
     /// The configuration currently serving new requests.
     pub fn config(&self) -> Arc<Config> {
         self.shared.snapshot.load().config.clone()
+    }
+
+    /// Every cluster with the live state of its endpoints (`GET /api/clusters`),
+    /// sorted by name.
+    pub fn cluster_status(&self) -> serde_json::Value {
+        let snapshot = self.shared.snapshot.load();
+        let mut clusters: Vec<_> = snapshot.clusters.values().collect();
+        clusters.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+        serde_json::Value::Array(clusters.iter().map(|c| c.status()).collect())
     }
 
     /// The bound address of each listener, by name.

@@ -26,8 +26,10 @@ use bytes::Bytes;
 use http::uri::{PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use switchyard_balance::PickContext;
-use switchyard_config::{BalancerKind, Cluster, Direct, HashKey, PathMatch, Redirect, RouteAction, UpstreamProtocol};
+use switchyard_balance::{EndpointState, Failure, PickContext};
+use switchyard_config::{
+    BalancerKind, Cluster, Direct, HashKey, PathMatch, Redirect, RouteAction, Sticky, UpstreamProtocol,
+};
 
 use crate::access_log::{AccessRecord, Logged};
 use crate::body::{ProxyBody, TimedBody};
@@ -201,18 +203,35 @@ async fn forward<'s>(
         .as_deref()
         .expect("a forward route's cluster exists (validated)");
 
+    let threshold = cluster.config.panic_threshold;
     let ctx = PickContext {
         now: started,
         client_ip: Some(conn.peer.ip()),
         hash_key: hash_key(&cluster.config, &req),
-        panic: false,
+        panic: threshold > 0 && cluster.health.panic(threshold),
     };
-    let index = cluster
-        .balancer
-        .pick(&cluster.endpoints, &ctx)
-        .ok_or_else(|| ProxyError::NoHealthyEndpoint {
-            cluster: cluster.config.name.clone(),
-        })?;
+    // A sticky cookie naming a usable endpoint wins; otherwise the balancer
+    // picks and the response (re)sets the cookie.
+    let pinned = cluster
+        .config
+        .sticky
+        .as_ref()
+        .and_then(|sticky| cookie(req.headers(), &sticky.cookie))
+        .and_then(|value| cluster.sticky_endpoint(value))
+        .filter(|&i| ctx.usable(&cluster.endpoints[i]));
+    let index = match pinned {
+        Some(index) => index,
+        None => cluster
+            .balancer
+            .pick(&cluster.endpoints, &ctx)
+            .ok_or_else(|| ProxyError::NoHealthyEndpoint {
+                cluster: cluster.config.name.clone(),
+            })?,
+    };
+    let set_cookie = match (&cluster.config.sticky, pinned) {
+        (Some(sticky), None) => Some(sticky_cookie(sticky, &cluster.endpoints[index])),
+        _ => None,
+    };
     let endpoint = &cluster.endpoints[index];
     outcome.upstream = Some(endpoint.address());
     let in_flight = endpoint.begin();
@@ -279,29 +298,38 @@ async fn forward<'s>(
             None => std::future::pending().await,
         }
     };
-    let response = tokio::select! {
-        result = cluster.client.request(upstream_req) => match result {
-            Ok(response) => response,
-            Err(e) => return Err(ProxyError::from_upstream(endpoint.address(), e)),
-        },
+    let exchange = tokio::select! {
+        result = cluster.client.request(upstream_req) => {
+            result.map_err(|e| ProxyError::from_upstream(endpoint.address(), e))
+        }
         () = headers_deadline => {
-            return Err(ProxyError::UpstreamTimeout { endpoint: endpoint.address().to_owned(), timeout: route.timeout });
+            Err(ProxyError::UpstreamTimeout { endpoint: endpoint.address().to_owned(), timeout: route.timeout })
         }
         () = exchange_deadline => {
             // Still uploading: the client was too slow, not the upstream.
             let uploading = body_sent.is_some_and(|mut rx| {
                 matches!(rx.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty))
             });
-            return Err(if uploading {
+            Err(if uploading {
                 ProxyError::ClientTimeout
             } else {
                 ProxyError::UpstreamTimeout {
                     endpoint: endpoint.address().to_owned(),
                     timeout: route.max_duration.unwrap_or(route.timeout),
                 }
-            });
+            })
         }
     };
+    let failure = match &exchange {
+        Ok(response) if response.status().is_server_error() => Some(Failure::ServerError),
+        Ok(_) => None,
+        Err(error) => error.endpoint_failure(),
+    };
+    // A client-side error says nothing about the endpoint: not counted.
+    if exchange.is_ok() || failure.is_some() {
+        record_outcome(cluster, index, failure);
+    }
+    let response = exchange?;
     let received = Instant::now();
     let rtt = received - sent;
     outcome.upstream_time = Some(rtt);
@@ -310,6 +338,9 @@ async fn forward<'s>(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     apply_ops(&mut parts.headers, &route.response_headers);
+    if let Some(value) = set_cookie {
+        parts.headers.append(header::SET_COOKIE, value);
+    }
     // The client's connection decides its own version; hyper fills it in.
     parts.version = Version::default();
     let body = TimedBody::new(body, route.idle_timeout, Side::Upstream).with_deadline(end_of_exchange);
@@ -328,16 +359,60 @@ fn hash_key<'r>(cluster: &Cluster, req: &'r Request<Incoming>) -> Option<&'r [u8
         HashKey::ClientIp => None,
         HashKey::Path => Some(req.uri().path().as_bytes()),
         HashKey::Header(name) => req.headers().get(name).map(HeaderValue::as_bytes),
-        HashKey::Cookie(name) => req
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_bytes()),
+        HashKey::Cookie(name) => cookie(req.headers(), name).map(str::as_bytes),
     }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'r>(headers: &'r http::HeaderMap, name: &str) -> Option<&'r str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// `Set-Cookie` pinning the client to `endpoint` (by its stable id, so the
+/// cookie survives reordering and reloads).
+fn sticky_cookie(sticky: &Sticky, endpoint: &EndpointState) -> HeaderValue {
+    let mut value = format!(
+        "{}={:016x}; Path=/; HttpOnly; SameSite=Lax",
+        sticky.cookie,
+        endpoint.id()
+    );
+    if let Some(ttl) = sticky.ttl {
+        value.push_str(&format!("; Max-Age={}", ttl.as_secs().max(1)));
+    }
+    HeaderValue::from_str(&value).expect("a validated cookie name and a hex id make a valid header value")
+}
+
+/// Counts how an exchange with endpoint `index` ended; an ejection it causes
+/// is logged and ends by itself after its time.
+fn record_outcome(cluster: &ClusterRuntime, index: usize, failure: Option<Failure>) {
+    let endpoint = &cluster.endpoints[index];
+    let now = Instant::now();
+    let Some(ejection) = cluster.health.record(endpoint, failure, now, cluster.outlier.as_ref()) else {
+        return;
+    };
+    tracing::warn!(
+        cluster = %cluster.config.name,
+        endpoint = endpoint.address(),
+        failures = ejection.failures,
+        last_failure = failure.map_or("-", Failure::as_str),
+        ejection = ejection.count,
+        seconds = ejection.length.as_secs_f64(),
+        "endpoint ejected"
+    );
+    let (health, endpoint, cluster_name) = (cluster.health.clone(), endpoint.clone(), cluster.config.name.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(ejection.length).await;
+        if health.readmit(&endpoint, Instant::now()) {
+            tracing::info!(cluster = %cluster_name, endpoint = endpoint.address(), "endpoint readmitted");
+        }
+    });
 }
 
 /// The path and query sent upstream after the route's rewrite, if any.

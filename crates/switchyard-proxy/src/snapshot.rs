@@ -8,11 +8,13 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use http::uri::Authority;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use switchyard_balance::{Algorithm, Balancer, Cursor, EndpointState, Options};
+use serde_json::json;
+use switchyard_balance::{Algorithm, Balancer, ClusterHealth, Cursor, EndpointState, Options, OutlierPolicy};
 use switchyard_config::{BalancerKind, Cluster, Config, Listener, Route, RouteAction};
 
 use crate::router::Router;
@@ -71,6 +73,79 @@ pub struct ClusterRuntime {
     pub authorities: Vec<Authority>,
     pub balancer: Box<dyn Balancer>,
     pub client: UpstreamClient,
+    /// Availability counts, ejections and panic mode; outlives reloads.
+    pub health: Arc<ClusterHealth>,
+    pub outlier: Option<OutlierPolicy>,
+    /// Endpoint index by stable id, for sticky cookies (empty without `sticky`).
+    pub by_id: HashMap<u64, usize>,
+}
+
+impl ClusterRuntime {
+    /// The endpoint a sticky cookie value (the endpoint id in hex) names.
+    pub fn sticky_endpoint(&self, cookie: &str) -> Option<usize> {
+        let id = u64::from_str_radix(cookie, 16).ok()?;
+        self.by_id.get(&id).copied()
+    }
+
+    /// The cluster and the live state of each endpoint, as `GET /api/clusters`
+    /// shows it.
+    pub fn status(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let balancer = BalancerKind::ALL
+            .iter()
+            .find(|(_, kind)| *kind == self.config.balancer)
+            .map_or("?", |(name, _)| *name);
+        let threshold = self.config.panic_threshold;
+        let (available, total) = (self.health.available(), self.health.total());
+        let endpoints: Vec<serde_json::Value> = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                let (error_rate, recent_requests) = e.error_rate(now);
+                let ejection = e.ejected_until().map(|until| {
+                    let at = wall + until.saturating_duration_since(now);
+                    json!({
+                        "until": humantime::format_rfc3339_millis(at).to_string(),
+                        "seconds_left": until.saturating_duration_since(now).as_secs_f64(),
+                        "reason": format!(
+                            "{} failures in a row, the last: {}",
+                            self.outlier.map_or(0, |o| o.consecutive_failures),
+                            e.last_failure().map_or("-", |f| f.as_str()),
+                        ),
+                    })
+                });
+                json!({
+                    "address": e.address(),
+                    "id": format!("{:016x}", e.id()),
+                    "weight": e.weight(),
+                    "available": e.is_available(),
+                    "healthy": e.is_healthy(),
+                    "health_check_failure": e.check_detail(),
+                    "ejected": ejection,
+                    "ejections": e.ejections(),
+                    "consecutive_failures": e.consecutive_failures(),
+                    "in_flight": e.in_flight(),
+                    "latency_ewma_ms": e.latency_estimate(now) / 1e6,
+                    "error_rate": error_rate,
+                    "recent_requests": recent_requests,
+                    "slow_start_share": e.ramp_factor(now, self.config.slow_start, switchyard_balance::SLOW_START_FLOOR),
+                })
+            })
+            .collect();
+        json!({
+            "name": self.config.name,
+            "balancer": balancer,
+            "endpoints_total": total,
+            "endpoints_available": available,
+            "panic_threshold_percent": threshold,
+            "in_panic": (available as u64) * 100 < u64::from(threshold) * total as u64,
+            "panic_picks": self.health.panic_picks(),
+            "health_check": self.config.health_check.is_some(),
+            "outlier_detection": self.outlier.is_some(),
+            "endpoints": endpoints,
+        })
+    }
 }
 
 /// Long-lived state found by name when a snapshot is built.
@@ -80,6 +155,8 @@ pub struct Registry {
     clients: HashMap<PoolSettings, UpstreamClient>,
     /// Round-robin positions by cluster name.
     cursors: HashMap<String, Cursor>,
+    /// Availability by cluster name.
+    health: HashMap<String, Arc<ClusterHealth>>,
     /// Whether a snapshot was built before (endpoints added later slow-start).
     built: bool,
 }
@@ -88,10 +165,11 @@ impl Registry {
     /// Builds a snapshot of `config`, reusing state for names seen before and
     /// forgetting state no longer referenced.
     pub fn build(&mut self, config: Arc<Config>) -> Snapshot {
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let mut endpoints_in_use = HashMap::new();
         let mut clients_in_use = HashMap::new();
         let mut cursors_in_use = HashMap::new();
+        let mut health_in_use = HashMap::new();
         let mut clusters = HashMap::new();
         for cluster in &config.clusters {
             let settings = PoolSettings::of(cluster);
@@ -111,6 +189,11 @@ impl Registry {
                     Arc::new(state)
                 });
                 state.set_weight(ep.weight);
+                // Health comes from active checks only: without them, an
+                // endpoint a removed check had marked down is back in.
+                if cluster.health_check.is_none() {
+                    state.set_healthy(true, now);
+                }
                 endpoints_in_use.insert(key, state.clone());
                 endpoints.push(state);
                 authorities.push(
@@ -125,6 +208,19 @@ impl Registry {
                 slow_start: cluster.slow_start,
             };
             let balancer = switchyard_balance::build(algorithm(cluster.balancer), &endpoints, &options, cursor);
+            let health = self.health.get(&cluster.name).cloned().unwrap_or_default();
+            health.set_endpoints(endpoints.clone());
+            health_in_use.insert(cluster.name.clone(), health.clone());
+            let outlier = cluster.outlier_detection.map(|o| OutlierPolicy {
+                consecutive_failures: o.consecutive_failures,
+                base_ejection: o.base_ejection,
+                max_ejection: o.max_ejection,
+                max_ejected_percent: o.max_ejected_percent,
+            });
+            let by_id = match cluster.sticky {
+                Some(_) => endpoints.iter().enumerate().map(|(i, e)| (e.id(), i)).collect(),
+                None => HashMap::new(),
+            };
             clusters.insert(
                 cluster.name.clone(),
                 Arc::new(ClusterRuntime {
@@ -133,12 +229,16 @@ impl Registry {
                     authorities,
                     balancer,
                     client,
+                    health,
+                    outlier,
+                    by_id,
                 }),
             );
         }
         self.endpoints = endpoints_in_use;
         self.clients = clients_in_use;
         self.cursors = cursors_in_use;
+        self.health = health_in_use;
         self.built = true;
 
         let listeners = config

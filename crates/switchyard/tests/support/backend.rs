@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,11 +32,25 @@ pub struct Seen {
     pub peer: SocketAddr,
 }
 
+/// Knobs a test turns on a running backend.
+#[derive(Debug, Default)]
+pub struct Controls {
+    /// `/healthz` answers 503 when set.
+    pub sick: AtomicBool,
+    /// Every other path answers with this status when non-zero.
+    pub fail_with: AtomicU16,
+    /// Every answer waits this many milliseconds first.
+    pub delay_ms: AtomicU64,
+}
+
 /// A running test backend.
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
+    pub controls: Arc<Controls>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Accepts connections and owns every connection task: aborting it kills
+    /// the backend outright, open connections included.
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -44,21 +59,38 @@ type Body = BoxBody<Bytes, std::io::Error>;
 impl Backend {
     /// Starts a backend called `name` on an ephemeral port.
     ///
-    /// Paths: `/slow/{ms}` answers after a delay; `/stream/{n}` streams n bytes
+    /// Paths: `/healthz` answers 200 `ok` (503 when [`Controls::sick`]);
+    /// `/slow/{ms}` answers after a delay; `/stream/{n}` streams n bytes
     /// (chunked); `/sized/{n}` the same with Content-Length; `/stall` sends one
     /// chunk then nothing; `/trickle/{n}` sends n small chunks 100ms apart; `/upload` counts the request body; `/status/{code}`;
     /// `/hop` answers with hop-by-hop headers; anything else echoes the
     /// request as JSON.
     pub async fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts a backend on `addr` (a restart on a known port).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Backend {
+        let listener = bind_retrying(addr).await;
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (name_owned, seen_owned) = (name.to_owned(), seen.clone());
+        let controls = Arc::new(Controls::default());
+        let (name_owned, seen_owned, controls_owned) = (name.to_owned(), seen.clone(), controls.clone());
         let task = tokio::spawn(async move {
-            while let Ok((stream, peer)) = listener.accept().await {
-                let (name, seen) = (name_owned.clone(), seen_owned.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(name.clone(), seen.clone(), peer, req));
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let (stream, peer) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(_) => return,
+                    },
+                    // Reap finished connections so the set stays small.
+                    Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                };
+                let (name, seen, controls) = (name_owned.clone(), seen_owned.clone(), controls_owned.clone());
+                connections.spawn(async move {
+                    let service =
+                        service_fn(move |req| handle(name.clone(), seen.clone(), controls.clone(), peer, req));
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -68,14 +100,38 @@ impl Backend {
         Backend {
             addr,
             name: name.to_owned(),
+            controls,
             seen,
             task,
         }
     }
 
+    /// Kills the backend: stops listening and drops every open connection.
+    pub async fn kill(mut self) -> SocketAddr {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        self.addr
+    }
+
     /// Requests seen so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Binds `addr`, retrying briefly: a port just released may still be held
+/// by the aborted listener for a moment.
+async fn bind_retrying(addr: SocketAddr) -> TcpListener {
+    let mut attempts = 0;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(_) if attempts < 50 && addr.port() != 0 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("bind backend on {addr}: {e}"),
+        }
     }
 }
 
@@ -108,9 +164,29 @@ fn zeros(total: u64) -> Body {
 async fn handle(
     name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    controls: Arc<Controls>,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let delay = controls.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if req.uri().path() == "/healthz" {
+        let sick = controls.sick.load(Ordering::Relaxed);
+        let mut r = Response::new(full(if sick { "sick" } else { "ok" }));
+        if sick {
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        return Ok(r);
+    }
+    let fail_with = controls.fail_with.load(Ordering::Relaxed);
+    if fail_with != 0 {
+        let mut r = Response::new(full(format!("failing with {fail_with}")));
+        *r.status_mut() = StatusCode::from_u16(fail_with).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        r.headers_mut().insert("x-backend", name.parse().unwrap());
+        return Ok(r);
+    }
     seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         path_and_query: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
