@@ -353,4 +353,95 @@ health_check = { type = "grpc", expected_statuses = ["6xx"] }
             assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
         }
     }
+
+    #[test]
+    fn resilience_settings_settle() {
+        let text = r#"
+[[clusters]]
+name = "c"
+endpoints = [{ address = "127.0.0.1:9001" }]
+retry_budget = { ratio = 0.5, min_per_second = 3 }
+circuit_breaker = { failure_ratio = 0.25, min_requests = 4, open_for = "2s", max_concurrent = 8, max_pending = 2 }
+
+[[routes]]
+cluster = "c"
+timeout = "3s"
+retry = { attempts = 3, on = ["5xx", "retriable-status"], retriable_statuses = [429], per_try_timeout = "1s" }
+hedge = { delay = "20ms" }
+idempotency = { ttl = "1h", concurrent = "reject" }
+fault = { abort = { status = 418, header = "x-teapot" } }
+"#;
+        let config = parse_toml(text, "test.toml").expect("valid config");
+        let cluster = &config.clusters[0];
+        assert_eq!(cluster.retry_budget.ratio, 0.5);
+        assert_eq!(cluster.retry_budget.window, std::time::Duration::from_secs(10));
+        let breaker = cluster.circuit_breaker.unwrap();
+        assert_eq!(
+            (breaker.min_requests, breaker.max_concurrent, breaker.max_pending),
+            (4, Some(8), 2)
+        );
+        assert_eq!(breaker.half_open_probes, 3);
+        let route = &config.routes[0];
+        let retry = route.retry.as_ref().unwrap();
+        assert_eq!(retry.attempts, 3);
+        assert!(retry.on.server_error && !retry.on.gateway_error && !retry.on.connect_failure);
+        assert_eq!(retry.on.statuses, [429]);
+        assert_eq!(retry.max_replay_body, 64 * 1024);
+        assert_eq!(route.hedge.unwrap().delay, std::time::Duration::from_millis(20));
+        assert_eq!(
+            route.idempotency.unwrap().concurrent,
+            crate::ConcurrentDuplicate::Reject
+        );
+        let abort = route.fault.as_ref().unwrap().abort.as_ref().unwrap();
+        assert_eq!(abort.status.as_u16(), 418);
+        // Without `retry_budget`, the default budget applies.
+        let plain = parse_toml(
+            "[[clusters]]\nname = \"d\"\nendpoints = [{ address = \"127.0.0.1:1\" }]\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(plain.clusters[0].retry_budget.ratio, 0.2);
+        assert!(plain.clusters[0].circuit_breaker.is_none());
+    }
+
+    #[test]
+    fn bad_resilience_settings_are_named() {
+        let text = r#"
+[[clusters]]
+name = "c"
+endpoints = [{ address = "127.0.0.1:9001" }]
+circuit_breaker = { failure_ratio = 1.5, half_open_probes = 0, max_pending = 3 }
+
+[[routes]]
+name = "r"
+cluster = "c"
+timeout = "1s"
+retry = { attempts = 20, on = ["5xxx", "retriable-status"], per_try_timeout = "2s" }
+idempotency = { concurrent = "queue" }
+fault = { delay = { percent = 150 }, abort = { status = 200 } }
+
+[[routes]]
+name = "d"
+direct = { status = 200 }
+retry = {}
+"#;
+        let joined = errors(text).join("\n");
+        for expected in [
+            "`clusters[0].circuit_breaker.failure_ratio`: 1.5: use a share",
+            "`clusters[0].circuit_breaker.half_open_probes`: must be at least 1",
+            "`clusters[0].circuit_breaker.max_pending`: only applies with `max_concurrent`",
+            "`routes[0].retry.attempts`: 20 attempts: use 1 to 10",
+            "`routes[0].retry.on[0]`: unknown retry condition \"5xxx\"",
+            "`routes[0].retry.retriable_statuses`: `retriable-status` is in `on`",
+            "`routes[0].retry.per_try_timeout`: longer than the route's `timeout` (1s)",
+            "`routes[0].idempotency.concurrent`: unknown choice \"queue\"",
+            "`routes[0].fault.delay.duration`: a delay fault needs a `duration`",
+            "`routes[0].fault.delay.percent`: 150 is not a percentage",
+            "`routes[0].fault.abort.status`: 200: an abort needs an error status",
+            "`routes[0].fault.abort`: this fault never fires",
+            "`routes[1].retry`: only routes with a `cluster` take `retry`",
+        ] {
+            assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
+        }
+    }
 }

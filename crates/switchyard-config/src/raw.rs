@@ -105,6 +105,90 @@ pub struct RawRoute {
     pub redirect: Option<RawRedirect>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direct: Option<RawDirect>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RawRetry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<RawHedge>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<RawIdempotency>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<RawFault>,
+}
+
+/// `retry = { ... }`: a route's retry policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawRetry {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retriable_statuses: Vec<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_base: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_max: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub non_idempotent: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_replay_body: Option<String>,
+}
+
+/// `hedge = { delay }`: a second attempt for slow idempotent reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawHedge {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<String>,
+}
+
+/// `idempotency = { ... }`: replay of requests by `Idempotency-Key`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawIdempotency {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrent: Option<String>,
+}
+
+/// `fault = { delay, abort }`: injected faults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawFault {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<RawFaultDelay>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort: Option<RawFaultAbort>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawFaultDelay {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawFaultAbort {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
 }
 
 /// `match = { ... }` of a route. Every present matcher must hold.
@@ -226,6 +310,48 @@ pub struct RawCluster {
     pub panic_threshold: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sticky: Option<RawSticky>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RawRetryBudget>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<RawCircuitBreaker>,
+}
+
+/// `retry_budget = { ratio, min_per_second, window }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawRetryBudget {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_per_second: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+}
+
+/// `circuit_breaker = { ... }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawCircuitBreaker {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_for: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub half_open_probes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_endpoint: Option<bool>,
 }
 
 /// `health_check = { ... }`: active checks of every endpoint of a cluster.

@@ -329,6 +329,11 @@ impl Settler {
                 .sticky
                 .as_ref()
                 .map(|raw| self.sticky(raw, &at.key("sticky"), balancer));
+            let retry_budget = self.retry_budget(c.retry_budget.as_ref(), &at.key("retry_budget"));
+            let circuit_breaker = c
+                .circuit_breaker
+                .as_ref()
+                .map(|raw| self.circuit_breaker(raw, &at.key("circuit_breaker")));
             if c.endpoints.is_empty() {
                 self.error(at.key("endpoints"), "a cluster needs at least one endpoint");
             }
@@ -398,6 +403,8 @@ impl Settler {
                     outlier_detection,
                     panic_threshold: panic_threshold.min(100),
                     sticky,
+                    retry_budget,
+                    circuit_breaker,
                 });
             }
         }
@@ -655,6 +662,26 @@ impl Settler {
                 .max_duration
                 .is_some()
                 .then(|| self.duration(&r.max_duration, at.key("max_duration"), Duration::MAX));
+            let forwards = r.cluster.is_some();
+            for (key, present) in [
+                ("retry", r.retry.is_some()),
+                ("hedge", r.hedge.is_some()),
+                ("idempotency", r.idempotency.is_some()),
+                ("fault", r.fault.is_some()),
+            ] {
+                if present && !forwards {
+                    self.error(at.key(key), format!("only routes with a `cluster` take `{key}`"));
+                }
+            }
+            let retry = r.retry.as_ref().map(|raw| self.retry(raw, &at.key("retry"), timeout));
+            let hedge = r.hedge.as_ref().map(|raw| Hedge {
+                delay: self.duration(&raw.delay, at.key("hedge").key("delay"), Duration::from_millis(50)),
+            });
+            let idempotency = r
+                .idempotency
+                .as_ref()
+                .map(|raw| self.idempotency(raw, &at.key("idempotency")));
+            let fault = r.fault.as_ref().map(|raw| self.fault(raw, &at.key("fault")));
             if let (Some(name), Some(action)) = (name, action) {
                 out.push(Route {
                     name,
@@ -667,10 +694,269 @@ impl Settler {
                     rewrite,
                     request_headers,
                     response_headers,
+                    retry,
+                    hedge,
+                    idempotency,
+                    fault,
                 });
             }
         }
         out
+    }
+
+    fn retry(&mut self, raw: &RawRetry, at: &KeyPath, route_timeout: Duration) -> Retry {
+        let attempts = raw.attempts.unwrap_or(defaults::RETRY_ATTEMPTS);
+        if !(1..=10).contains(&attempts) {
+            self.error(
+                at.key("attempts"),
+                format!("{attempts} attempts: use 1 to 10 (attempts count the first try)"),
+            );
+        }
+        let mut on = RetryOn::default();
+        let names = raw
+            .on
+            .clone()
+            .unwrap_or_else(|| vec!["connect-failure".into(), "reset".into(), "gateway-error".into()]);
+        const CONDITIONS: [&str; 6] = [
+            "connect-failure",
+            "reset",
+            "5xx",
+            "gateway-error",
+            "retriable-status",
+            "grpc-unavailable",
+        ];
+        let mut wants_statuses = false;
+        for (i, name) in names.iter().enumerate() {
+            match name.as_str() {
+                "connect-failure" => on.connect_failure = true,
+                "reset" => on.reset = true,
+                "5xx" => on.server_error = true,
+                "gateway-error" => on.gateway_error = true,
+                "retriable-status" => wants_statuses = true,
+                "grpc-unavailable" => on.grpc_unavailable = true,
+                other => {
+                    let hint = did_you_mean(other, CONDITIONS);
+                    self.error_with_hint(
+                        at.key("on").index(i),
+                        format!("unknown retry condition \"{other}\" (one of {})", CONDITIONS.join(", ")),
+                        hint,
+                    );
+                }
+            }
+        }
+        for (i, &code) in raw.retriable_statuses.iter().enumerate() {
+            if !(100..=599).contains(&code) {
+                self.error(
+                    at.key("retriable_statuses").index(i),
+                    format!("{code} is not an HTTP status code (100-599)"),
+                );
+            }
+        }
+        if wants_statuses && raw.retriable_statuses.is_empty() {
+            self.error(
+                at.key("retriable_statuses"),
+                "`retriable-status` is in `on`, so list the statuses here, such as [503, 429]",
+            );
+        }
+        if !wants_statuses && !raw.retriable_statuses.is_empty() {
+            self.error(
+                at.key("on"),
+                "`retriable_statuses` is set: add \"retriable-status\" to `on` to use it",
+            );
+        }
+        on.statuses = raw.retriable_statuses.clone();
+        let per_try_timeout = raw
+            .per_try_timeout
+            .is_some()
+            .then(|| self.duration(&raw.per_try_timeout, at.key("per_try_timeout"), route_timeout));
+        if per_try_timeout.is_some_and(|t| t > route_timeout) {
+            self.error(
+                at.key("per_try_timeout"),
+                format!(
+                    "longer than the route's `timeout` ({}), which bounds all attempts together",
+                    humantime::format_duration(route_timeout)
+                ),
+            );
+        }
+        let backoff_base = self.duration(&raw.backoff_base, at.key("backoff_base"), defaults::RETRY_BACKOFF_BASE);
+        let backoff_max = self.duration(
+            &raw.backoff_max,
+            at.key("backoff_max"),
+            defaults::RETRY_BACKOFF_MAX.max(backoff_base),
+        );
+        if backoff_max < backoff_base {
+            self.error(at.key("backoff_max"), "shorter than `backoff_base`");
+        }
+        Retry {
+            attempts: attempts.clamp(1, 10),
+            on,
+            per_try_timeout,
+            backoff_base,
+            backoff_max,
+            non_idempotent: raw.non_idempotent.unwrap_or(false),
+            max_replay_body: self.size(
+                &raw.max_replay_body,
+                at.key("max_replay_body"),
+                defaults::RETRY_MAX_REPLAY_BODY,
+            ),
+        }
+    }
+
+    fn idempotency(&mut self, raw: &RawIdempotency, at: &KeyPath) -> Idempotency {
+        let concurrent = match raw.concurrent.as_deref().unwrap_or("wait") {
+            "wait" => ConcurrentDuplicate::Wait,
+            "reject" => ConcurrentDuplicate::Reject,
+            other => {
+                let hint = did_you_mean(other, ["wait", "reject"]);
+                self.error_with_hint(
+                    at.key("concurrent"),
+                    format!("unknown choice \"{other}\" (expected \"wait\" or \"reject\")"),
+                    hint,
+                );
+                ConcurrentDuplicate::Wait
+            }
+        };
+        let max_entries = raw.max_entries.unwrap_or(defaults::IDEMPOTENCY_MAX_ENTRIES);
+        if max_entries == 0 {
+            self.error(at.key("max_entries"), "must be at least 1");
+        }
+        Idempotency {
+            ttl: self.duration(&raw.ttl, at.key("ttl"), defaults::IDEMPOTENCY_TTL),
+            max_body: self.size(&raw.max_body, at.key("max_body"), defaults::IDEMPOTENCY_MAX_BODY),
+            max_entries: max_entries.max(1),
+            concurrent,
+        }
+    }
+
+    fn percent(&mut self, value: Option<f64>, at: KeyPath) -> f64 {
+        let percent = value.unwrap_or(0.0);
+        if !(0.0..=100.0).contains(&percent) {
+            self.error(at, format!("{percent} is not a percentage: use 0 to 100"));
+            return 0.0;
+        }
+        percent
+    }
+
+    fn fault(&mut self, raw: &RawFault, at: &KeyPath) -> Fault {
+        let delay = raw.delay.as_ref().map(|d| {
+            let at = at.key("delay");
+            if d.duration.is_none() {
+                self.error(at.key("duration"), "a delay fault needs a `duration`, such as \"2s\"");
+            }
+            FaultDelay {
+                duration: self.duration(&d.duration, at.key("duration"), Duration::from_secs(1)),
+                percent: self.percent(d.percent, at.key("percent")),
+                header: d.header.as_ref().and_then(|h| self.header_name(h, at.key("header"))),
+            }
+        });
+        let abort = raw.abort.as_ref().map(|a| {
+            let at = at.key("abort");
+            let code = a.status.unwrap_or(503);
+            let status = match StatusCode::from_u16(code) {
+                Ok(status) if status.is_client_error() || status.is_server_error() => status,
+                _ => {
+                    self.error(
+                        at.key("status"),
+                        format!("{code}: an abort needs an error status (400-599)"),
+                    );
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            };
+            FaultAbort {
+                status,
+                percent: self.percent(a.percent, at.key("percent")),
+                header: a.header.as_ref().and_then(|h| self.header_name(h, at.key("header"))),
+            }
+        });
+        let never_fires = |percent: f64, header: &Option<HeaderName>| percent == 0.0 && header.is_none();
+        for (key, never) in [
+            (
+                "delay",
+                delay.as_ref().is_some_and(|d| never_fires(d.percent, &d.header)),
+            ),
+            (
+                "abort",
+                abort.as_ref().is_some_and(|a| never_fires(a.percent, &a.header)),
+            ),
+        ] {
+            if never {
+                self.error(
+                    at.key(key),
+                    "this fault never fires: give it a `percent` above 0 or a trigger `header`",
+                );
+            }
+        }
+        Fault { delay, abort }
+    }
+
+    fn retry_budget(&mut self, raw: Option<&RawRetryBudget>, at: &KeyPath) -> RetryBudget {
+        let Some(raw) = raw else {
+            return RetryBudget {
+                ratio: defaults::RETRY_BUDGET_RATIO,
+                min_per_second: defaults::RETRY_BUDGET_MIN_PER_SECOND,
+                window: defaults::RETRY_BUDGET_WINDOW,
+            };
+        };
+        let ratio = raw.ratio.unwrap_or(defaults::RETRY_BUDGET_RATIO);
+        if !(0.0..=10.0).contains(&ratio) {
+            self.error(
+                at.key("ratio"),
+                format!("{ratio}: use a share of requests from 0 to 10 (0.2: one retry per five requests)"),
+            );
+        }
+        RetryBudget {
+            ratio: ratio.clamp(0.0, 10.0),
+            min_per_second: raw.min_per_second.unwrap_or(defaults::RETRY_BUDGET_MIN_PER_SECOND),
+            window: self.duration(&raw.window, at.key("window"), defaults::RETRY_BUDGET_WINDOW),
+        }
+    }
+
+    fn circuit_breaker(&mut self, raw: &RawCircuitBreaker, at: &KeyPath) -> CircuitBreaker {
+        let failure_ratio = raw.failure_ratio.unwrap_or(defaults::BREAKER_FAILURE_RATIO);
+        if !(failure_ratio > 0.0 && failure_ratio <= 1.0) {
+            self.error(
+                at.key("failure_ratio"),
+                format!("{failure_ratio}: use a share of failed requests above 0 and at most 1"),
+            );
+        }
+        let mut at_least_one = |value: Option<u32>, key: &str, default: u32| {
+            let n = value.unwrap_or(default);
+            if n == 0 {
+                self.error(at.key(key), "must be at least 1");
+            }
+            n.max(1)
+        };
+        let min_requests = at_least_one(raw.min_requests, "min_requests", defaults::BREAKER_MIN_REQUESTS);
+        let half_open_probes = at_least_one(
+            raw.half_open_probes,
+            "half_open_probes",
+            defaults::BREAKER_HALF_OPEN_PROBES,
+        );
+        if raw.max_concurrent == Some(0) {
+            self.error(
+                at.key("max_concurrent"),
+                "must be at least 1 (leave it out for no limit)",
+            );
+        }
+        if raw.max_pending.is_some_and(|p| p > 0) && raw.max_concurrent.is_none() {
+            self.error(at.key("max_pending"), "only applies with `max_concurrent`");
+        }
+        CircuitBreaker {
+            failure_ratio: failure_ratio.clamp(f64::MIN_POSITIVE, 1.0),
+            min_requests,
+            window: self.duration(&raw.window, at.key("window"), defaults::BREAKER_WINDOW),
+            consecutive_failures: raw.consecutive_failures.unwrap_or(0),
+            open_for: self.duration(&raw.open_for, at.key("open_for"), defaults::BREAKER_OPEN_FOR),
+            half_open_probes,
+            max_concurrent: raw.max_concurrent.filter(|&m| m > 0),
+            max_pending: raw.max_pending.unwrap_or(0),
+            pending_timeout: self.duration(
+                &raw.pending_timeout,
+                at.key("pending_timeout"),
+                defaults::BREAKER_PENDING_TIMEOUT,
+            ),
+            per_endpoint: raw.per_endpoint.unwrap_or(false),
+        }
     }
 
     fn route_match(&mut self, raw: &RawMatch, at: &KeyPath) -> RouteMatch {

@@ -91,6 +91,97 @@ pub struct Route {
     pub rewrite: Rewrite,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// Retry policy; `None`: one attempt (connect failures still retried
+    /// once elsewhere only when a policy says so).
+    pub retry: Option<Retry>,
+    /// Hedged reads; `None`: off.
+    pub hedge: Option<Hedge>,
+    /// Replay by `Idempotency-Key`; `None`: the header is passed on untouched.
+    pub idempotency: Option<Idempotency>,
+    /// Injected faults; `None`: none.
+    pub fault: Option<Fault>,
+}
+
+/// When and how a failed attempt is tried again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    /// Attempts in all, the first included (at least 1).
+    pub attempts: u32,
+    pub on: RetryOn,
+    /// Each attempt's wait for response headers; `None`: only the route
+    /// `timeout` (which bounds all attempts together).
+    pub per_try_timeout: Option<Duration>,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Retry methods that are not idempotent (POST, PATCH) too.
+    pub non_idempotent: bool,
+    /// Request bodies up to this size are kept for replay; larger ones are
+    /// sent once.
+    pub max_replay_body: u64,
+}
+
+/// The conditions that make an attempt worth retrying.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// The connection could not be made (nothing reached the upstream).
+    pub connect_failure: bool,
+    /// The connection broke before a response.
+    pub reset: bool,
+    /// Any 5xx answer, plus connect failures, resets and timeouts.
+    pub server_error: bool,
+    /// 502, 503 or 504 answers, plus connect failures, resets and timeouts.
+    pub gateway_error: bool,
+    /// Answers with one of these statuses.
+    pub statuses: Vec<u16>,
+    /// gRPC answers with `grpc-status: 14` (UNAVAILABLE).
+    pub grpc_unavailable: bool,
+}
+
+/// A second attempt at a slow read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hedge {
+    /// Send the hedge when the first attempt has not answered in this long.
+    pub delay: Duration,
+}
+
+/// What a concurrent duplicate of a running keyed request gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConcurrentDuplicate {
+    /// Waits for the first request's response (bounded by the route timeout).
+    Wait,
+    /// 409 at once.
+    Reject,
+}
+
+/// `Idempotency-Key` handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotency {
+    pub ttl: Duration,
+    /// Largest request or response body kept; larger requests get 413.
+    pub max_body: u64,
+    pub max_entries: usize,
+    pub concurrent: ConcurrentDuplicate,
+}
+
+/// Injected faults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultDelay {
+    pub duration: Duration,
+    pub percent: f64,
+    pub header: Option<HeaderName>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultAbort {
+    pub status: StatusCode,
+    pub percent: f64,
+    pub header: Option<HeaderName>,
 }
 
 /// What a route does with a matched request.
@@ -287,6 +378,39 @@ pub struct Cluster {
     pub panic_threshold: u32,
     /// Cookie-based affinity; `None`: off.
     pub sticky: Option<Sticky>,
+    /// How much retrying the cluster allows (always set: a default applies).
+    pub retry_budget: RetryBudget,
+    /// `None`: no breaker and no concurrency limit.
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// Retries may add at most `ratio` of the requests over `window`, plus
+/// `min_per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    pub ratio: f64,
+    pub min_per_second: u32,
+    pub window: Duration,
+}
+
+/// A cluster's circuit breaker and concurrency limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CircuitBreaker {
+    pub failure_ratio: f64,
+    pub min_requests: u32,
+    pub window: Duration,
+    /// 0: off.
+    pub consecutive_failures: u32,
+    pub open_for: Duration,
+    pub half_open_probes: u32,
+    /// Requests in flight at once; `None`: unlimited.
+    pub max_concurrent: Option<usize>,
+    /// Requests that may wait for a slot.
+    pub max_pending: usize,
+    /// Longest a pending request waits.
+    pub pending_timeout: Duration,
+    /// One breaker per endpoint instead of one for the cluster.
+    pub per_endpoint: bool,
 }
 
 /// How endpoints are actively checked.
@@ -376,4 +500,20 @@ pub mod defaults {
     pub const OUTLIER_MAX_EJECTED_PERCENT: u32 = 50;
     pub const PANIC_THRESHOLD: u32 = 50;
     pub const STICKY_COOKIE: &str = "switchyard_sticky";
+    pub const RETRY_ATTEMPTS: u32 = 2;
+    pub const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
+    pub const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
+    pub const RETRY_MAX_REPLAY_BODY: u64 = 64 * 1024;
+    pub const RETRY_BUDGET_RATIO: f64 = 0.2;
+    pub const RETRY_BUDGET_MIN_PER_SECOND: u32 = 10;
+    pub const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
+    pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+    pub const IDEMPOTENCY_MAX_BODY: u64 = 1024 * 1024;
+    pub const IDEMPOTENCY_MAX_ENTRIES: usize = 10_000;
+    pub const BREAKER_FAILURE_RATIO: f64 = 0.5;
+    pub const BREAKER_MIN_REQUESTS: u32 = 20;
+    pub const BREAKER_WINDOW: Duration = Duration::from_secs(10);
+    pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(30);
+    pub const BREAKER_HALF_OPEN_PROBES: u32 = 3;
+    pub const BREAKER_PENDING_TIMEOUT: Duration = Duration::from_secs(1);
 }
