@@ -4,6 +4,7 @@
 //! only adds an idle timer, and [`ProxyBody`] is either such a stream or a small
 //! body the gateway made itself (errors, redirects, direct responses).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use switchyard_balance::InFlight;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{BoxError, Side};
@@ -92,13 +93,18 @@ impl<B: Body> TimedBody<B> {
     /// Like [`TimedBody::new`], plus a receiver that resolves once the body has
     /// been read to its end (or dropped); `None` for an empty body.
     pub fn with_completion(inner: B, timeout: Duration, side: Side) -> (Self, Option<oneshot::Receiver<()>>) {
-        let mut body = Self::new(inner, timeout, side);
-        if body.inner.is_end_stream() {
-            return (body, None);
+        Self::new(inner, timeout, side).signal_completion()
+    }
+
+    /// The body, plus a receiver that resolves once it has been read to its
+    /// end (or dropped); `None` for an empty body.
+    pub fn signal_completion(mut self) -> (Self, Option<oneshot::Receiver<()>>) {
+        if self.inner.is_end_stream() {
+            return (self, None);
         }
         let (tx, rx) = oneshot::channel();
-        body.finished = Some(tx);
-        (body, Some(rx))
+        self.finished = Some(tx);
+        (self, Some(rx))
     }
 }
 
@@ -174,8 +180,111 @@ where
     }
 }
 
-/// The request body sent upstream: the client's stream under an idle timer.
-pub type UpstreamRequestBody = TimedBody<Incoming>;
+pin_project! {
+    /// The request body sent upstream: chunks read ahead (a body kept for
+    /// replay, or the start of one too big to keep), then the client's stream,
+    /// if any is left, under its idle timer.
+    pub struct UpstreamRequestBody {
+        prefix: VecDeque<Bytes>,
+        #[pin]
+        rest: Option<TimedBody<Incoming>>,
+    }
+}
+
+impl UpstreamRequestBody {
+    /// The client's stream as it arrives.
+    pub fn stream(body: TimedBody<Incoming>) -> Self {
+        Self {
+            prefix: VecDeque::new(),
+            rest: Some(body),
+        }
+    }
+
+    /// A complete body read ahead (sent again on each attempt).
+    pub fn replay(chunks: &[Bytes]) -> Self {
+        Self {
+            prefix: chunks.iter().cloned().collect(),
+            rest: None,
+        }
+    }
+
+    /// Chunks read ahead, then the rest of the stream.
+    pub fn prefixed(prefix: Vec<Bytes>, rest: TimedBody<Incoming>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            rest: Some(rest),
+        }
+    }
+}
+
+impl Body for UpstreamRequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.project();
+        if let Some(chunk) = this.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        match this.rest.as_pin_mut() {
+            Some(rest) => rest.poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let buffered: u64 = self.prefix.iter().map(|c| c.len() as u64).sum();
+        match &self.rest {
+            None => SizeHint::with_exact(buffered),
+            Some(rest) => {
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + buffered);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + buffered);
+                }
+                hint
+            }
+        }
+    }
+}
+
+/// What [`read_ahead`] got of a body.
+pub enum ReadAhead {
+    /// The whole body, within the limit.
+    Complete(Vec<Bytes>),
+    /// More than the limit: what was read, and the rest of the stream.
+    TooLarge {
+        prefix: Vec<Bytes>,
+        rest: TimedBody<Incoming>,
+    },
+}
+
+/// Reads `body` until it ends or more than `limit` bytes have come.
+/// Trailers, if any, are dropped (a body kept for replay has none).
+pub async fn read_ahead(mut body: TimedBody<Incoming>, limit: u64) -> Result<ReadAhead, BodyError> {
+    use http_body_util::BodyExt;
+    let mut chunks = Vec::new();
+    let mut total = 0u64;
+    while !body.is_end_stream() {
+        let Some(frame) = body.frame().await else { break };
+        if let Ok(data) = frame?.into_data() {
+            total += data.len() as u64;
+            chunks.push(data);
+            if total > limit {
+                return Ok(ReadAhead::TooLarge {
+                    prefix: chunks,
+                    rest: body,
+                });
+            }
+        }
+    }
+    Ok(ReadAhead::Complete(chunks))
+}
 
 pin_project! {
     /// A response body sent to the client.
@@ -186,9 +295,13 @@ pin_project! {
         /// The upstream's body, streamed. Holds the endpoint's in-flight slot
         /// until the body is done, so load counts include streaming responses.
         Upstream {
+            // Chunks already read (a response too big to keep for replay).
+            prefix: VecDeque<Bytes>,
             #[pin]
             body: TimedBody<Incoming>,
             in_flight: Option<InFlight>,
+            // The cluster's concurrency slot, when it has a limit.
+            slot: Option<OwnedSemaphorePermit>,
         },
     }
 }
@@ -209,9 +322,22 @@ impl ProxyBody {
 
     /// The upstream's streamed body.
     pub fn upstream(body: TimedBody<Incoming>, in_flight: InFlight) -> Self {
+        Self::upstream_prefixed(Vec::new(), body, in_flight, None)
+    }
+
+    /// Chunks already read from the upstream's body, then the rest of it;
+    /// `slot` (a concurrency limit's) is held until the body is done.
+    pub fn upstream_prefixed(
+        prefix: Vec<Bytes>,
+        body: TimedBody<Incoming>,
+        in_flight: InFlight,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Self {
         Self::Upstream {
+            prefix: prefix.into(),
             body,
             in_flight: Some(in_flight),
+            slot,
         }
     }
 }
@@ -223,12 +349,21 @@ impl Body for ProxyBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBodyProj::Upstream { body, in_flight } => {
+            ProxyBodyProj::Upstream {
+                prefix,
+                body,
+                in_flight,
+                slot,
+            } => {
+                if let Some(chunk) = prefix.pop_front() {
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
                 let polled = body.poll_frame(cx);
                 if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
                     // Release the endpoint as soon as the exchange is over, not
                     // when the connection gets around to dropping the body.
                     in_flight.take();
+                    slot.take();
                 }
                 polled
             }
@@ -238,14 +373,23 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Full { data } => data.is_none(),
-            Self::Upstream { body, .. } => body.is_end_stream(),
+            Self::Upstream { prefix, body, .. } => prefix.is_empty() && body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Self::Upstream { body, .. } => body.size_hint(),
+            Self::Upstream { prefix, body, .. } => {
+                let buffered: u64 = prefix.iter().map(|c| c.len() as u64).sum();
+                let inner = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + buffered);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + buffered);
+                }
+                hint
+            }
         }
     }
 }

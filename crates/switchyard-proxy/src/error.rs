@@ -47,16 +47,37 @@ pub enum ProxyError {
     ClientTimeout,
     #[error("reading the request body failed: {source}")]
     ClientBody { source: BoxError },
+    #[error("the circuit breaker of cluster {cluster} is open")]
+    CircuitOpen { cluster: String, retry_after: Duration },
+    #[error("cluster {cluster} is at its concurrency limit: {reason}")]
+    Overloaded { cluster: String, reason: String },
+    #[error("fault injected: {status}")]
+    FaultInjected { status: StatusCode },
+    #[error("a request with this idempotency key is still being processed")]
+    IdempotencyInProgress,
+    #[error("this idempotency key was used for a different request")]
+    IdempotencyMismatch,
+    #[error("the request body is larger than the {limit} bytes an idempotent request may have")]
+    IdempotencyBodyTooLarge { limit: u64 },
+    #[error("the idempotency store is full")]
+    IdempotencyStoreFull,
 }
 
 impl ProxyError {
     /// The party at fault.
     pub fn side(&self) -> Side {
         match self {
-            Self::NoRoute { .. } | Self::BadRequest(_) | Self::ClientTimeout | Self::ClientBody { .. } => {
-                Side::Downstream
-            }
-            Self::NoHealthyEndpoint { .. }
+            Self::NoRoute { .. }
+            | Self::BadRequest(_)
+            | Self::ClientTimeout
+            | Self::ClientBody { .. }
+            | Self::IdempotencyInProgress
+            | Self::IdempotencyMismatch
+            | Self::IdempotencyBodyTooLarge { .. } => Side::Downstream,
+            Self::FaultInjected { .. } | Self::IdempotencyStoreFull => Side::Internal,
+            Self::CircuitOpen { .. }
+            | Self::Overloaded { .. }
+            | Self::NoHealthyEndpoint { .. }
             | Self::UpstreamConnect { .. }
             | Self::UpstreamConnectTimeout { .. }
             | Self::UpstreamTimeout { .. }
@@ -95,7 +116,14 @@ impl ProxyError {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::BadRequest(_) | Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
             Self::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHealthyEndpoint { .. }
+            | Self::CircuitOpen { .. }
+            | Self::Overloaded { .. }
+            | Self::IdempotencyStoreFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::FaultInjected { status } => *status,
+            Self::IdempotencyInProgress => StatusCode::CONFLICT,
+            Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::IdempotencyBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamConnect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamConnectTimeout { .. } | Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -113,6 +141,13 @@ impl ProxyError {
             Self::UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::Upstream { .. } => "upstream_error",
+            Self::CircuitOpen { .. } => "circuit_open",
+            Self::Overloaded { .. } => "overloaded",
+            Self::FaultInjected { .. } => "fault_injected",
+            Self::IdempotencyInProgress => "idempotency_in_progress",
+            Self::IdempotencyMismatch => "idempotency_key_reused",
+            Self::IdempotencyBodyTooLarge { .. } => "idempotency_body_too_large",
+            Self::IdempotencyStoreFull => "idempotency_store_full",
         }
     }
 
@@ -155,7 +190,15 @@ impl ProxyError {
 
     /// The response the client sees for this error.
     pub fn into_response(&self, request_id: &HeaderValue) -> Response<ProxyBody> {
-        error_response(self.status(), self.code(), &self.client_message(), request_id)
+        let mut response = error_response(self.status(), self.code(), &self.client_message(), request_id);
+        if let Self::CircuitOpen { retry_after, .. } = self {
+            // Whole seconds, rounded up: "0" would invite an immediate retry.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        response
     }
 
     /// What the client is told: enough to act on, no internal addresses.
@@ -172,6 +215,21 @@ impl ProxyError {
             Self::UpstreamConnectTimeout { .. } => "connecting to the upstream timed out".into(),
             Self::UpstreamTimeout { .. } => "the upstream did not answer in time".into(),
             Self::Upstream { .. } => "the upstream failed to answer".into(),
+            Self::CircuitOpen { cluster, .. } => {
+                format!("cluster {cluster} is failing; its circuit breaker is open")
+            }
+            Self::Overloaded { cluster, reason } => format!("cluster {cluster} is overloaded: {reason}"),
+            Self::FaultInjected { .. } => "fault injected by the gateway's fault configuration".into(),
+            Self::IdempotencyInProgress => {
+                "a request with this Idempotency-Key is still being processed; retry later".into()
+            }
+            Self::IdempotencyMismatch => "this Idempotency-Key was already used for a different request".into(),
+            Self::IdempotencyBodyTooLarge { limit } => {
+                format!("requests with an Idempotency-Key may carry at most {limit} bytes of body")
+            }
+            Self::IdempotencyStoreFull => {
+                "too many requests with an Idempotency-Key are in progress; retry later".into()
+            }
         }
     }
 }

@@ -23,21 +23,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use switchyard_balance::{EndpointState, Failure, PickContext};
-use switchyard_config::{
-    BalancerKind, Cluster, Direct, HashKey, PathMatch, Redirect, RouteAction, Sticky, UpstreamProtocol,
-};
+use switchyard_config::{Direct, PathMatch, Redirect, RouteAction};
 
 use crate::access_log::{AccessRecord, Logged};
-use crate::body::{ProxyBody, TimedBody};
+use crate::body::ProxyBody;
 use crate::error::{ProxyError, Side};
-use crate::headers::{apply_ops, set_forwarding, strip_hop_by_hop, Forwarding};
+use crate::forward::forward;
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::router::{template_captures, RequestView};
-use crate::snapshot::{ClusterRuntime, RouteEntry, Snapshot};
+use crate::snapshot::{RouteEntry, Snapshot};
 use crate::Shared;
 
 /// The response body type the gateway's listeners send.
@@ -70,10 +67,10 @@ impl ConnectionInfo {
 /// What the access log learns while the request is handled; borrowed from
 /// the snapshot so that nothing is copied unless the log is on.
 #[derive(Default)]
-struct Outcome<'s> {
-    route: Option<&'s str>,
-    upstream: Option<&'s str>,
-    upstream_time: Option<std::time::Duration>,
+pub(crate) struct Outcome<'s> {
+    pub(crate) route: Option<&'s str>,
+    pub(crate) upstream: Option<&'s str>,
+    pub(crate) upstream_time: Option<std::time::Duration>,
 }
 
 /// Serves one request: the whole pipeline (see the module docs).
@@ -188,235 +185,8 @@ fn check_request(req: &Request<Incoming>) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Step 5 for proxied routes.
-async fn forward<'s>(
-    entry: &'s RouteEntry,
-    conn: &ConnectionInfo,
-    req: Request<Incoming>,
-    request_id: &HeaderValue,
-    started: Instant,
-    outcome: &mut Outcome<'s>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let route = &entry.route;
-    let cluster: &'s ClusterRuntime = entry
-        .cluster
-        .as_deref()
-        .expect("a forward route's cluster exists (validated)");
-
-    let threshold = cluster.config.panic_threshold;
-    let ctx = PickContext {
-        now: started,
-        client_ip: Some(conn.peer.ip()),
-        hash_key: hash_key(&cluster.config, &req),
-        panic: threshold > 0 && cluster.health.panic(threshold),
-    };
-    // A sticky cookie naming a usable endpoint wins; otherwise the balancer
-    // picks and the response (re)sets the cookie.
-    let pinned = cluster
-        .config
-        .sticky
-        .as_ref()
-        .and_then(|sticky| cookie(req.headers(), &sticky.cookie))
-        .and_then(|value| cluster.sticky_endpoint(value))
-        .filter(|&i| ctx.usable(&cluster.endpoints[i]));
-    let index = match pinned {
-        Some(index) => index,
-        None => cluster
-            .balancer
-            .pick(&cluster.endpoints, &ctx)
-            .ok_or_else(|| ProxyError::NoHealthyEndpoint {
-                cluster: cluster.config.name.clone(),
-            })?,
-    };
-    let set_cookie = match (&cluster.config.sticky, pinned) {
-        (Some(sticky), None) => Some(sticky_cookie(sticky, &cluster.endpoints[index])),
-        _ => None,
-    };
-    let endpoint = &cluster.endpoints[index];
-    outcome.upstream = Some(endpoint.address());
-    let in_flight = endpoint.begin();
-
-    let (mut parts, body) = req.into_parts();
-    // The client's host as a header value: a cheap clone of its Host header, or
-    // made from the URI authority (HTTP/2, absolute-form requests).
-    let original_host = match parts.uri.authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
-    };
-    let path_and_query = rewritten_path_and_query(entry, &parts.uri);
-    parts.uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(cluster.authorities[index].clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| ProxyError::BadRequest("the rewritten request target is invalid"))?;
-
-    strip_hop_by_hop(&mut parts.headers);
-    set_forwarding(
-        &mut parts.headers,
-        &Forwarding {
-            peer: conn.peer.ip(),
-            peer_value: &conn.peer_value,
-            trusted: conn.trusted,
-            proto: "http",
-            host: original_host.as_ref(),
-            version: parts.version,
-        },
-    );
-    let upstream_host = route.rewrite.host.clone().or(original_host);
-    match upstream_host {
-        Some(host) => parts.headers.insert(header::HOST, host),
-        // No host from the client (HTTP/1.0): the client library fills in the endpoint's.
-        None => parts.headers.remove(header::HOST),
-    };
-    parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    apply_ops(&mut parts.headers, &route.request_headers);
-    parts.version = match cluster.config.protocol {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
-        UpstreamProtocol::Http2 => Version::HTTP_2,
-    };
-
-    let (body, mut body_sent) = TimedBody::with_completion(body, route.idle_timeout, Side::Downstream);
-    let upstream_req = Request::from_parts(parts, body);
-    let sent = Instant::now();
-    // The route timeout counts from the end of the request body: a slow
-    // upload is the client's business (bounded by the idle timeout), not the
-    // upstream's.
-    let headers_deadline = async {
-        if let Some(body_sent) = body_sent.as_mut() {
-            let _ = body_sent.await;
-        }
-        tokio::time::sleep(route.timeout).await;
-    };
-    // `max_duration` bounds the whole exchange, from the request's arrival.
-    let end_of_exchange = route
-        .max_duration
-        .map(|max| tokio::time::Instant::from_std(started) + max);
-    let exchange_deadline = async {
-        match end_of_exchange {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
-    let exchange = tokio::select! {
-        result = cluster.client.request(upstream_req) => {
-            result.map_err(|e| ProxyError::from_upstream(endpoint.address(), e))
-        }
-        () = headers_deadline => {
-            Err(ProxyError::UpstreamTimeout { endpoint: endpoint.address().to_owned(), timeout: route.timeout })
-        }
-        () = exchange_deadline => {
-            // Still uploading: the client was too slow, not the upstream.
-            let uploading = body_sent.is_some_and(|mut rx| {
-                matches!(rx.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty))
-            });
-            Err(if uploading {
-                ProxyError::ClientTimeout
-            } else {
-                ProxyError::UpstreamTimeout {
-                    endpoint: endpoint.address().to_owned(),
-                    timeout: route.max_duration.unwrap_or(route.timeout),
-                }
-            })
-        }
-    };
-    let failure = match &exchange {
-        Ok(response) if response.status().is_server_error() => Some(Failure::ServerError),
-        Ok(_) => None,
-        Err(error) => error.endpoint_failure(),
-    };
-    // A client-side error says nothing about the endpoint: not counted.
-    if exchange.is_ok() || failure.is_some() {
-        record_outcome(cluster, index, failure);
-    }
-    let response = exchange?;
-    let received = Instant::now();
-    let rtt = received - sent;
-    outcome.upstream_time = Some(rtt);
-    endpoint.observe_latency(rtt, received);
-
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    apply_ops(&mut parts.headers, &route.response_headers);
-    if let Some(value) = set_cookie {
-        parts.headers.append(header::SET_COOKIE, value);
-    }
-    // The client's connection decides its own version; hyper fills it in.
-    parts.version = Version::default();
-    let body = TimedBody::new(body, route.idle_timeout, Side::Upstream).with_deadline(end_of_exchange);
-    let body = ProxyBody::upstream(body, in_flight);
-    Ok(Response::from_parts(parts, body))
-}
-
-/// The key a `consistent_hash` cluster hashes for `req`; `None` means the
-/// client address (the default key, and the fallback when the header or
-/// cookie is absent).
-fn hash_key<'r>(cluster: &Cluster, req: &'r Request<Incoming>) -> Option<&'r [u8]> {
-    if cluster.balancer != BalancerKind::ConsistentHash {
-        return None;
-    }
-    match &cluster.hash_key {
-        HashKey::ClientIp => None,
-        HashKey::Path => Some(req.uri().path().as_bytes()),
-        HashKey::Header(name) => req.headers().get(name).map(HeaderValue::as_bytes),
-        HashKey::Cookie(name) => cookie(req.headers(), name).map(str::as_bytes),
-    }
-}
-
-/// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'r>(headers: &'r http::HeaderMap, name: &str) -> Option<&'r str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-/// `Set-Cookie` pinning the client to `endpoint` (by its stable id, so the
-/// cookie survives reordering and reloads).
-fn sticky_cookie(sticky: &Sticky, endpoint: &EndpointState) -> HeaderValue {
-    let mut value = format!(
-        "{}={:016x}; Path=/; HttpOnly; SameSite=Lax",
-        sticky.cookie,
-        endpoint.id()
-    );
-    if let Some(ttl) = sticky.ttl {
-        value.push_str(&format!("; Max-Age={}", ttl.as_secs().max(1)));
-    }
-    HeaderValue::from_str(&value).expect("a validated cookie name and a hex id make a valid header value")
-}
-
-/// Counts how an exchange with endpoint `index` ended; an ejection it causes
-/// is logged and ends by itself after its time.
-fn record_outcome(cluster: &ClusterRuntime, index: usize, failure: Option<Failure>) {
-    let endpoint = &cluster.endpoints[index];
-    let now = Instant::now();
-    let Some(ejection) = cluster.health.record(endpoint, failure, now, cluster.outlier.as_ref()) else {
-        return;
-    };
-    tracing::warn!(
-        cluster = %cluster.config.name,
-        endpoint = endpoint.address(),
-        failures = ejection.failures,
-        last_failure = failure.map_or("-", Failure::as_str),
-        ejection = ejection.count,
-        seconds = ejection.length.as_secs_f64(),
-        "endpoint ejected"
-    );
-    let (health, endpoint, cluster_name) = (cluster.health.clone(), endpoint.clone(), cluster.config.name.clone());
-    tokio::spawn(async move {
-        tokio::time::sleep(ejection.length).await;
-        if health.readmit(&endpoint, Instant::now()) {
-            tracing::info!(cluster = %cluster_name, endpoint = endpoint.address(), "endpoint readmitted");
-        }
-    });
-}
-
 /// The path and query sent upstream after the route's rewrite, if any.
-fn rewritten_path_and_query(entry: &RouteEntry, uri: &Uri) -> PathAndQuery {
+pub(crate) fn rewritten_path_and_query(entry: &RouteEntry, uri: &Uri) -> PathAndQuery {
     let original = uri
         .path_and_query()
         .cloned()

@@ -16,6 +16,9 @@ use hyper_util::server::conn::auto;
 use serde_json::json;
 use switchyard_balance::{Algorithm, Balancer, ClusterHealth, Cursor, EndpointState, Options, OutlierPolicy};
 use switchyard_config::{BalancerKind, Cluster, Config, Listener, Route, RouteAction};
+use switchyard_resilience::fault::{AbortFault, DelayFault, FaultSettings};
+use switchyard_resilience::idempotency::{MemoryStore, MemoryStoreSettings};
+use switchyard_resilience::{Breaker, BreakerSettings, ConcurrencyLimit, RetryBudget, RetryBudgetSettings};
 
 use crate::router::Router;
 use crate::upstream::{PoolSettings, UpstreamClient};
@@ -56,6 +59,9 @@ impl ListenerRuntime {
 pub struct RouteEntry {
     pub route: Route,
     pub cluster: Option<Arc<ClusterRuntime>>,
+    /// Responses kept by idempotency key (routes with `idempotency`).
+    pub idempotency: Option<Arc<MemoryStore>>,
+    pub fault: Option<FaultSettings>,
 }
 
 impl AsRef<Route> for RouteEntry {
@@ -78,6 +84,14 @@ pub struct ClusterRuntime {
     pub outlier: Option<OutlierPolicy>,
     /// Endpoint index by stable id, for sticky cookies (empty without `sticky`).
     pub by_id: HashMap<u64, usize>,
+    /// Caps retries of every route to this cluster.
+    pub budget: Arc<RetryBudget>,
+    /// The cluster's breaker (`circuit_breaker` without `per_endpoint`).
+    pub breaker: Option<Arc<Breaker>>,
+    /// One breaker per endpoint, same order as `endpoints` (`per_endpoint`).
+    pub endpoint_breakers: Vec<Arc<Breaker>>,
+    /// `max_concurrent` / `max_pending`.
+    pub limit: Option<Arc<ConcurrencyLimit>>,
 }
 
 impl ClusterRuntime {
@@ -157,6 +171,14 @@ pub struct Registry {
     cursors: HashMap<String, Cursor>,
     /// Availability by cluster name.
     health: HashMap<String, Arc<ClusterHealth>>,
+    /// Retry budgets, breakers and limits by cluster name (by cluster and
+    /// address for per-endpoint breakers), kept while their settings stay.
+    budgets: HashMap<String, Arc<RetryBudget>>,
+    breakers: HashMap<String, Arc<Breaker>>,
+    endpoint_breakers: HashMap<(String, String), Arc<Breaker>>,
+    limits: HashMap<String, Arc<ConcurrencyLimit>>,
+    /// Idempotency stores by route name.
+    idempotency: HashMap<String, Arc<MemoryStore>>,
     /// Whether a snapshot was built before (endpoints added later slow-start).
     built: bool,
 }
@@ -170,6 +192,10 @@ impl Registry {
         let mut clients_in_use = HashMap::new();
         let mut cursors_in_use = HashMap::new();
         let mut health_in_use = HashMap::new();
+        let mut budgets_in_use = HashMap::new();
+        let mut breakers_in_use = HashMap::new();
+        let mut endpoint_breakers_in_use = HashMap::new();
+        let mut limits_in_use = HashMap::new();
         let mut clusters = HashMap::new();
         for cluster in &config.clusters {
             let settings = PoolSettings::of(cluster);
@@ -217,6 +243,50 @@ impl Registry {
                 max_ejection: o.max_ejection,
                 max_ejected_percent: o.max_ejected_percent,
             });
+            let budget_settings = RetryBudgetSettings {
+                ratio: cluster.retry_budget.ratio,
+                min_per_second: cluster.retry_budget.min_per_second,
+                window: cluster.retry_budget.window,
+            };
+            let budget = reuse(&self.budgets, &cluster.name, |b| *b.settings() == budget_settings)
+                .unwrap_or_else(|| Arc::new(RetryBudget::new(budget_settings)));
+            budgets_in_use.insert(cluster.name.clone(), budget.clone());
+            let breaker_settings = cluster.circuit_breaker.map(|cb| BreakerSettings {
+                failure_ratio: cb.failure_ratio,
+                min_requests: cb.min_requests,
+                window: cb.window,
+                consecutive_failures: cb.consecutive_failures,
+                open_for: cb.open_for,
+                half_open_probes: cb.half_open_probes,
+            });
+            let per_endpoint = cluster.circuit_breaker.is_some_and(|cb| cb.per_endpoint);
+            let new_breaker = |settings: BreakerSettings| Arc::new(Breaker::new(settings));
+            let breaker = breaker_settings.filter(|_| !per_endpoint).map(|settings| {
+                let breaker = reuse(&self.breakers, &cluster.name, |b| *b.settings() == settings)
+                    .unwrap_or_else(|| new_breaker(settings));
+                breakers_in_use.insert(cluster.name.clone(), breaker.clone());
+                breaker
+            });
+            let endpoint_breakers = match breaker_settings.filter(|_| per_endpoint) {
+                Some(settings) => endpoints
+                    .iter()
+                    .map(|e| {
+                        let key = (cluster.name.clone(), e.address().to_owned());
+                        let breaker = reuse(&self.endpoint_breakers, &key, |b| *b.settings() == settings)
+                            .unwrap_or_else(|| new_breaker(settings));
+                        endpoint_breakers_in_use.insert(key, breaker.clone());
+                        breaker
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            let limit = cluster.circuit_breaker.and_then(|cb| {
+                let max = cb.max_concurrent?;
+                let limit = reuse(&self.limits, &cluster.name, |l| l.settings() == (max, cb.max_pending))
+                    .unwrap_or_else(|| Arc::new(ConcurrencyLimit::new(max, cb.max_pending)));
+                limits_in_use.insert(cluster.name.clone(), limit.clone());
+                Some(limit)
+            });
             let by_id = match cluster.sticky {
                 Some(_) => endpoints.iter().enumerate().map(|(i, e)| (e.id(), i)).collect(),
                 None => HashMap::new(),
@@ -232,6 +302,10 @@ impl Registry {
                     health,
                     outlier,
                     by_id,
+                    budget,
+                    breaker,
+                    endpoint_breakers,
+                    limit,
                 }),
             );
         }
@@ -239,6 +313,23 @@ impl Registry {
         self.clients = clients_in_use;
         self.cursors = cursors_in_use;
         self.health = health_in_use;
+        self.budgets = budgets_in_use;
+        self.breakers = breakers_in_use;
+        self.endpoint_breakers = endpoint_breakers_in_use;
+        self.limits = limits_in_use;
+
+        let mut idempotency_in_use = HashMap::new();
+        for route in &config.routes {
+            let Some(settings) = route.idempotency else { continue };
+            let wanted = MemoryStoreSettings {
+                ttl: settings.ttl,
+                max_entries: settings.max_entries,
+            };
+            let store = reuse(&self.idempotency, &route.name, |s| *s.settings() == wanted)
+                .unwrap_or_else(|| Arc::new(MemoryStore::new(wanted)));
+            idempotency_in_use.insert(route.name.clone(), store);
+        }
+        self.idempotency = idempotency_in_use;
         self.built = true;
 
         let listeners = config
@@ -255,6 +346,8 @@ impl Registry {
                             RouteAction::Forward { cluster } => clusters.get(cluster).cloned(),
                             _ => None,
                         },
+                        idempotency: self.idempotency.get(&route.name).cloned(),
+                        fault: route.fault.as_ref().map(fault_settings),
                     })
                     .collect();
                 let runtime = ListenerRuntime {
@@ -270,6 +363,30 @@ impl Registry {
             listeners,
             clusters,
         }
+    }
+}
+
+/// The state kept under `key` if `same` says its settings still hold.
+fn reuse<K, T>(kept: &HashMap<K, Arc<T>>, key: &K, same: impl Fn(&T) -> bool) -> Option<Arc<T>>
+where
+    K: std::hash::Hash + Eq,
+{
+    kept.get(key).filter(|t| same(t)).cloned()
+}
+
+/// The resilience crate's form of a route's `fault`.
+fn fault_settings(fault: &switchyard_config::Fault) -> FaultSettings {
+    FaultSettings {
+        delay: fault.delay.as_ref().map(|d| DelayFault {
+            duration: d.duration,
+            percent: d.percent,
+            header: d.header.clone(),
+        }),
+        abort: fault.abort.as_ref().map(|a| AbortFault {
+            status: a.status,
+            percent: a.percent,
+            header: a.header.clone(),
+        }),
     }
 }
 

@@ -36,6 +36,11 @@ impl ConcurrencyLimit {
         }
     }
 
+    /// `(max_concurrent, max_pending)`.
+    pub fn settings(&self) -> (usize, usize) {
+        (self.max_concurrent, self.max_pending)
+    }
+
     /// Requests running now.
     pub fn active(&self) -> usize {
         self.max_concurrent - self.slots.available_permits()
