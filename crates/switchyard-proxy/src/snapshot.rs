@@ -115,7 +115,8 @@ impl ClusterRuntime {
         let endpoints: Vec<serde_json::Value> = self
             .endpoints
             .iter()
-            .map(|e| {
+            .enumerate()
+            .map(|(i, e)| {
                 let (error_rate, recent_requests) = e.error_rate(now);
                 let ejection = e.ejected_until().map(|until| {
                     let at = wall + until.saturating_duration_since(now);
@@ -144,9 +145,29 @@ impl ClusterRuntime {
                     "error_rate": error_rate,
                     "recent_requests": recent_requests,
                     "slow_start_share": e.ramp_factor(now, self.config.slow_start, switchyard_balance::SLOW_START_FLOOR),
+                    "circuit_breaker": self.endpoint_breakers.get(i).map(|b| b.state().as_str()),
                 })
             })
             .collect();
+        let breaker = self.breaker.as_ref().map(|b| {
+            let (requests, failures) = b.window(now);
+            json!({
+                "state": b.state().as_str(),
+                "opened_total": b.opened_total(),
+                "window_requests": requests,
+                "window_failures": failures,
+            })
+        });
+        let concurrency = self.limit.as_ref().map(|l| {
+            let (max_concurrent, max_pending) = l.settings();
+            json!({
+                "active": l.active(),
+                "pending": l.pending(),
+                "max_concurrent": max_concurrent,
+                "max_pending": max_pending,
+            })
+        });
+        let (budget_requests, budget_retries) = self.budget.usage(now);
         json!({
             "name": self.config.name,
             "balancer": balancer,
@@ -157,6 +178,9 @@ impl ClusterRuntime {
             "panic_picks": self.health.panic_picks(),
             "health_check": self.config.health_check.is_some(),
             "outlier_detection": self.outlier.is_some(),
+            "circuit_breaker": breaker,
+            "concurrency": concurrency,
+            "retry_budget": {"window_requests": budget_requests, "window_retries": budget_retries},
             "endpoints": endpoints,
         })
     }

@@ -39,8 +39,13 @@ pub struct Controls {
     pub sick: AtomicBool,
     /// Every other path answers with this status when non-zero.
     pub fail_with: AtomicU16,
-    /// Every answer waits this many milliseconds first.
+    /// Every answer (but `/healthz`) waits this many milliseconds; the request
+    /// is recorded before the wait.
     pub delay_ms: AtomicU64,
+    /// This share (percent) of requests gets a 503, spread evenly (request n
+    /// fails when `n * percent mod 100 < percent`), so failures do not bunch.
+    pub flaky_percent: AtomicU64,
+    flaky_counter: AtomicU64,
 }
 
 /// A running test backend.
@@ -168,23 +173,12 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let delay = controls.delay_ms.load(Ordering::Relaxed);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
     if req.uri().path() == "/healthz" {
         let sick = controls.sick.load(Ordering::Relaxed);
         let mut r = Response::new(full(if sick { "sick" } else { "ok" }));
         if sick {
             *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         }
-        return Ok(r);
-    }
-    let fail_with = controls.fail_with.load(Ordering::Relaxed);
-    if fail_with != 0 {
-        let mut r = Response::new(full(format!("failing with {fail_with}")));
-        *r.status_mut() = StatusCode::from_u16(fail_with).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        r.headers_mut().insert("x-backend", name.parse().unwrap());
         return Ok(r);
     }
     seen.lock().unwrap().push(Seen {
@@ -194,6 +188,27 @@ async fn handle(
         version: req.version(),
         peer,
     });
+    let delay = controls.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let flaky = controls.flaky_percent.load(Ordering::Relaxed);
+    if flaky > 0 {
+        let n = controls.flaky_counter.fetch_add(1, Ordering::Relaxed);
+        if (n * flaky) % 100 < flaky {
+            let mut r = Response::new(full("flaky"));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r.headers_mut().insert("x-backend", name.parse().unwrap());
+            return Ok(r);
+        }
+    }
+    let fail_with = controls.fail_with.load(Ordering::Relaxed);
+    if fail_with != 0 {
+        let mut r = Response::new(full(format!("failing with {fail_with}")));
+        *r.status_mut() = StatusCode::from_u16(fail_with).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        r.headers_mut().insert("x-backend", name.parse().unwrap());
+        return Ok(r);
+    }
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let number = |i: usize| segments.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
