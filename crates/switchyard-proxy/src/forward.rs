@@ -26,7 +26,7 @@ use switchyard_balance::{EndpointState, Failure, InFlight, PickContext};
 use switchyard_config::{BalancerKind, ConcurrentDuplicate, HashKey, Retry, Route, Sticky, UpstreamProtocol};
 use switchyard_resilience::backoff::Backoff;
 use switchyard_resilience::breaker::Permit;
-use switchyard_resilience::idempotency::{Begin, IdempotencyStore, MemoryStore, StoredResponse};
+use switchyard_resilience::idempotency::{Begin, IdempotencyStore, StoredResponse};
 use switchyard_resilience::Transition;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -112,7 +112,7 @@ pub(crate) async fn forward<'s>(
                 if idempotency.is_some() {
                     return Err(ProxyError::IdempotencyBodyTooLarge { limit });
                 }
-                tracing::debug!(
+                tracing::info!(
                     route = %route.name,
                     limit,
                     "request body larger than max_replay_body: sent once, not retried"
@@ -881,13 +881,13 @@ fn replayed(stored: &StoredResponse) -> Response<ProxyBody> {
 /// A claimed idempotency key: completed with the answer, or released when
 /// dropped without one (so that a repeat runs afresh).
 struct Claim {
-    store: Arc<MemoryStore>,
+    store: Arc<dyn IdempotencyStore>,
     key: Option<String>,
     max_body: u64,
 }
 
 impl Claim {
-    fn new(store: Arc<MemoryStore>, key: String, max_body: u64) -> Self {
+    fn new(store: Arc<dyn IdempotencyStore>, key: String, max_body: u64) -> Self {
         Self {
             store,
             key: Some(key),
@@ -943,7 +943,7 @@ impl Drop for Claim {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
             let store = self.store.clone();
-            // The memory store's `abandon` never waits; other stores' may.
+            // Released in the background: a drop cannot wait.
             tokio::spawn(async move { store.abandon(&key).await });
         }
     }

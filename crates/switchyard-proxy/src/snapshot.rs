@@ -17,7 +17,7 @@ use serde_json::json;
 use switchyard_balance::{Algorithm, Balancer, ClusterHealth, Cursor, EndpointState, Options, OutlierPolicy};
 use switchyard_config::{BalancerKind, Cluster, Config, Listener, Route, RouteAction};
 use switchyard_resilience::fault::{AbortFault, DelayFault, FaultSettings};
-use switchyard_resilience::idempotency::{MemoryStore, MemoryStoreSettings};
+use switchyard_resilience::idempotency::{IdempotencyStore, MemoryStore, MemoryStoreSettings};
 use switchyard_resilience::{Breaker, BreakerSettings, ConcurrencyLimit, RetryBudget, RetryBudgetSettings};
 
 use crate::router::Router;
@@ -60,7 +60,7 @@ pub struct RouteEntry {
     pub route: Route,
     pub cluster: Option<Arc<ClusterRuntime>>,
     /// Responses kept by idempotency key (routes with `idempotency`).
-    pub idempotency: Option<Arc<MemoryStore>>,
+    pub idempotency: Option<Arc<dyn IdempotencyStore>>,
     pub fault: Option<FaultSettings>,
 }
 
@@ -370,7 +370,10 @@ impl Registry {
                             RouteAction::Forward { cluster } => clusters.get(cluster).cloned(),
                             _ => None,
                         },
-                        idempotency: self.idempotency.get(&route.name).cloned(),
+                        idempotency: self
+                            .idempotency
+                            .get(&route.name)
+                            .map(|store| store.clone() as Arc<dyn IdempotencyStore>),
                         fault: route.fault.as_ref().map(fault_settings),
                     })
                     .collect();

@@ -407,6 +407,57 @@ hedge = { delay = "30ms" }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_try_timeout_moves_on_to_another_endpoint() {
+    let hung = Backend::start("hung").await;
+    let fine = Backend::start("fine").await;
+    hung.controls.delay_ms.store(5_000, Ordering::Relaxed);
+    let routes = r#"
+[[routes]]
+cluster = "api"
+timeout = "3s"
+retry = { attempts = 2, on = ["gateway-error"], per_try_timeout = "100ms", backoff_base = "1ms" }
+"#;
+    let gw = GatewayProcess::start(&config(&[&hung, &fine], "", routes));
+    let client = client(Proto::H1);
+    for _ in 0..4 {
+        let reply = get(&client, &gw.url("/"), &[]).await;
+        assert_eq!((reply.status.as_u16(), reply.header("x-backend")), (200, Some("fine")));
+    }
+    assert!(
+        !hung.seen().is_empty(),
+        "the hung endpoint was tried first by some requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_are_sent_once_and_not_retried() {
+    let down = Backend::start("down").await;
+    down.controls.fail_with.store(503, Ordering::Relaxed);
+    let routes = r#"
+[[routes]]
+cluster = "api"
+retry = { attempts = 3, on = ["5xx"], backoff_base = "1ms", max_replay_body = "16B" }
+"#;
+    let gw = GatewayProcess::start(&config(&[&down], "", routes));
+    let client = client(Proto::H1);
+    let big = "x".repeat(1000);
+    assert_eq!(request(&client, "PUT", &gw.url("/big"), &[], &big).await.status, 503);
+    assert_eq!(down.seen().len(), 1, "a body over max_replay_body is not retried");
+    assert!(
+        gw.wait_log(Duration::from_secs(2), |v| has_message(
+            v,
+            "request body larger than max_replay_body: sent once, not retried"
+        ))
+        .await
+    );
+    assert_eq!(
+        request(&client, "PUT", &gw.url("/small"), &[], "tiny").await.status,
+        503
+    );
+    assert_eq!(down.seen().len(), 4, "a small one is");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_are_injected_by_header_or_share() {
     let backend = Backend::start("b").await;
     let routes = r#"
