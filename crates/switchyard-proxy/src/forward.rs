@@ -83,7 +83,7 @@ pub(crate) async fn forward<'s>(
         (Some(store), Some(settings)) => idempotency_key(&head, conn, route)?.map(|key| (store, settings, key)),
         _ => None,
     };
-    prepare_head(&mut head, entry, conn, request_id);
+    let path_and_query = prepare_head(&mut head, entry, conn, request_id);
 
     // 3. The body.
     let method_retriable = route
@@ -125,7 +125,7 @@ pub(crate) async fn forward<'s>(
     // 4. Idempotency keys.
     let claim = match idempotency {
         Some((store, settings, key)) => {
-            let fingerprint = fingerprint(&head, body.replay_chunks().unwrap_or_default());
+            let fingerprint = fingerprint(&head.method, &path_and_query, body.replay_chunks().unwrap_or_default());
             match store.begin(&key, fingerprint).await {
                 Begin::Proceed => Some(Claim::new(store.clone(), key, settings.max_body)),
                 Begin::Replay(stored) => return Ok(replayed(&stored)),
@@ -169,6 +169,7 @@ pub(crate) async fn forward<'s>(
         route,
         cluster,
         head,
+        path_and_query,
         body,
         client_ip: conn.peer.ip(),
         hash_key: hash_key.as_deref(),
@@ -289,6 +290,8 @@ struct Exchange<'s, 'r> {
     route: &'s Route,
     cluster: &'s ClusterRuntime,
     head: Parts,
+    /// The target sent upstream (after the route's rewrite).
+    path_and_query: http::uri::PathAndQuery,
     body: Plan,
     client_ip: std::net::IpAddr,
     hash_key: Option<&'r [u8]>,
@@ -302,7 +305,7 @@ struct Exchange<'s, 'r> {
     method_retriable: bool,
 }
 
-impl Exchange<'_, '_> {
+impl<'s> Exchange<'s, '_> {
     /// The end of the whole exchange (`max_duration`).
     fn end_of_exchange(&self) -> Option<tokio::time::Instant> {
         self.route
@@ -416,7 +419,11 @@ impl Exchange<'_, '_> {
             .body
             .next()
             .ok_or(ProxyError::BadRequest("the request body was already sent"))?;
-        self.tried.push(index);
+        // Only a body kept for replay allows another attempt: only then is
+        // there a next pick to steer (and a list worth allocating).
+        if matches!(self.body, Plan::Replay(_)) {
+            self.tried.push(index);
+        }
         let request = self.request_for(index, body)?;
         Ok(Prepared {
             request,
@@ -432,16 +439,10 @@ impl Exchange<'_, '_> {
         index: usize,
         body: UpstreamRequestBody,
     ) -> Result<Request<UpstreamRequestBody>, ProxyError> {
-        let path_and_query = self
-            .head
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(self.cluster.authorities[index].clone())
-            .path_and_query(path_and_query)
+            .path_and_query(self.path_and_query.clone())
             .build()
             .map_err(|_| ProxyError::BadRequest("the rewritten request target is invalid"))?;
         let mut request = Request::new(body);
@@ -536,19 +537,18 @@ impl Exchange<'_, '_> {
         &self,
         prepared: Prepared,
         headers_deadline: Option<Instant>,
-    ) -> impl std::future::Future<Output = Attempt> + 'static {
+    ) -> impl std::future::Future<Output = Attempt> + 's {
         let Prepared {
             request,
             index,
             permit,
             body_sent,
         } = prepared;
-        let cluster_name = self.cluster.config.name.clone();
-        let endpoint = self.cluster.endpoints[index].clone();
+        // Only what lives as long as the snapshot is captured, not `self`:
+        // a hedge runs two of these while the exchange prepares the second.
+        let cluster: &'s ClusterRuntime = self.cluster;
+        let endpoint = &cluster.endpoints[index];
         let in_flight = endpoint.begin();
-        let client = self.cluster.client.clone();
-        let health = self.cluster.health.clone();
-        let outlier = self.cluster.outlier;
         let route_timeout = self.route.timeout;
         let per_try = self.route.retry.as_ref().and_then(|r| r.per_try_timeout);
         let max_duration = self.route.max_duration;
@@ -577,7 +577,7 @@ impl Exchange<'_, '_> {
                 }
             };
             let result = tokio::select! {
-                result = client.request(request) => {
+                result = cluster.client.request(request) => {
                     result.map_err(|e| ProxyError::from_upstream(endpoint.address(), e))
                 }
                 () = headers_timeout => Err(ProxyError::UpstreamTimeout {
@@ -602,10 +602,10 @@ impl Exchange<'_, '_> {
                 if result.is_ok() {
                     endpoint.observe_latency(rtt, received);
                 }
-                record_outcome(&cluster_name, &health, &endpoint, outlier.as_ref(), failure);
+                record_outcome(cluster, endpoint, failure);
                 if let Some(permit) = permit {
                     let transition = permit.finish(failure.is_none(), received);
-                    log_breaker(&cluster_name, Some(endpoint.address()), transition);
+                    log_breaker(&cluster.config.name, Some(endpoint.address()), transition);
                 }
             }
             Attempt {
@@ -688,7 +688,13 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// Rewrites the head for the upstream: path, hop-by-hop and forwarding
 /// headers, Host, request id, header edits, protocol.
-fn prepare_head(head: &mut Parts, entry: &RouteEntry, conn: &ConnectionInfo, request_id: &HeaderValue) {
+/// Returns the path and query to send.
+fn prepare_head(
+    head: &mut Parts,
+    entry: &RouteEntry,
+    conn: &ConnectionInfo,
+    request_id: &HeaderValue,
+) -> http::uri::PathAndQuery {
     let route = &entry.route;
     let cluster = entry.cluster.as_deref().expect("a forward route has a cluster");
     // The client's host as a header value: a cheap clone of its Host header, or
@@ -698,9 +704,6 @@ fn prepare_head(head: &mut Parts, entry: &RouteEntry, conn: &ConnectionInfo, req
         None => head.headers.get(header::HOST).cloned(),
     };
     let path_and_query = rewritten_path_and_query(entry, &head.uri);
-    let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(path_and_query);
-    head.uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
 
     strip_hop_by_hop(&mut head.headers);
     set_forwarding(
@@ -725,20 +728,17 @@ fn prepare_head(head: &mut Parts, entry: &RouteEntry, conn: &ConnectionInfo, req
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::Http2 => Version::HTTP_2,
     };
+    path_and_query
 }
 
 /// Counts how an exchange with `endpoint` ended; an ejection it causes is
 /// logged and ends by itself after its time.
-fn record_outcome(
-    cluster: &str,
-    health: &Arc<switchyard_balance::ClusterHealth>,
-    endpoint: &Arc<EndpointState>,
-    outlier: Option<&switchyard_balance::OutlierPolicy>,
-    failure: Option<Failure>,
-) {
-    let Some(ejection) = health.record(endpoint, failure, Instant::now(), outlier) else {
+fn record_outcome(cluster: &ClusterRuntime, endpoint: &Arc<EndpointState>, failure: Option<Failure>) {
+    let health = &cluster.health;
+    let Some(ejection) = health.record(endpoint, failure, Instant::now(), cluster.outlier.as_ref()) else {
         return;
     };
+    let cluster = &cluster.config.name;
     tracing::warn!(
         %cluster,
         endpoint = endpoint.address(),
@@ -855,11 +855,11 @@ fn idempotency_key(head: &Parts, conn: &ConnectionInfo, route: &Route) -> Result
 
 /// What makes two requests "the same" for an idempotency key: method, target
 /// and body.
-fn fingerprint(head: &Parts, body: &[Bytes]) -> u64 {
+fn fingerprint(method: &Method, target: &http::uri::PathAndQuery, body: &[Bytes]) -> u64 {
     let mut bytes = Vec::with_capacity(64 + body.iter().map(Bytes::len).sum::<usize>());
-    bytes.extend_from_slice(head.method.as_str().as_bytes());
+    bytes.extend_from_slice(method.as_str().as_bytes());
     bytes.push(b' ');
-    bytes.extend_from_slice(head.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    bytes.extend_from_slice(target.as_str().as_bytes());
     bytes.push(b'\n');
     for chunk in body {
         bytes.extend_from_slice(chunk);
