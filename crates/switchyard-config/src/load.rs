@@ -366,10 +366,10 @@ circuit_breaker = { failure_ratio = 0.25, min_requests = 4, open_for = "2s", max
 [[routes]]
 cluster = "c"
 timeout = "3s"
-retry = { attempts = 3, on = ["5xx", "retriable-status"], retriable_statuses = [429], per_try_timeout = "1s" }
+retry = { attempts = 3, on = ["5xx", "retriable-status"], retriable_statuses = [429], per_try_timeout = "1s", backoff = { base = "10ms", max = "1s" }, budget = 0.3 }
 hedge = { delay = "20ms" }
 idempotency = { ttl = "1h", concurrent = "reject" }
-fault = { abort = { status = 418, header = "x-teapot" } }
+fault = { abort_status = 418, abort_header = "x-teapot" }
 "#;
         let config = parse_toml(text, "test.toml").expect("valid config");
         let cluster = &config.clusters[0];
@@ -387,6 +387,8 @@ fault = { abort = { status = 418, header = "x-teapot" } }
         assert!(retry.on.server_error && !retry.on.gateway_error && !retry.on.connect_failure);
         assert_eq!(retry.on.statuses, [429]);
         assert_eq!(retry.max_replay_body, 64 * 1024);
+        assert_eq!(retry.backoff_max, std::time::Duration::from_secs(1));
+        assert_eq!(retry.budget, Some(0.3));
         assert_eq!(route.hedge.unwrap().delay, std::time::Duration::from_millis(20));
         assert_eq!(
             route.idempotency.unwrap().concurrent,
@@ -418,7 +420,7 @@ cluster = "c"
 timeout = "1s"
 retry = { attempts = 20, on = ["5xxx", "retriable-status"], per_try_timeout = "2s" }
 idempotency = { concurrent = "queue" }
-fault = { delay = { percent = 150 }, abort = { status = 200 } }
+fault = { delay_percent = 150, abort_status = 200 }
 
 [[routes]]
 name = "d"
@@ -435,10 +437,9 @@ retry = {}
             "`routes[0].retry.retriable_statuses`: `retriable-status` is in `on`",
             "`routes[0].retry.per_try_timeout`: longer than the route's `timeout` (1s)",
             "`routes[0].idempotency.concurrent`: unknown choice \"queue\"",
-            "`routes[0].fault.delay.duration`: a delay fault needs a `duration`",
-            "`routes[0].fault.delay.percent`: 150 is not a percentage",
-            "`routes[0].fault.abort.status`: 200: an abort needs an error status",
-            "`routes[0].fault.abort`: this fault never fires",
+            "`routes[0].fault.delay`: a delay fault needs `delay`",
+            "`routes[0].fault.abort_status`: 200: an abort needs an error status",
+            "`routes[0].fault.abort_status`: this abort never fires",
             "`routes[1].retry`: only routes with a `cluster` take `retry`",
         ] {
             assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");

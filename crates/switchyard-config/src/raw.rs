@@ -128,9 +128,9 @@ pub struct RawRetry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub backoff_base: Option<String>,
+    pub backoff: Option<RawBackoff>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub backoff_max: Option<String>,
+    pub budget: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub non_idempotent: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -159,36 +159,33 @@ pub struct RawIdempotency {
     pub concurrent: Option<String>,
 }
 
-/// `fault = { delay, abort }`: injected faults.
+/// `backoff = { base, max }` of a retry policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawBackoff {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<String>,
+}
+
+/// `fault = { delay, delay_percent, delay_header, abort_status, abort_percent,
+/// abort_header }`: injected faults.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RawFault {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub delay: Option<RawFaultDelay>,
+    pub delay: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub abort: Option<RawFaultAbort>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RawFaultDelay {
+    pub delay_percent: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration: Option<String>,
+    pub delay_header: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub percent: Option<f64>,
+    pub abort_status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub header: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RawFaultAbort {
+    pub abort_percent: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub percent: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub header: Option<String>,
+    pub abort_header: Option<String>,
 }
 
 /// `match = { ... }` of a route. Every present matcher must hold.

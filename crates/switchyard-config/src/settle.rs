@@ -778,21 +778,33 @@ impl Settler {
                 ),
             );
         }
-        let backoff_base = self.duration(&raw.backoff_base, at.key("backoff_base"), defaults::RETRY_BACKOFF_BASE);
+        let backoff = raw.backoff.clone().unwrap_or_default();
+        let backoff_at = at.key("backoff");
+        let backoff_base = self.duration(&backoff.base, backoff_at.key("base"), defaults::RETRY_BACKOFF_BASE);
         let backoff_max = self.duration(
-            &raw.backoff_max,
-            at.key("backoff_max"),
+            &backoff.max,
+            backoff_at.key("max"),
             defaults::RETRY_BACKOFF_MAX.max(backoff_base),
         );
         if backoff_max < backoff_base {
-            self.error(at.key("backoff_max"), "shorter than `backoff_base`");
+            self.error(backoff_at.key("max"), "shorter than `base`");
         }
+        let budget = raw.budget.map(|ratio| {
+            if !(0.0..=10.0).contains(&ratio) {
+                self.error(
+                    at.key("budget"),
+                    format!("{ratio}: use a share of requests from 0 to 10 (0.2: one retry per five requests)"),
+                );
+            }
+            ratio.clamp(0.0, 10.0)
+        });
         Retry {
             attempts: attempts.clamp(1, 10),
             on,
             per_try_timeout,
             backoff_base,
             backoff_max,
+            budget,
             non_idempotent: raw.non_idempotent.unwrap_or(false),
             max_replay_body: self.size(
                 &raw.max_replay_body,
@@ -838,53 +850,51 @@ impl Settler {
     }
 
     fn fault(&mut self, raw: &RawFault, at: &KeyPath) -> Fault {
-        let delay = raw.delay.as_ref().map(|d| {
-            let at = at.key("delay");
-            if d.duration.is_none() {
-                self.error(at.key("duration"), "a delay fault needs a `duration`, such as \"2s\"");
-            }
-            FaultDelay {
-                duration: self.duration(&d.duration, at.key("duration"), Duration::from_secs(1)),
-                percent: self.percent(d.percent, at.key("percent")),
-                header: d.header.as_ref().and_then(|h| self.header_name(h, at.key("header"))),
-            }
+        let delay = raw.delay.is_some().then(|| FaultDelay {
+            duration: self.duration(&raw.delay, at.key("delay"), Duration::from_secs(1)),
+            percent: self.percent(raw.delay_percent, at.key("delay_percent")),
+            header: raw
+                .delay_header
+                .as_ref()
+                .and_then(|h| self.header_name(h, at.key("delay_header"))),
         });
-        let abort = raw.abort.as_ref().map(|a| {
-            let at = at.key("abort");
-            let code = a.status.unwrap_or(503);
-            let status = match StatusCode::from_u16(code) {
-                Ok(status) if status.is_client_error() || status.is_server_error() => status,
-                _ => {
-                    self.error(
-                        at.key("status"),
-                        format!("{code}: an abort needs an error status (400-599)"),
-                    );
-                    StatusCode::SERVICE_UNAVAILABLE
+        let abort =
+            (raw.abort_status.is_some() || raw.abort_percent.is_some() || raw.abort_header.is_some()).then(|| {
+                let code = raw.abort_status.unwrap_or(503);
+                let status = match StatusCode::from_u16(code) {
+                    Ok(status) if status.is_client_error() || status.is_server_error() => status,
+                    _ => {
+                        self.error(
+                            at.key("abort_status"),
+                            format!("{code}: an abort needs an error status (400-599)"),
+                        );
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                };
+                FaultAbort {
+                    status,
+                    percent: self.percent(raw.abort_percent, at.key("abort_percent")),
+                    header: raw
+                        .abort_header
+                        .as_ref()
+                        .and_then(|h| self.header_name(h, at.key("abort_header"))),
                 }
-            };
-            FaultAbort {
-                status,
-                percent: self.percent(a.percent, at.key("percent")),
-                header: a.header.as_ref().and_then(|h| self.header_name(h, at.key("header"))),
-            }
-        });
+            });
+        if raw.delay.is_none() && (raw.delay_percent.is_some() || raw.delay_header.is_some()) {
+            self.error(at.key("delay"), "a delay fault needs `delay`, such as \"2s\"");
+        }
         let never_fires = |percent: f64, header: &Option<HeaderName>| percent == 0.0 && header.is_none();
-        for (key, never) in [
-            (
-                "delay",
-                delay.as_ref().is_some_and(|d| never_fires(d.percent, &d.header)),
-            ),
-            (
-                "abort",
-                abort.as_ref().is_some_and(|a| never_fires(a.percent, &a.header)),
-            ),
-        ] {
-            if never {
-                self.error(
-                    at.key(key),
-                    "this fault never fires: give it a `percent` above 0 or a trigger `header`",
-                );
-            }
+        if delay.as_ref().is_some_and(|d| never_fires(d.percent, &d.header)) {
+            self.error(
+                at.key("delay"),
+                "this delay never fires: set `delay_percent` above 0 or a `delay_header`",
+            );
+        }
+        if abort.as_ref().is_some_and(|a| never_fires(a.percent, &a.header)) {
+            self.error(
+                at.key("abort_status"),
+                "this abort never fires: set `abort_percent` above 0 or an `abort_header`",
+            );
         }
         Fault { delay, abort }
     }

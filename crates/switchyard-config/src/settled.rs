@@ -113,6 +113,9 @@ pub struct Retry {
     pub per_try_timeout: Option<Duration>,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// This route's own cap: retries may add at most this share of its
+    /// recent requests (on top of the cluster's `retry_budget`).
+    pub budget: Option<f64>,
     /// Retry methods that are not idempotent (POST, PATCH) too.
     pub non_idempotent: bool,
     /// Request bodies up to this size are kept for replay; larger ones are

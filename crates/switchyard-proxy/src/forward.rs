@@ -68,6 +68,9 @@ pub(crate) async fn forward<'s>(
         }
     }
     cluster.budget.record_request(started);
+    if let Some(budget) = &entry.budget {
+        budget.record_request(started);
+    }
 
     // 2. The head. What balancing needs from the client's request is taken
     // before the head is rewritten.
@@ -167,6 +170,7 @@ pub(crate) async fn forward<'s>(
     };
     let mut exchange = Exchange {
         route,
+        route_budget: entry.budget.as_deref(),
         cluster,
         head,
         path_and_query,
@@ -288,6 +292,7 @@ struct Attempt {
 /// The attempts of one client request.
 struct Exchange<'s, 'r> {
     route: &'s Route,
+    route_budget: Option<&'s switchyard_resilience::RetryBudget>,
     cluster: &'s ClusterRuntime,
     head: Parts,
     /// The target sent upstream (after the route's rewrite).
@@ -349,7 +354,7 @@ impl<'s> Exchange<'s, '_> {
             if out_of_time {
                 return finish(attempt);
             }
-            if !self.cluster.budget.try_retry(now) {
+            if !self.budget_allows(now) {
                 tracing::info!(
                     cluster = %self.cluster.config.name,
                     route = %self.route.name,
@@ -388,7 +393,7 @@ impl<'s> Exchange<'s, '_> {
             attempt = &mut first => return finish(attempt),
             () = tokio::time::sleep(delay) => {}
         }
-        if !self.cluster.budget.try_retry(Instant::now()) {
+        if !self.budget_allows(Instant::now()) {
             return finish(first.await);
         }
         let Ok(prepared) = self.prepare() else {
@@ -410,6 +415,12 @@ impl<'s> Exchange<'s, '_> {
             Either::Second => second.await,
         };
         finish(if is_good(&other.result) { other } else { winner })
+    }
+
+    /// Takes one retry from the route's budget (if it has one) and the
+    /// cluster's; `false`: no retry.
+    fn budget_allows(&self, now: Instant) -> bool {
+        self.route_budget.is_none_or(|b| b.try_retry(now)) && self.cluster.budget.try_retry(now)
     }
 
     /// Picks an endpoint the breaker admits and builds the request for it.

@@ -62,6 +62,8 @@ pub struct RouteEntry {
     /// Responses kept by idempotency key (routes with `idempotency`).
     pub idempotency: Option<Arc<dyn IdempotencyStore>>,
     pub fault: Option<FaultSettings>,
+    /// The route's own retry budget (`retry.budget`), on top of the cluster's.
+    pub budget: Option<Arc<RetryBudget>>,
 }
 
 impl AsRef<Route> for RouteEntry {
@@ -203,6 +205,8 @@ pub struct Registry {
     limits: HashMap<String, Arc<ConcurrencyLimit>>,
     /// Idempotency stores by route name.
     idempotency: HashMap<String, Arc<MemoryStore>>,
+    /// Route retry budgets by route name.
+    route_budgets: HashMap<String, Arc<RetryBudget>>,
     /// Whether a snapshot was built before (endpoints added later slow-start).
     built: bool,
 }
@@ -354,6 +358,23 @@ impl Registry {
             idempotency_in_use.insert(route.name.clone(), store);
         }
         self.idempotency = idempotency_in_use;
+
+        let mut route_budgets_in_use = HashMap::new();
+        for route in &config.routes {
+            let Some(ratio) = route.retry.as_ref().and_then(|r| r.budget) else {
+                continue;
+            };
+            let wanted = RetryBudgetSettings {
+                ratio,
+                // A floor so that a quiet route can still retry its first failures.
+                min_per_second: 1,
+                window: switchyard_config::defaults::RETRY_BUDGET_WINDOW,
+            };
+            let budget = reuse(&self.route_budgets, &route.name, |b| *b.settings() == wanted)
+                .unwrap_or_else(|| Arc::new(RetryBudget::new(wanted)));
+            route_budgets_in_use.insert(route.name.clone(), budget);
+        }
+        self.route_budgets = route_budgets_in_use;
         self.built = true;
 
         let listeners = config
@@ -375,6 +396,7 @@ impl Registry {
                             .get(&route.name)
                             .map(|store| store.clone() as Arc<dyn IdempotencyStore>),
                         fault: route.fault.as_ref().map(fault_settings),
+                        budget: self.route_budgets.get(&route.name).cloned(),
                     })
                     .collect();
                 let runtime = ListenerRuntime {

@@ -66,7 +66,7 @@ async fn retries_hide_a_flaky_endpoint_from_gets() {
 name = "retried"
 match = { path_prefix = "/retried" }
 cluster = "api"
-retry = { attempts = 3, on = ["5xx"], backoff_base = "1ms", backoff_max = "5ms" }
+retry = { attempts = 3, on = ["5xx"], backoff = { base = "1ms", max = "5ms" } }
 
 [[routes]]
 name = "bare"
@@ -120,7 +120,7 @@ async fn the_retry_budget_caps_upstream_load_during_an_outage() {
     let routes = r#"
 [[routes]]
 cluster = "api"
-retry = { attempts = 5, on = ["5xx"], backoff_base = "1ms", backoff_max = "2ms" }
+retry = { attempts = 5, on = ["5xx"], backoff = { base = "1ms", max = "2ms" } }
 "#;
     let gw = GatewayProcess::start(&config(
         &[&down],
@@ -145,6 +145,29 @@ retry = { attempts = 5, on = ["5xx"], backoff_base = "1ms", backoff_max = "2ms" 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_budget_caps_its_retries_below_the_clusters() {
+    let down = Backend::start("down").await;
+    down.controls.fail_with.store(503, Ordering::Relaxed);
+    // The cluster's default budget (20% + 10/s) would allow 140 retries here.
+    let routes = r#"
+[[routes]]
+cluster = "api"
+retry = { attempts = 5, on = ["5xx"], backoff = { base = "1ms", max = "2ms" }, budget = 0.05 }
+"#;
+    let gw = GatewayProcess::start(&config(&[&down], "", routes));
+    let client = client(Proto::H1);
+    for _ in 0..200 {
+        assert_eq!(get(&client, &gw.url("/"), &[]).await.status, 503);
+    }
+    let seen = down.seen().len();
+    // 5% of 200 plus the route floor of 1/s x 10s: 20 retries.
+    assert!(
+        (201..=220).contains(&seen),
+        "the route budget held: {seen} upstream requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_is_retried_only_with_opt_in() {
     let down = Backend::start("down").await;
     down.controls.fail_with.store(503, Ordering::Relaxed);
@@ -153,13 +176,13 @@ async fn a_post_is_retried_only_with_opt_in() {
 name = "plain"
 match = { path_prefix = "/plain" }
 cluster = "api"
-retry = { attempts = 3, on = ["5xx"], backoff_base = "1ms" }
+retry = { attempts = 3, on = ["5xx"], backoff = { base = "1ms" } }
 
 [[routes]]
 name = "opted-in"
 match = { path_prefix = "/opted-in" }
 cluster = "api"
-retry = { attempts = 3, on = ["5xx"], backoff_base = "1ms", non_idempotent = true }
+retry = { attempts = 3, on = ["5xx"], backoff = { base = "1ms" }, non_idempotent = true }
 "#;
     let gw = GatewayProcess::start(&config(&[&down], "", routes));
     let client = client(Proto::H1);
@@ -415,7 +438,7 @@ async fn a_per_try_timeout_moves_on_to_another_endpoint() {
 [[routes]]
 cluster = "api"
 timeout = "3s"
-retry = { attempts = 2, on = ["gateway-error"], per_try_timeout = "100ms", backoff_base = "1ms" }
+retry = { attempts = 2, on = ["gateway-error"], per_try_timeout = "100ms", backoff = { base = "1ms" } }
 "#;
     let gw = GatewayProcess::start(&config(&[&hung, &fine], "", routes));
     let client = client(Proto::H1);
@@ -436,7 +459,7 @@ async fn large_bodies_are_sent_once_and_not_retried() {
     let routes = r#"
 [[routes]]
 cluster = "api"
-retry = { attempts = 3, on = ["5xx"], backoff_base = "1ms", max_replay_body = "16B" }
+retry = { attempts = 3, on = ["5xx"], backoff = { base = "1ms" }, max_replay_body = "16B" }
 "#;
     let gw = GatewayProcess::start(&config(&[&down], "", routes));
     let client = client(Proto::H1);
@@ -465,13 +488,13 @@ async fn faults_are_injected_by_header_or_share() {
 name = "on-demand"
 match = { path_prefix = "/on-demand" }
 cluster = "api"
-fault = { abort = { status = 418, header = "x-fault-abort" }, delay = { duration = "10ms", header = "x-fault-delay" } }
+fault = { abort_status = 418, abort_header = "x-fault-abort", delay = "10ms", delay_header = "x-fault-delay" }
 
 [[routes]]
 name = "always"
 match = { path_prefix = "/always" }
 cluster = "api"
-fault = { abort = { status = 503, percent = 100 } }
+fault = { abort_status = 503, abort_percent = 100 }
 "#;
     let gw = GatewayProcess::start(&config(&[&backend], "", routes));
     let client = client(Proto::H1);
