@@ -445,4 +445,55 @@ retry = {}
             assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
         }
     }
+
+    #[test]
+    fn rate_limits_and_ip_filters_settle_and_fail_clearly() {
+        let text = r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+ip_filter = { deny = ["192.0.2.0/24"] }
+
+[[clusters]]
+name = "c"
+endpoints = [{ address = "127.0.0.1:9001" }]
+
+[[routes]]
+cluster = "c"
+rate_limit = { key = "client_ip", rate = 100, per = "1s", burst = 200 }
+rate_limits = [{ key = ["client_ip", "header:x-user"], rate = 1000, per = "1h", headers = true }]
+ip_filter = { allow = ["10.0.0.0/8", "::1"] }
+"#;
+        let config = parse_toml(text, "test.toml").expect("valid config");
+        let route = &config.routes[0];
+        assert_eq!(route.rate_limits.len(), 2);
+        assert_eq!(route.rate_limits[0].burst, 200);
+        assert_eq!(route.rate_limits[1].burst, 1000, "burst defaults to rate");
+        assert_eq!(route.rate_limits[1].key.len(), 2);
+        assert!(route.rate_limits[1].headers);
+        assert_eq!(route.ip_filter.as_ref().unwrap().allow.len(), 2);
+        assert_eq!(config.listeners[0].ip_filter.as_ref().unwrap().deny.len(), 1);
+
+        let bad = r#"
+[[clusters]]
+name = "c"
+endpoints = [{ address = "127.0.0.1:9001" }]
+
+[[routes]]
+cluster = "c"
+rate_limit = { key = "client_ipp", per = "1s" }
+rate_limits = [{ key = ["claim:sub"], rate = 0 }]
+ip_filter = { allow = ["10.0.0.0/33"] }
+"#;
+        let joined = errors(bad).join("\n");
+        for expected in [
+            "`routes[0].rate_limit.key`: unknown rate-limit key \"client_ipp\"",
+            "`routes[0].rate_limit.rate`: a rate limit needs a `rate`",
+            "`routes[0].rate_limits[0].key[0]`: \"claim:sub\" keys need route authentication",
+            "`routes[0].rate_limits[0].rate`: must be at least 1",
+            "`routes[0].ip_filter.allow[0]`: invalid CIDR \"10.0.0.0/33\"",
+        ] {
+            assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
+        }
+    }
 }

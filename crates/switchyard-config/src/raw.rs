@@ -75,6 +75,44 @@ pub struct RawListener {
     pub max_headers: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent_streams: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_filter: Option<RawIpFilter>,
+}
+
+/// `ip_filter = { allow, deny }`: CIDR lists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawIpFilter {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+}
+
+/// `rate_limit = { key, rate, per, burst, headers, max_keys }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawRateLimit {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<RawRateKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<usize>,
+}
+
+/// A rate-limit key: one part (`"client_ip"`) or several combined.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawRateKey {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// `[[routes]]`: which requests go where.
@@ -113,6 +151,12 @@ pub struct RawRoute {
     pub idempotency: Option<RawIdempotency>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<RawFault>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RawRateLimit>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RawRateLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_filter: Option<RawIpFilter>,
 }
 
 /// `retry = { ... }`: a route's retry policy.

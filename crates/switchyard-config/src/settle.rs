@@ -270,6 +270,10 @@ impl Settler {
             if max_concurrent_streams == 0 {
                 self.error(at.key("max_concurrent_streams"), "must be at least 1");
             }
+            let ip_filter = l
+                .ip_filter
+                .as_ref()
+                .map(|raw| self.ip_filter(raw, &at.key("ip_filter")));
             if let (Some(name), Some(listen), Some(protocol)) = (name, listen, protocol) {
                 out.push(Listener {
                     name,
@@ -281,6 +285,7 @@ impl Settler {
                     max_header_size: max_header_size as usize,
                     max_headers,
                     max_concurrent_streams,
+                    ip_filter,
                 });
             }
         }
@@ -682,6 +687,17 @@ impl Settler {
                 .as_ref()
                 .map(|raw| self.idempotency(raw, &at.key("idempotency")));
             let fault = r.fault.as_ref().map(|raw| self.fault(raw, &at.key("fault")));
+            let mut rate_limits = Vec::new();
+            if let Some(raw) = &r.rate_limit {
+                rate_limits.extend(self.rate_limit(raw, &at.key("rate_limit")));
+            }
+            for (j, raw) in r.rate_limits.iter().enumerate() {
+                rate_limits.extend(self.rate_limit(raw, &at.key("rate_limits").index(j)));
+            }
+            let ip_filter = r
+                .ip_filter
+                .as_ref()
+                .map(|raw| self.ip_filter(raw, &at.key("ip_filter")));
             if let (Some(name), Some(action)) = (name, action) {
                 out.push(Route {
                     name,
@@ -698,6 +714,8 @@ impl Settler {
                     hedge,
                     idempotency,
                     fault,
+                    rate_limits,
+                    ip_filter,
                 });
             }
         }
@@ -897,6 +915,97 @@ impl Settler {
             );
         }
         Fault { delay, abort }
+    }
+
+    fn ip_filter(&mut self, raw: &RawIpFilter, at: &KeyPath) -> IpFilter {
+        let mut list = |entries: &[String], key: &str| -> Vec<IpNet> {
+            let mut nets = Vec::new();
+            for (i, cidr) in entries.iter().enumerate() {
+                match parse_cidr(cidr) {
+                    Some(net) => nets.push(net),
+                    None => self.error(
+                        at.key(key).index(i),
+                        format!("invalid CIDR \"{cidr}\": expected an address or network such as \"10.0.0.0/8\" or \"2001:db8::/32\""),
+                    ),
+                }
+            }
+            nets
+        };
+        let allow = list(&raw.allow, "allow");
+        let deny = list(&raw.deny, "deny");
+        if raw.allow.is_empty() && raw.deny.is_empty() {
+            self.error(
+                at.clone(),
+                "an empty `ip_filter` filters nothing: give `allow` or `deny` networks",
+            );
+        }
+        IpFilter { allow, deny }
+    }
+
+    fn rate_limit(&mut self, raw: &RawRateLimit, at: &KeyPath) -> Option<RateLimit> {
+        let parts = match &raw.key {
+            None => vec!["client_ip".to_owned()],
+            Some(RawRateKey::One(part)) => vec![part.clone()],
+            Some(RawRateKey::Many(parts)) => parts.clone(),
+        };
+        if parts.is_empty() {
+            self.error(at.key("key"), "a key needs at least one part, such as \"client_ip\"");
+        }
+        let mut key = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            let part_at = match raw.key {
+                Some(RawRateKey::Many(_)) => at.key("key").index(i),
+                _ => at.key("key"),
+            };
+            if part == "client_ip" {
+                key.push(RateKeyPart::ClientIp);
+            } else if let Some(name) = part.strip_prefix("header:") {
+                if let Some(name) = self.header_name(name, part_at) {
+                    key.push(RateKeyPart::Header(name));
+                }
+            } else if part.starts_with("claim:") || part == "api_key" {
+                self.error(
+                    part_at,
+                    format!("\"{part}\" keys need route authentication, which this version does not have yet; use \"client_ip\" or \"header:NAME\""),
+                );
+            } else {
+                let hint = did_you_mean(part, ["client_ip", "header:NAME", "claim:NAME", "api_key"]);
+                self.error_with_hint(
+                    part_at,
+                    format!(
+                        "unknown rate-limit key \"{part}\" (expected client_ip, header:NAME, claim:NAME or api_key)"
+                    ),
+                    hint,
+                );
+            }
+        }
+        let Some(rate) = raw.rate else {
+            self.error(at.key("rate"), "a rate limit needs a `rate` (requests per `per`)");
+            return None;
+        };
+        if rate == 0 {
+            self.error(
+                at.key("rate"),
+                "must be at least 1 (to block a route, use an `ip_filter` or a `direct` response)",
+            );
+        }
+        let per = self.duration(&raw.per, at.key("per"), Duration::from_secs(1));
+        let burst = raw.burst.unwrap_or(rate);
+        if burst == 0 {
+            self.error(at.key("burst"), "must be at least 1");
+        }
+        let max_keys = raw.max_keys.unwrap_or(defaults::RATE_LIMIT_MAX_KEYS);
+        if max_keys == 0 {
+            self.error(at.key("max_keys"), "must be at least 1");
+        }
+        Some(RateLimit {
+            key,
+            rate: rate.max(1),
+            per,
+            burst: burst.max(1),
+            headers: raw.headers.unwrap_or(false),
+            max_keys: max_keys.max(1),
+        })
     }
 
     fn retry_budget(&mut self, raw: Option<&RawRetryBudget>, at: &KeyPath) -> RetryBudget {

@@ -71,6 +71,40 @@ pub struct Listener {
     pub max_headers: usize,
     /// Most concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Client addresses refused on this listener (every route).
+    pub ip_filter: Option<IpFilter>,
+}
+
+/// Allowed and denied client networks; deny wins.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IpFilter {
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+}
+
+/// One rate limit of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// What identifies a client; several parts are combined.
+    pub key: Vec<RateKeyPart>,
+    /// Requests allowed per `per`, on average...
+    pub rate: u32,
+    pub per: Duration,
+    /// ...with bursts of up to this many.
+    pub burst: u32,
+    /// Send `RateLimit-*` headers on allowed responses too (429s always carry them).
+    pub headers: bool,
+    /// Keys (clients) tracked at most.
+    pub max_keys: usize,
+}
+
+/// One part of a rate-limit key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKeyPart {
+    /// The client's address (from the socket, or trusted proxies' headers).
+    ClientIp,
+    /// A request header's value (the client address when absent).
+    Header(HeaderName),
 }
 
 /// One routing rule.
@@ -100,6 +134,10 @@ pub struct Route {
     pub idempotency: Option<Idempotency>,
     /// Injected faults; `None`: none.
     pub fault: Option<Fault>,
+    /// Rate limits, all checked (`rate_limit` and `rate_limits`).
+    pub rate_limits: Vec<RateLimit>,
+    /// Client addresses refused on this route.
+    pub ip_filter: Option<IpFilter>,
 }
 
 /// When and how a failed attempt is tried again.
@@ -519,4 +557,5 @@ pub mod defaults {
     pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(30);
     pub const BREAKER_HALF_OPEN_PROBES: u32 = 3;
     pub const BREAKER_PENDING_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const RATE_LIMIT_MAX_KEYS: usize = 100_000;
 }

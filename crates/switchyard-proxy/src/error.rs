@@ -61,6 +61,12 @@ pub enum ProxyError {
     IdempotencyBodyTooLarge { limit: u64 },
     #[error("the idempotency store is full")]
     IdempotencyStoreFull,
+    #[error("client address refused by the {scope} ip_filter: {reason}")]
+    IpDenied { scope: &'static str, reason: String },
+    #[error("rate limited")]
+    RateLimited {
+        decision: switchyard_security::ratelimit::Decision,
+    },
 }
 
 impl ProxyError {
@@ -73,7 +79,9 @@ impl ProxyError {
             | Self::ClientBody { .. }
             | Self::IdempotencyInProgress
             | Self::IdempotencyMismatch
-            | Self::IdempotencyBodyTooLarge { .. } => Side::Downstream,
+            | Self::IdempotencyBodyTooLarge { .. }
+            | Self::IpDenied { .. }
+            | Self::RateLimited { .. } => Side::Downstream,
             Self::FaultInjected { .. } | Self::IdempotencyStoreFull => Side::Internal,
             Self::CircuitOpen { .. }
             | Self::Overloaded { .. }
@@ -124,6 +132,8 @@ impl ProxyError {
             Self::IdempotencyInProgress => StatusCode::CONFLICT,
             Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::IdempotencyBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::IpDenied { .. } => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamConnect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamConnectTimeout { .. } | Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -148,6 +158,8 @@ impl ProxyError {
             Self::IdempotencyMismatch => "idempotency_key_reused",
             Self::IdempotencyBodyTooLarge { .. } => "idempotency_body_too_large",
             Self::IdempotencyStoreFull => "idempotency_store_full",
+            Self::IpDenied { .. } => "ip_denied",
+            Self::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -191,12 +203,20 @@ impl ProxyError {
     /// The response the client sees for this error.
     pub fn into_response(&self, request_id: &HeaderValue) -> Response<ProxyBody> {
         let mut response = error_response(self.status(), self.code(), &self.client_message(), request_id);
-        if let Self::CircuitOpen { retry_after, .. } = self {
-            // Whole seconds, rounded up: "0" would invite an immediate retry.
-            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        // Whole seconds, rounded up: "0" would invite an immediate retry.
+        let retry_after = match self {
+            Self::CircuitOpen { retry_after, .. } => Some(*retry_after),
+            Self::RateLimited { decision } => {
+                crate::filters::set_headers(response.headers_mut(), decision);
+                Some(decision.retry_after)
+            }
+            _ => None,
+        };
+        if let Some(after) = retry_after {
+            let seconds = crate::filters::ceil_secs(after).max(1);
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -230,6 +250,12 @@ impl ProxyError {
             Self::IdempotencyStoreFull => {
                 "too many requests with an Idempotency-Key are in progress; retry later".into()
             }
+            Self::IpDenied { scope, .. } => format!("your address is not allowed on this {scope}"),
+            Self::RateLimited { decision } => format!(
+                "rate limit of {} requests exceeded; retry in {} s",
+                decision.limit,
+                crate::filters::ceil_secs(decision.retry_after).max(1)
+            ),
         }
     }
 }

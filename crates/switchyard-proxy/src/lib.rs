@@ -10,6 +10,7 @@
 pub mod access_log;
 pub mod body;
 pub mod error;
+mod filters;
 mod forward;
 pub mod headers;
 mod health;

@@ -31,6 +31,7 @@ use switchyard_config::{Direct, PathMatch, Redirect, RouteAction};
 use crate::access_log::{AccessRecord, Logged};
 use crate::body::ProxyBody;
 use crate::error::{ProxyError, Side};
+use crate::filters;
 use crate::forward::forward;
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::router::{template_captures, RequestView};
@@ -162,11 +163,28 @@ async fn serve<'s>(
     let entry = listener.router.find(&view).ok_or_else(|| no_route(&req))?;
     outcome.route = Some(&entry.route.name);
 
-    match &entry.route.action {
-        RouteAction::Direct(direct) => Ok(direct_response(direct)),
-        RouteAction::Redirect(redirect) => Ok(redirect_response(redirect, entry, &req)),
-        RouteAction::Forward { .. } => forward(entry, conn, req, request_id, started, outcome).await,
-    }
+    // Route filters: IP lists, then rate limits.
+    let filtered = listener.ip_filter.is_some() || entry.ip_filter.is_some() || !entry.limits.is_empty();
+    let quota = if filtered {
+        let ip = filters::client_ip(conn, req.headers(), listener);
+        if let Some(filter) = &listener.ip_filter {
+            filters::check_ip(filter, ip, "listener")?;
+        }
+        if let Some(filter) = &entry.ip_filter {
+            filters::check_ip(filter, ip, "route")?;
+        }
+        filters::check_limits(&entry.limits, ip, req.headers(), started)?
+    } else {
+        filters::Quota::default()
+    };
+
+    let mut response = match &entry.route.action {
+        RouteAction::Direct(direct) => direct_response(direct),
+        RouteAction::Redirect(redirect) => redirect_response(redirect, entry, &req),
+        RouteAction::Forward { .. } => forward(entry, conn, req, request_id, started, outcome).await?,
+    };
+    quota.apply(response.headers_mut());
+    Ok(response)
 }
 
 /// Rejects request heads that hyper accepts but a proxy must not pass on.

@@ -19,7 +19,10 @@ use switchyard_config::{BalancerKind, Cluster, Config, Listener, Route, RouteAct
 use switchyard_resilience::fault::{AbortFault, DelayFault, FaultSettings};
 use switchyard_resilience::idempotency::{IdempotencyStore, MemoryStore, MemoryStoreSettings};
 use switchyard_resilience::{Breaker, BreakerSettings, ConcurrencyLimit, RetryBudget, RetryBudgetSettings};
+use switchyard_security::ipfilter::IpFilter;
+use switchyard_security::ratelimit::{Quota, RateLimiter};
 
+use crate::filters::Limit;
 use crate::router::Router;
 use crate::upstream::{PoolSettings, UpstreamClient};
 
@@ -34,6 +37,8 @@ pub struct Snapshot {
 /// A listener's settings and its router.
 pub struct ListenerRuntime {
     pub config: Listener,
+    /// The listener's `ip_filter`.
+    pub ip_filter: Option<IpFilter>,
     pub router: Router<RouteEntry>,
     /// The hyper connection builder with this listener's limits and timeouts.
     pub http: auto::Builder<TokioExecutor>,
@@ -64,6 +69,9 @@ pub struct RouteEntry {
     pub fault: Option<FaultSettings>,
     /// The route's own retry budget (`retry.budget`), on top of the cluster's.
     pub budget: Option<Arc<RetryBudget>>,
+    pub ip_filter: Option<IpFilter>,
+    /// Rate limits with their buckets (which outlive reloads).
+    pub limits: Vec<Limit>,
 }
 
 impl AsRef<Route> for RouteEntry {
@@ -207,6 +215,8 @@ pub struct Registry {
     idempotency: HashMap<String, Arc<MemoryStore>>,
     /// Route retry budgets by route name.
     route_budgets: HashMap<String, Arc<RetryBudget>>,
+    /// Rate limiters by route name and position.
+    limiters: HashMap<(String, usize), Arc<RateLimiter>>,
     /// Whether a snapshot was built before (endpoints added later slow-start).
     built: bool,
 }
@@ -375,6 +385,24 @@ impl Registry {
             route_budgets_in_use.insert(route.name.clone(), budget);
         }
         self.route_budgets = route_budgets_in_use;
+
+        let mut limiters_in_use = HashMap::new();
+        for route in &config.routes {
+            for (i, limit) in route.rate_limits.iter().enumerate() {
+                let quota = Quota {
+                    rate: limit.rate,
+                    per: limit.per,
+                    burst: limit.burst,
+                };
+                let key = (route.name.clone(), i);
+                let limiter = reuse(&self.limiters, &key, |l| {
+                    *l.quota() == quota && l.max_keys() == limit.max_keys
+                })
+                .unwrap_or_else(|| Arc::new(RateLimiter::new(quota, limit.max_keys)));
+                limiters_in_use.insert(key, limiter);
+            }
+        }
+        self.limiters = limiters_in_use;
         self.built = true;
 
         let listeners = config
@@ -397,10 +425,21 @@ impl Registry {
                             .map(|store| store.clone() as Arc<dyn IdempotencyStore>),
                         fault: route.fault.as_ref().map(fault_settings),
                         budget: self.route_budgets.get(&route.name).cloned(),
+                        ip_filter: route.ip_filter.as_ref().map(ip_filter),
+                        limits: route
+                            .rate_limits
+                            .iter()
+                            .enumerate()
+                            .map(|(i, config)| Limit {
+                                config: config.clone(),
+                                limiter: self.limiters[&(route.name.clone(), i)].clone(),
+                            })
+                            .collect(),
                     })
                     .collect();
                 let runtime = ListenerRuntime {
                     config: listener.clone(),
+                    ip_filter: listener.ip_filter.as_ref().map(ip_filter),
                     router: Router::new(entries),
                     http: http_builder(listener),
                 };
@@ -421,6 +460,14 @@ where
     K: std::hash::Hash + Eq,
 {
     kept.get(key).filter(|t| same(t)).cloned()
+}
+
+/// The security crate's form of an `ip_filter`.
+fn ip_filter(filter: &switchyard_config::IpFilter) -> IpFilter {
+    IpFilter {
+        allow: filter.allow.clone(),
+        deny: filter.deny.clone(),
+    }
 }
 
 /// The resilience crate's form of a route's `fault`.

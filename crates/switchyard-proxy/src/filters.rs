@@ -1,0 +1,175 @@
+//! Route filters that run after routing and before the route's action:
+//! IP allow/deny lists (the listener's, then the route's) and rate limits.
+//!
+//! The client address they judge is the socket peer, or, when the peer is one
+//! of the listener's trusted proxies, the address those proxies recorded in
+//! `X-Forwarded-For` (the nearest one that is not itself a trusted proxy).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use switchyard_config::{RateKeyPart, RateLimit};
+use switchyard_security::ipfilter::{IpFilter, Refusal};
+use switchyard_security::ratelimit::{Decision, RateLimiter};
+
+use crate::error::ProxyError;
+use crate::pipeline::ConnectionInfo;
+use crate::snapshot::ListenerRuntime;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// The client's address as the filters see it.
+pub fn client_ip(conn: &ConnectionInfo, headers: &HeaderMap, listener: &ListenerRuntime) -> IpAddr {
+    let peer = conn.peer.ip();
+    if !conn.trusted {
+        return peer;
+    }
+    // Right to left: each trusted proxy appended the address it received
+    // from; the first one not in the trusted set is the client.
+    let hops: Vec<IpAddr> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| hop.trim().parse().ok())
+        .collect();
+    hops.iter()
+        .rev()
+        .find(|ip| !listener.trusts(**ip))
+        .or(hops.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
+/// Checks `ip` against a filter, as the client's error.
+pub fn check_ip(filter: &IpFilter, ip: IpAddr, scope: &'static str) -> Result<(), ProxyError> {
+    filter.check(ip).map_err(|refusal| ProxyError::IpDenied {
+        scope,
+        reason: match refusal {
+            Refusal::Denied(net) => format!("{ip} is in the denied network {net}"),
+            Refusal::NotAllowed => format!("{ip} is not in an allowed network"),
+        },
+    })
+}
+
+/// A route's rate limit with its buckets.
+#[derive(Debug)]
+pub struct Limit {
+    pub config: RateLimit,
+    pub limiter: Arc<RateLimiter>,
+}
+
+/// What the rate limits said about an allowed request: the headers to add
+/// to its response, if any limit asks for them.
+#[derive(Debug, Default)]
+pub struct Quota {
+    tightest: Option<Decision>,
+}
+
+impl Quota {
+    /// Adds `RateLimit-*` headers for the tightest limit.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        if let Some(decision) = &self.tightest {
+            set_headers(headers, decision);
+        }
+    }
+}
+
+/// Takes a token from every limit of the route; the first refusal wins.
+pub fn check_limits(limits: &[Limit], ip: IpAddr, headers: &HeaderMap, now: Instant) -> Result<Quota, ProxyError> {
+    let mut quota = Quota::default();
+    let mut key = Vec::new();
+    for limit in limits {
+        key.clear();
+        build_key(&mut key, &limit.config.key, ip, headers);
+        let decision = limit.limiter.check(&key, now);
+        if !decision.allowed {
+            return Err(ProxyError::RateLimited { decision });
+        }
+        if limit.config.headers && quota.tightest.is_none_or(|t| decision.remaining < t.remaining) {
+            quota.tightest = Some(decision);
+        }
+    }
+    Ok(quota)
+}
+
+/// The bytes that identify a client for `parts`: each part, separated so
+/// that `("a", "bc")` and `("ab", "c")` differ.
+fn build_key(key: &mut Vec<u8>, parts: &[RateKeyPart], ip: IpAddr, headers: &HeaderMap) {
+    for part in parts {
+        match part {
+            RateKeyPart::ClientIp => push_ip(key, ip),
+            RateKeyPart::Header(name) => match headers.get(name) {
+                Some(value) => {
+                    key.push(b'h');
+                    key.extend_from_slice(value.as_bytes());
+                }
+                // No header: the client address stands in, so leaving the
+                // header out does not escape the limit.
+                None => push_ip(key, ip),
+            },
+        }
+        key.push(0);
+    }
+}
+
+fn push_ip(key: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            key.push(b'4');
+            key.extend_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            key.push(b'6');
+            key.extend_from_slice(&v6.octets());
+        }
+    }
+}
+
+/// `RateLimit-Limit`, `-Remaining` and `-Reset` (whole seconds, rounded up).
+pub fn set_headers(headers: &mut HeaderMap, decision: &Decision) {
+    headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(decision.limit));
+    headers.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(decision.remaining));
+    headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(ceil_secs(decision.reset)));
+}
+
+/// Whole seconds, rounded up.
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_keep_parts_apart() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user", "alice".parse().unwrap());
+        let parts = [RateKeyPart::ClientIp, RateKeyPart::Header("x-user".parse().unwrap())];
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        build_key(&mut a, &parts, ip, &headers);
+        headers.insert("x-user", "bob".parse().unwrap());
+        build_key(&mut b, &parts, ip, &headers);
+        assert_ne!(a, b);
+        // A missing header falls back to the address, not to a shared "" key.
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        let header_only = [RateKeyPart::Header("x-user".parse().unwrap())];
+        build_key(&mut c, &header_only, ip, &HeaderMap::new());
+        build_key(&mut d, &header_only, "10.0.0.2".parse().unwrap(), &HeaderMap::new());
+        assert_ne!(c, d);
+    }
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
+        assert_eq!(ceil_secs(Duration::ZERO), 0);
+    }
+}

@@ -1,0 +1,170 @@
+//! Edge security with real clients and backends: rate limits (exact counts at
+//! the boundary, refill, keys, headers) and IP allow/deny lists, with and
+//! without trusted proxies.
+
+mod support;
+
+use std::time::Duration;
+
+use support::client::{client, get, Proto, Reply};
+use support::{Backend, GatewayProcess};
+
+fn config(backend: &Backend, listener_extra: &str, routes: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+{listener_extra}
+
+[[clusters]]
+name = "api"
+endpoints = [{{ address = "{}" }}]
+
+{routes}
+"#,
+        backend.addr
+    )
+}
+
+fn code(reply: &Reply) -> String {
+    reply.json()["error"]["code"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_count_exactly_and_say_so_in_headers() {
+    let backend = Backend::start("b").await;
+    let routes = r#"
+[[routes]]
+name = "limited"
+match = { path_prefix = "/limited" }
+cluster = "api"
+rate_limit = { key = "client_ip", rate = 5, per = "1m", headers = true }
+
+[[routes]]
+name = "open"
+match = { path_prefix = "/open" }
+cluster = "api"
+"#;
+    let gw = GatewayProcess::start(&config(&backend, "", routes));
+    let client = client(Proto::H1);
+    for expected_remaining in (0..5).rev() {
+        let reply = get(&client, &gw.url("/limited"), &[]).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("ratelimit-limit"), Some("5"));
+        assert_eq!(
+            reply.header("ratelimit-remaining"),
+            Some(expected_remaining.to_string().as_str())
+        );
+    }
+    let refused = get(&client, &gw.url("/limited"), &[]).await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(code(&refused), "rate_limited");
+    // One token comes back every 12 s (5 per minute).
+    assert_eq!(refused.header("retry-after"), Some("12"));
+    assert_eq!(refused.header("ratelimit-remaining"), Some("0"));
+    assert_eq!(refused.header("ratelimit-reset"), Some("60"));
+    assert_eq!(backend.seen().len(), 5, "refused requests never reach the backend");
+    // Other routes are not limited, and carry no headers.
+    let open = get(&client, &gw.url("/open"), &[]).await;
+    assert_eq!(open.status, 200);
+    assert!(open.header("ratelimit-limit").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_refill_over_time_and_keys_are_separate() {
+    let backend = Backend::start("b").await;
+    let routes = r#"
+[[routes]]
+cluster = "api"
+rate_limits = [
+  { key = "header:x-user", rate = 10, per = "1s", burst = 1 },
+  { key = "client_ip", rate = 1000, per = "1h" },
+]
+"#;
+    let gw = GatewayProcess::start(&config(&backend, "", routes));
+    let client = client(Proto::H1);
+    let url = gw.url("/");
+    assert_eq!(get(&client, &url, &[("x-user", "alice")]).await.status, 200);
+    assert_eq!(get(&client, &url, &[("x-user", "alice")]).await.status, 429);
+    assert_eq!(
+        get(&client, &url, &[("x-user", "bob")]).await.status,
+        200,
+        "bob has his own bucket"
+    );
+    // One token per 100 ms: after 250 ms alice may go again, once.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(get(&client, &url, &[("x-user", "alice")]).await.status, 200);
+    assert_eq!(get(&client, &url, &[("x-user", "alice")]).await.status, 429);
+    // Without the header the client address is the key: not a shared bucket
+    // that everyone without the header would drain, and not unlimited either.
+    assert_eq!(get(&client, &url, &[]).await.status, 200);
+    assert_eq!(get(&client, &url, &[]).await.status, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_filters_judge_the_real_client_only_behind_trusted_proxies() {
+    let backend = Backend::start("b").await;
+    let routes = r#"
+[[routes]]
+name = "internal"
+match = { path_prefix = "/internal" }
+cluster = "api"
+ip_filter = { allow = ["10.0.0.0/8"] }
+
+[[routes]]
+name = "public"
+match = { path_prefix = "/public" }
+cluster = "api"
+ip_filter = { deny = ["203.0.113.0/24"] }
+"#;
+    // Direct clients: the socket address (127.0.0.1) is judged, and a forged
+    // X-Forwarded-For changes nothing.
+    let direct = GatewayProcess::start(&config(&backend, "", routes));
+    let client = client(Proto::H1);
+    let forged = [("x-forwarded-for", "10.1.2.3")];
+    let refused = get(&client, &direct.url("/internal"), &forged).await;
+    assert_eq!((refused.status.as_u16(), code(&refused)), (403, "ip_denied".to_owned()));
+    assert_eq!(
+        get(&client, &direct.url("/public"), &[("x-forwarded-for", "203.0.113.5")])
+            .await
+            .status,
+        200
+    );
+
+    // Behind a trusted proxy (127.0.0.1), the address it recorded is judged.
+    let proxied = GatewayProcess::start(&config(&backend, r#"trusted_proxies = ["127.0.0.1"]"#, routes));
+    assert_eq!(
+        get(&client, &proxied.url("/internal"), &[("x-forwarded-for", "10.1.2.3")])
+            .await
+            .status,
+        200
+    );
+    let denied = get(&client, &proxied.url("/public"), &[("x-forwarded-for", "203.0.113.5")]).await;
+    assert_eq!(denied.status, 403);
+    assert!(denied.json()["error"]["message"].as_str().unwrap().contains("route"));
+    // The nearest untrusted hop is the client: a client cannot hide behind
+    // an address it prepends itself.
+    let chained = get(
+        &client,
+        &proxied.url("/public"),
+        &[("x-forwarded-for", "10.9.9.9, 203.0.113.5")],
+    )
+    .await;
+    assert_eq!(chained.status, 403);
+    assert_eq!(get(&client, &proxied.url("/public"), &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_filter_covers_every_route() {
+    let backend = Backend::start("b").await;
+    let gw = GatewayProcess::start(&config(
+        &backend,
+        r#"ip_filter = { deny = ["127.0.0.0/8"] }"#,
+        "[[routes]]\ncluster = \"api\"\n",
+    ));
+    let reply = get(&client(Proto::H1), &gw.url("/anything"), &[]).await;
+    assert_eq!((reply.status.as_u16(), code(&reply)), (403, "ip_denied".to_owned()));
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("listener"));
+    assert!(backend.seen().is_empty());
+}
