@@ -77,6 +77,14 @@ pub struct RawListener {
     pub max_concurrent_streams: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip_filter: Option<RawIpFilter>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_uri_length: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<usize>,
 }
 
 /// `ip_filter = { allow, deny }`: CIDR lists.
@@ -157,6 +165,8 @@ pub struct RawRoute {
     pub rate_limits: Vec<RawRateLimit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip_filter: Option<RawIpFilter>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<String>,
 }
 
 /// `retry = { ... }`: a route's retry policy.

@@ -92,6 +92,10 @@ impl Settler {
         })
     }
 
+    fn optional_size(&mut self, value: &Option<String>, path: KeyPath) -> Option<u64> {
+        value.as_ref().map(|_| self.size(value, path, u64::MAX))
+    }
+
     fn socket_addr(&mut self, text: &str, path: KeyPath) -> Option<SocketAddr> {
         match SocketAddr::from_str(text) {
             Ok(addr) => Some(addr),
@@ -274,6 +278,27 @@ impl Settler {
                 .ip_filter
                 .as_ref()
                 .map(|raw| self.ip_filter(raw, &at.key("ip_filter")));
+            let max_body_size = self.optional_size(&l.max_body_size, at.key("max_body_size"));
+            let max_uri_length = self.size(&l.max_uri_length, at.key("max_uri_length"), defaults::MAX_URI_LENGTH);
+            if !(16..=65536).contains(&max_uri_length) {
+                self.error(at.key("max_uri_length"), "must be between 16B and 64KiB");
+            }
+            for (key, value) in [
+                ("max_connections", l.max_connections),
+                ("max_connections_per_ip", l.max_connections_per_ip),
+            ] {
+                if value == Some(0) {
+                    self.error(at.key(key), "must be at least 1 (leave it out for no limit)");
+                }
+            }
+            if let (Some(total), Some(per_ip)) = (l.max_connections, l.max_connections_per_ip) {
+                if per_ip > total {
+                    self.error(
+                        at.key("max_connections_per_ip"),
+                        format!("{per_ip} is more than `max_connections` ({total})"),
+                    );
+                }
+            }
             if let (Some(name), Some(listen), Some(protocol)) = (name, listen, protocol) {
                 out.push(Listener {
                     name,
@@ -286,6 +311,10 @@ impl Settler {
                     max_headers,
                     max_concurrent_streams,
                     ip_filter,
+                    max_body_size,
+                    max_uri_length: max_uri_length as usize,
+                    max_connections: l.max_connections.filter(|&n| n > 0),
+                    max_connections_per_ip: l.max_connections_per_ip.filter(|&n| n > 0),
                 });
             }
         }
@@ -698,6 +727,7 @@ impl Settler {
                 .ip_filter
                 .as_ref()
                 .map(|raw| self.ip_filter(raw, &at.key("ip_filter")));
+            let max_body_size = self.optional_size(&r.max_body_size, at.key("max_body_size"));
             if let (Some(name), Some(action)) = (name, action) {
                 out.push(Route {
                     name,
@@ -716,6 +746,7 @@ impl Settler {
                     fault,
                     rate_limits,
                     ip_filter,
+                    max_body_size,
                 });
             }
         }

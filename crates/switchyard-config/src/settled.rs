@@ -73,6 +73,14 @@ pub struct Listener {
     pub max_concurrent_streams: u32,
     /// Client addresses refused on this listener (every route).
     pub ip_filter: Option<IpFilter>,
+    /// Largest request body accepted (routes may set their own); `None`: no limit.
+    pub max_body_size: Option<u64>,
+    /// Longest request target accepted (414 beyond).
+    pub max_uri_length: usize,
+    /// Open client connections at once; `None`: no limit.
+    pub max_connections: Option<usize>,
+    /// Open client connections at once from one address; `None`: no limit.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 /// Allowed and denied client networks; deny wins.
@@ -138,6 +146,8 @@ pub struct Route {
     pub rate_limits: Vec<RateLimit>,
     /// Client addresses refused on this route.
     pub ip_filter: Option<IpFilter>,
+    /// Largest request body accepted; overrides the listener's.
+    pub max_body_size: Option<u64>,
 }
 
 /// When and how a failed attempt is tried again.
@@ -558,4 +568,5 @@ pub mod defaults {
     pub const BREAKER_HALF_OPEN_PROBES: u32 = 3;
     pub const BREAKER_PENDING_TIMEOUT: Duration = Duration::from_secs(1);
     pub const RATE_LIMIT_MAX_KEYS: usize = 100_000;
+    pub const MAX_URI_LENGTH: u64 = 8 * 1024;
 }

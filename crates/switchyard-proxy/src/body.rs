@@ -29,13 +29,18 @@ pub enum BodyError {
     Deadline { side: Side },
     #[error("{side:?} body failed: {source}")]
     Failed { side: Side, source: BoxError },
+    #[error("{side:?} body is larger than {limit} bytes")]
+    TooLarge { side: Side, limit: u64 },
 }
 
 impl BodyError {
     /// The side whose body it was.
     pub fn side(&self) -> Side {
         match self {
-            Self::Idle { side, .. } | Self::Deadline { side } | Self::Failed { side, .. } => *side,
+            Self::Idle { side, .. }
+            | Self::Deadline { side }
+            | Self::Failed { side, .. }
+            | Self::TooLarge { side, .. } => *side,
         }
     }
 
@@ -67,6 +72,9 @@ pin_project! {
         side: Side,
         // Told when the body has been read to its end.
         finished: Option<oneshot::Sender<()>>,
+        // The most bytes the body may carry, and how many came so far.
+        max: Option<u64>,
+        received: u64,
     }
 }
 
@@ -81,7 +89,16 @@ impl<B: Body> TimedBody<B> {
             deadline: None,
             side,
             finished: None,
+            max: None,
+            received: 0,
         }
+    }
+
+    /// Fails the body once more than `max` bytes have come (checked as they
+    /// stream, so nothing beyond the limit is read further).
+    pub fn with_limit(mut self, max: Option<u64>) -> Self {
+        self.max = max;
+        self
     }
 
     /// Also fails the body once `deadline` passes, however busy it is.
@@ -126,6 +143,15 @@ where
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 *this.progressed = true;
+                if let (Some(max), Some(data)) = (*this.max, frame.data_ref()) {
+                    *this.received += data.len() as u64;
+                    if *this.received > max {
+                        return Poll::Ready(Some(Err(BodyError::TooLarge {
+                            side: *this.side,
+                            limit: max,
+                        })));
+                    }
+                }
                 // A body with a known length may never be polled past its last frame.
                 if this.inner.is_end_stream() {
                     if let Some(tx) = this.finished.take() {

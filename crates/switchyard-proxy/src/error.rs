@@ -67,6 +67,10 @@ pub enum ProxyError {
     RateLimited {
         decision: switchyard_security::ratelimit::Decision,
     },
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the request target is longer than {limit} bytes")]
+    UriTooLong { limit: usize },
 }
 
 impl ProxyError {
@@ -81,7 +85,9 @@ impl ProxyError {
             | Self::IdempotencyMismatch
             | Self::IdempotencyBodyTooLarge { .. }
             | Self::IpDenied { .. }
-            | Self::RateLimited { .. } => Side::Downstream,
+            | Self::RateLimited { .. }
+            | Self::BodyTooLarge { .. }
+            | Self::UriTooLong { .. } => Side::Downstream,
             Self::FaultInjected { .. } | Self::IdempotencyStoreFull => Side::Internal,
             Self::CircuitOpen { .. }
             | Self::Overloaded { .. }
@@ -134,6 +140,8 @@ impl ProxyError {
             Self::IdempotencyBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::IpDenied { .. } => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::UpstreamConnect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamConnectTimeout { .. } | Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -160,6 +168,8 @@ impl ProxyError {
             Self::IdempotencyStoreFull => "idempotency_store_full",
             Self::IpDenied { .. } => "ip_denied",
             Self::RateLimited { .. } => "rate_limited",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::UriTooLong { .. } => "uri_too_long",
         }
     }
 
@@ -170,11 +180,11 @@ impl ProxyError {
         // the cause, the client is at fault, not the upstream.
         let client_side = causes(&error)
             .find_map(|e| e.downcast_ref::<BodyError>())
-            .filter(|b| b.side() == Side::Downstream)
-            .map(BodyError::is_idle);
+            .filter(|b| b.side() == Side::Downstream);
         match client_side {
-            Some(true) => return Self::ClientTimeout,
-            Some(false) => {
+            Some(BodyError::TooLarge { limit, .. }) => return Self::BodyTooLarge { limit: *limit },
+            Some(b) if b.is_idle() => return Self::ClientTimeout,
+            Some(_) => {
                 return Self::ClientBody {
                     source: Box::new(error),
                 }
@@ -251,6 +261,8 @@ impl ProxyError {
                 "too many requests with an Idempotency-Key are in progress; retry later".into()
             }
             Self::IpDenied { scope, .. } => format!("your address is not allowed on this {scope}"),
+            Self::BodyTooLarge { limit } => format!("the request body may carry at most {limit} bytes"),
+            Self::UriTooLong { limit } => format!("the request target may be at most {limit} bytes long"),
             Self::RateLimited { decision } => format!(
                 "rate limit of {} requests exceeded; retry in {} s",
                 decision.limit,

@@ -45,6 +45,7 @@ pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent
 /// Proxies `req` to the route's cluster (see the module docs).
 pub(crate) async fn forward<'s>(
     entry: &'s RouteEntry,
+    max_body_size: Option<u64>,
     conn: &ConnectionInfo,
     req: Request<Incoming>,
     request_id: &HeaderValue,
@@ -106,8 +107,28 @@ pub(crate) async fn forward<'s>(
         _ if hedge.is_some() => Some(0),
         _ => None,
     };
-    let timed = TimedBody::new(body, route.idle_timeout, Side::Downstream);
+    // A declared length over the limit is refused before anything is read;
+    // a chunked body is counted as it streams.
+    let max_body = route.max_body_size.or(max_body_size);
+    if let Some(limit) = max_body {
+        let declared = head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+    }
+    let timed = TimedBody::new(body, route.idle_timeout, Side::Downstream).with_limit(max_body);
+    let chunked = head.headers.contains_key(header::TRANSFER_ENCODING);
     let body = match keep_limit {
+        // A chunked body's first chunk is read before anything goes upstream,
+        // so that broken framing (a bad chunk size) never reaches it.
+        None if chunked => match read_ahead(timed, 0).await.map_err(client_body_error)? {
+            ReadAhead::Complete(chunks) => Plan::Complete(Some(chunks)),
+            ReadAhead::TooLarge { prefix, rest } => Plan::Prefixed(Some((prefix, rest))),
+        },
         None => Plan::Once(Some(timed)),
         Some(limit) => match read_ahead(timed, limit).await.map_err(client_body_error)? {
             ReadAhead::Complete(chunks) => Plan::Replay(chunks),
@@ -225,6 +246,8 @@ enum Plan {
     Replay(Vec<Bytes>),
     /// Too big to keep: the chunks read so far, then the stream; one attempt.
     Prefixed(Option<(Vec<Bytes>, TimedBody<Incoming>)>),
+    /// Read whole while its framing was checked, not kept: one attempt.
+    Complete(Option<Vec<Bytes>>),
 }
 
 impl Plan {
@@ -247,6 +270,7 @@ impl Plan {
             Plan::Prefixed(parts) => parts
                 .take()
                 .map(|(prefix, rest)| (UpstreamRequestBody::prefixed(prefix, rest), None)),
+            Plan::Complete(chunks) => chunks.take().map(|chunks| (UpstreamRequestBody::replay(&chunks), None)),
         }
     }
 }
@@ -833,6 +857,9 @@ fn sticky_cookie(sticky: &Sticky, endpoint: &EndpointState) -> HeaderValue {
 }
 
 fn client_body_error(error: crate::body::BodyError) -> ProxyError {
+    if let crate::body::BodyError::TooLarge { limit, .. } = error {
+        return ProxyError::BodyTooLarge { limit };
+    }
     if error.is_idle() {
         ProxyError::ClientTimeout
     } else {

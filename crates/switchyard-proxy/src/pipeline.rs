@@ -109,8 +109,13 @@ pub async fn handle(
             }
             let mut response = error.into_response(&request_id);
             // After a malformed HTTP/1 request the connection's framing cannot
-            // be trusted: answer, then close.
-            if matches!(error, ProxyError::BadRequest(_)) && version < Version::HTTP_2 {
+            // be trusted, and after a refused body its unread rest would have
+            // to be drained: answer, then close.
+            if matches!(
+                error,
+                ProxyError::BadRequest(_) | ProxyError::BodyTooLarge { .. } | ProxyError::ClientBody { .. }
+            ) && version < Version::HTTP_2
+            {
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -152,6 +157,12 @@ async fn serve<'s>(
     check_request(&req)?;
     let listener = snapshot.listeners.get(&*conn.listener).ok_or_else(|| no_route(&req))?;
 
+    let target_length = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target_length > listener.config.max_uri_length {
+        return Err(ProxyError::UriTooLong {
+            limit: listener.config.max_uri_length,
+        });
+    }
     let host = request_host(&req).map(strip_port);
     let view = RequestView {
         method: req.method(),
@@ -181,7 +192,10 @@ async fn serve<'s>(
     let mut response = match &entry.route.action {
         RouteAction::Direct(direct) => direct_response(direct),
         RouteAction::Redirect(redirect) => redirect_response(redirect, entry, &req),
-        RouteAction::Forward { .. } => forward(entry, conn, req, request_id, started, outcome).await?,
+        RouteAction::Forward { .. } => {
+            let max_body = listener.config.max_body_size;
+            forward(entry, max_body, conn, req, request_id, started, outcome).await?
+        }
     };
     quota.apply(response.headers_mut());
     Ok(response)

@@ -1,11 +1,13 @@
 //! Listeners and connections: accepting, serving with hyper, reload of the
 //! listener set, idle connection reaping, and graceful drain.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,8 +44,71 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// Open connections of one listener, in all and by client address.
+#[derive(Debug, Default)]
+struct Connections {
+    total: AtomicUsize,
+    /// Only kept when the listener limits connections per address.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection; gives its place back when dropped.
+struct ConnectionSlot {
+    connections: Arc<Connections>,
+    ip: Option<IpAddr>,
+}
+
+impl Connections {
+    /// Admits a connection from `ip` under the limits, or says no.
+    fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: Option<usize>,
+        max_per_ip: Option<usize>,
+    ) -> Option<ConnectionSlot> {
+        let total = self.total.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut slot = ConnectionSlot {
+            connections: self.clone(),
+            ip: None,
+        };
+        if max_total.is_some_and(|max| total > max) {
+            return None;
+        }
+        if let Some(max) = max_per_ip {
+            let mut per_ip = self.per_ip.lock().expect("connection count lock is never poisoned");
+            let count = per_ip.entry(ip).or_insert(0);
+            if *count >= max {
+                return None;
+            }
+            *count += 1;
+            slot.ip = Some(ip);
+        }
+        Some(slot)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.connections.total.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            let mut per_ip = self
+                .connections
+                .per_ip
+                .lock()
+                .expect("connection count lock is never poisoned");
+            if let Some(count) = per_ip.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
 /// Accepts connections on `listener` until `stop` fires.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: TcpListener, stop: CancellationToken) {
+    let connections = Arc::new(Connections::default());
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -51,14 +116,27 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: T
         };
         match accepted {
             Ok((stream, peer)) => {
-                let shared_for_conn = shared.clone();
-                shared.tracker.spawn(serve_connection(
-                    shared_for_conn,
-                    name.clone(),
-                    stream,
-                    peer,
-                    stop.clone(),
-                ));
+                // The limits of the current configuration (they may change on reload).
+                let limits = shared
+                    .snapshot
+                    .load()
+                    .listeners
+                    .get(&*name)
+                    .map(|l| (l.config.max_connections, l.config.max_connections_per_ip));
+                let Some((max_total, max_per_ip)) = limits else {
+                    continue;
+                };
+                let Some(slot) = connections.admit(peer.ip(), max_total, max_per_ip) else {
+                    // Over a limit: close at once, before reading anything.
+                    tracing::debug!(listener = %name, %peer, "connection refused: connection limit reached");
+                    drop(stream);
+                    continue;
+                };
+                let connection = serve_connection(shared.clone(), name.clone(), stream, peer, stop.clone());
+                shared.tracker.spawn(async move {
+                    connection.await;
+                    drop(slot);
+                });
             }
             Err(error) => {
                 // Out of file descriptors or a transient error: back off a

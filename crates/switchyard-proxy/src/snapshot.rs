@@ -517,6 +517,10 @@ fn http_builder(listener: &Listener) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(listener.max_concurrent_streams)
+        // Rapid reset (CVE-2023-44487): a client that opens and cancels
+        // streams faster than they can be served is cut off.
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(1024)
         .max_header_list_size(u32::try_from(listener.max_header_size).unwrap_or(u32::MAX));
     builder
 }

@@ -168,3 +168,116 @@ async fn a_listener_filter_covers_every_route() {
     assert!(reply.json()["error"]["message"].as_str().unwrap().contains("listener"));
     assert!(backend.seen().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_and_target_limits_answer_413_and_414() {
+    let backend = Backend::start("b").await;
+    let routes = r#"
+[[routes]]
+name = "small"
+match = { path_prefix = "/upload" }
+cluster = "api"
+max_body_size = "1KiB"
+
+[[routes]]
+name = "rest"
+cluster = "api"
+"#;
+    let gw = GatewayProcess::start(&config(
+        &backend,
+        "max_body_size = \"4KiB\"\nmax_uri_length = \"64B\"",
+        routes,
+    ));
+    let addr = gw.addr();
+    // A declared length over the route's limit: refused before any byte is read.
+    let declared = support::client::raw(
+        addr,
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\n\r\n{}",
+            "x".repeat(2000)
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(declared.starts_with("HTTP/1.1 413"), "{declared}");
+    assert!(declared.contains("body_too_large"), "{declared}");
+    // A chunked body is counted as it streams.
+    let chunk = "y".repeat(600);
+    let chunked = support::client::raw(
+        addr,
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(chunked.starts_with("HTTP/1.1 413"), "{chunked}");
+    // Within the limit, and the listener's limit for other routes.
+    let fits = support::client::raw(
+        addr,
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{}",
+            "z".repeat(1000)
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(fits.starts_with("HTTP/1.1 200"), "{fits}");
+    let listener_limit = support::client::raw(
+        addr,
+        b"POST /other HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(listener_limit.starts_with("HTTP/1.1 413"), "{listener_limit}");
+
+    let long = get(&client(Proto::H1), &gw.url(&format!("/{}", "a".repeat(100))), &[]).await;
+    assert_eq!((long.status.as_u16(), code(&long)), (414, "uri_too_long".to_owned()));
+    assert_eq!(get(&client(Proto::H1), &gw.url("/short"), &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_close_extra_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start("b").await;
+    let gw = GatewayProcess::start(&config(
+        &backend,
+        "max_connections = 10\nmax_connections_per_ip = 2",
+        "[[routes]]\ncluster = \"api\"\n",
+    ));
+    let addr = gw.addr();
+    let first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The third from the same address is closed before anything is read.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the third connection is closed without an answer: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // When one closes, there is room again.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = support::client::raw(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no room after a connection closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -76,7 +76,58 @@ async fn malformed_requests_are_rejected_and_the_gateway_keeps_serving() {
             400,
         ),
         ("garbage request line", b"HELLO\r\n\r\n".to_vec(), 400),
+        (
+            "invalid chunk size",
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "chunk size overflowing 64 bits",
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\nabc\r\n".to_vec(),
+            400,
+        ),
+        (
+            "negative Content-Length",
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "Content-Length with a sign",
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\nabc".to_vec(),
+            400,
+        ),
+        (
+            "space before the colon",
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "obsolete line folding",
+            b"GET / HTTP/1.1\r\nHost: t\r\nX-Folded: a\r\n b\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "bare CR inside a header line",
+            b"GET / HTTP/1.1\r\nHost: t\rX-Injected: 1\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "space inside the request target",
+            b"GET /a b HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "NUL inside the request target",
+            b"GET /a\x00b HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "unknown HTTP version",
+            b"GET / HTTP/1.7\r\nHost: t\r\n\r\n".to_vec(),
+            400,
+        ),
     ];
+    assert!(cases.len() >= 15, "a corpus of at least 15 requests");
     for (what, request, want) in cases {
         let answer = raw(gw.addr(), &request, Duration::from_secs(5)).await;
         assert_eq!(status_of(&answer), want, "{what}: {answer:?}");
@@ -93,10 +144,12 @@ async fn malformed_requests_are_rejected_and_the_gateway_keeps_serving() {
     );
 }
 
-/// RFC 9112 section 6.1: with both Content-Length and Transfer-Encoding, the
-/// message is framed by Transfer-Encoding alone and the connection is closed
-/// after the response, so bytes hidden behind the chunked body can never be
-/// read as a second request (request smuggling).
+/// RFC 9112 section 6.3: with both Content-Length and Transfer-Encoding, the
+/// message is framed by Transfer-Encoding alone, the Content-Length is removed
+/// before forwarding, and the connection is closed after the response, so
+/// bytes hidden behind the chunked body can never be read as a second request
+/// (request smuggling) and the upstream never sees both framings. (hyper drops
+/// the Content-Length while parsing, so the gateway cannot answer 400 instead.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_with_transfer_encoding_cannot_smuggle() {
     let (backend, gw) = setup().await;
@@ -112,8 +165,12 @@ async fn content_length_with_transfer_encoding_cannot_smuggle() {
         !paths.iter().any(|p| p.contains("smuggled")),
         "smuggled request reached the upstream: {paths:?}"
     );
-    if let Some(first) = backend.seen().first() {
-        assert!(!first.headers.contains_key("content-length") || first.headers["content-length"] == "0");
+    for seen in backend.seen() {
+        assert!(
+            !seen.headers.contains_key("content-length") || !seen.headers.contains_key("transfer-encoding"),
+            "the upstream got both framings: {:?}",
+            seen.headers
+        );
     }
     assert_eq!(
         get(&client(Proto::H1), &gw.url("/"), &[]).await.status,
