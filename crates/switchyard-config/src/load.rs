@@ -496,4 +496,31 @@ ip_filter = { allow = ["10.0.0.0/33"] }
             assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
         }
     }
+
+    #[test]
+    fn cors_settings_are_checked() {
+        let bad = r#"
+[[clusters]]
+name = "c"
+endpoints = [{ address = "127.0.0.1:9001" }]
+
+[[routes]]
+cluster = "c"
+cors = { origins = ["*"], credentials = true, methods = ["P UT"] }
+
+[[routes]]
+name = "two"
+cluster = "c"
+cors = { origins = ["app.example.com", "https://a.example.com/path"] }
+"#;
+        let joined = errors(bad).join("\n");
+        for expected in [
+            "`routes[0].cors.credentials`: browsers refuse credentials with a \"*\" origin",
+            "`routes[0].cors.methods[0]`: invalid method \"P UT\"",
+            "`routes[1].cors.origins[0]`: invalid origin \"app.example.com\"",
+            "`routes[1].cors.origins[1]`: invalid origin \"https://a.example.com/path\"",
+        ] {
+            assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
+        }
+    }
 }

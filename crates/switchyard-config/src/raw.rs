@@ -167,6 +167,26 @@ pub struct RawRoute {
     pub ip_filter: Option<RawIpFilter>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_size: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<RawCors>,
+}
+
+/// `cors = { origins, methods, headers, expose_headers, credentials, max_age }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawCors {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub origins: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
 }
 
 /// `retry = { ... }`: a route's retry policy.

@@ -728,6 +728,7 @@ impl Settler {
                 .as_ref()
                 .map(|raw| self.ip_filter(raw, &at.key("ip_filter")));
             let max_body_size = self.optional_size(&r.max_body_size, at.key("max_body_size"));
+            let cors = r.cors.as_ref().map(|raw| self.cors(raw, &at.key("cors")));
             if let (Some(name), Some(action)) = (name, action) {
                 out.push(Route {
                     name,
@@ -747,6 +748,7 @@ impl Settler {
                     rate_limits,
                     ip_filter,
                     max_body_size,
+                    cors,
                 });
             }
         }
@@ -946,6 +948,75 @@ impl Settler {
             );
         }
         Fault { delay, abort }
+    }
+
+    fn cors(&mut self, raw: &RawCors, at: &KeyPath) -> Cors {
+        let credentials = raw.credentials.unwrap_or(false);
+        let origins = if raw.origins.iter().any(|o| o == "*") {
+            if raw.origins.len() > 1 {
+                self.error(at.key("origins"), "\"*\" allows every origin: list no others beside it");
+            }
+            if credentials {
+                self.error(
+                    at.key("credentials"),
+                    "browsers refuse credentials with a \"*\" origin: list the allowed origins instead",
+                );
+            }
+            None
+        } else {
+            if raw.origins.is_empty() {
+                self.error(
+                    at.key("origins"),
+                    "list the allowed origins, such as [\"https://app.example.com\"], or [\"*\"] for any",
+                );
+            }
+            let mut origins = Vec::new();
+            for (i, origin) in raw.origins.iter().enumerate() {
+                let lower = origin.to_ascii_lowercase();
+                let valid = lower.split_once("://").is_some_and(|(scheme, host)| {
+                    !scheme.is_empty()
+                        && !host.is_empty()
+                        && !host.contains('/')
+                        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                });
+                if valid {
+                    origins.push(lower);
+                } else {
+                    self.error(
+                        at.key("origins").index(i),
+                        format!("invalid origin \"{origin}\": expected scheme://host[:port], such as \"https://app.example.com\" or \"https://*.example.com\" (no path)"),
+                    );
+                }
+            }
+            Some(origins)
+        };
+        let mut methods = Vec::new();
+        for (i, m) in raw.methods.iter().enumerate() {
+            match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(method) => methods.push(method),
+                Err(_) => self.error(at.key("methods").index(i), format!("invalid method \"{m}\"")),
+            }
+        }
+        let mut names = |list: &[String], key: &str| -> Vec<HeaderName> {
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, h)| self.header_name(h, at.key(key).index(i)))
+                .collect()
+        };
+        let headers = names(&raw.headers, "headers");
+        let expose_headers = names(&raw.expose_headers, "expose_headers");
+        let max_age = raw
+            .max_age
+            .is_some()
+            .then(|| self.duration(&raw.max_age, at.key("max_age"), Duration::ZERO));
+        Cors {
+            origins,
+            methods,
+            headers,
+            expose_headers,
+            credentials,
+            max_age,
+        }
     }
 
     fn ip_filter(&mut self, raw: &RawIpFilter, at: &KeyPath) -> IpFilter {

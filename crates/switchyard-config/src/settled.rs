@@ -148,6 +148,21 @@ pub struct Route {
     pub ip_filter: Option<IpFilter>,
     /// Largest request body accepted; overrides the listener's.
     pub max_body_size: Option<u64>,
+    /// Cross-origin rules; `None`: requests pass untouched.
+    pub cors: Option<Cors>,
+}
+
+/// A route's CORS policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    /// `None`: any origin (`"*"`); otherwise lower-case origins, exact or
+    /// `scheme://*.domain`.
+    pub origins: Option<Vec<String>>,
+    pub methods: Vec<Method>,
+    pub headers: Vec<HeaderName>,
+    pub expose_headers: Vec<HeaderName>,
+    pub credentials: bool,
+    pub max_age: Option<Duration>,
 }
 
 /// When and how a failed attempt is tried again.

@@ -69,6 +69,8 @@ pub enum ProxyError {
     },
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    #[error("CORS preflight refused: {reason}")]
+    CorsDenied { reason: String },
     #[error("the request target is longer than {limit} bytes")]
     UriTooLong { limit: usize },
 }
@@ -87,6 +89,7 @@ impl ProxyError {
             | Self::IpDenied { .. }
             | Self::RateLimited { .. }
             | Self::BodyTooLarge { .. }
+            | Self::CorsDenied { .. }
             | Self::UriTooLong { .. } => Side::Downstream,
             Self::FaultInjected { .. } | Self::IdempotencyStoreFull => Side::Internal,
             Self::CircuitOpen { .. }
@@ -138,7 +141,7 @@ impl ProxyError {
             Self::IdempotencyInProgress => StatusCode::CONFLICT,
             Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::IdempotencyBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::IpDenied { .. } => StatusCode::FORBIDDEN,
+            Self::IpDenied { .. } | Self::CorsDenied { .. } => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
@@ -169,6 +172,7 @@ impl ProxyError {
             Self::IpDenied { .. } => "ip_denied",
             Self::RateLimited { .. } => "rate_limited",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::CorsDenied { .. } => "cors_denied",
             Self::UriTooLong { .. } => "uri_too_long",
         }
     }
@@ -262,6 +266,7 @@ impl ProxyError {
             }
             Self::IpDenied { scope, .. } => format!("your address is not allowed on this {scope}"),
             Self::BodyTooLarge { limit } => format!("the request body may carry at most {limit} bytes"),
+            Self::CorsDenied { reason } => format!("cross-origin request refused: {reason}"),
             Self::UriTooLong { limit } => format!("the request target may be at most {limit} bytes long"),
             Self::RateLimited { decision } => format!(
                 "rate limit of {} requests exceeded; retry in {} s",

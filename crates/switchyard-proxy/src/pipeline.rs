@@ -31,6 +31,8 @@ use switchyard_config::{Direct, PathMatch, Redirect, RouteAction};
 use crate::access_log::{AccessRecord, Logged};
 use crate::body::ProxyBody;
 use crate::error::{ProxyError, Side};
+use switchyard_security::cors::{CorsPolicy, Preflight};
+
 use crate::filters;
 use crate::forward::forward;
 use crate::request_id::{self, X_REQUEST_ID};
@@ -70,6 +72,9 @@ impl ConnectionInfo {
 #[derive(Default)]
 pub(crate) struct Outcome<'s> {
     pub(crate) route: Option<&'s str>,
+    /// The route's CORS policy and the request's origin: every answer,
+    /// errors included, gets the CORS headers (so scripts can read a 429).
+    pub(crate) cors: Option<(&'s CorsPolicy, Option<String>)>,
     pub(crate) upstream: Option<&'s str>,
     pub(crate) upstream_time: Option<std::time::Duration>,
 }
@@ -124,6 +129,9 @@ pub async fn handle(
         }
     };
     response.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+    if let Some((cors, origin)) = &outcome.cors {
+        cors.apply(origin.as_deref(), response.headers_mut());
+    }
 
     let record = logged_head.map(|(method, version, host, path)| {
         Box::new(AccessRecord {
@@ -173,6 +181,31 @@ async fn serve<'s>(
     };
     let entry = listener.router.find(&view).ok_or_else(|| no_route(&req))?;
     outcome.route = Some(&entry.route.name);
+
+    // CORS: preflights are answered here; an actual request's origin is
+    // kept for the response headers.
+    outcome.cors = match &entry.cors {
+        Some(cors) => {
+            if CorsPolicy::is_preflight(req.method(), req.headers()) {
+                return match cors.preflight(req.headers()) {
+                    Preflight::Allowed(headers) => {
+                        let mut response = Response::new(ProxyBody::empty());
+                        *response.status_mut() = http::StatusCode::NO_CONTENT;
+                        *response.headers_mut() = headers;
+                        Ok(response)
+                    }
+                    Preflight::Denied(reason) => Err(ProxyError::CorsDenied { reason }),
+                };
+            }
+            let origin = req
+                .headers()
+                .get(header::ORIGIN)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            Some((cors, origin))
+        }
+        None => None,
+    };
 
     // Route filters: IP lists, then rate limits.
     let filtered = listener.ip_filter.is_some() || entry.ip_filter.is_some() || !entry.limits.is_empty();

@@ -19,6 +19,7 @@ use switchyard_config::{BalancerKind, Cluster, Config, Listener, Route, RouteAct
 use switchyard_resilience::fault::{AbortFault, DelayFault, FaultSettings};
 use switchyard_resilience::idempotency::{IdempotencyStore, MemoryStore, MemoryStoreSettings};
 use switchyard_resilience::{Breaker, BreakerSettings, ConcurrencyLimit, RetryBudget, RetryBudgetSettings};
+use switchyard_security::cors::{CorsPolicy, Origins};
 use switchyard_security::ipfilter::IpFilter;
 use switchyard_security::ratelimit::{Quota, RateLimiter};
 
@@ -72,6 +73,7 @@ pub struct RouteEntry {
     pub ip_filter: Option<IpFilter>,
     /// Rate limits with their buckets (which outlive reloads).
     pub limits: Vec<Limit>,
+    pub cors: Option<CorsPolicy>,
 }
 
 impl AsRef<Route> for RouteEntry {
@@ -426,6 +428,7 @@ impl Registry {
                         fault: route.fault.as_ref().map(fault_settings),
                         budget: self.route_budgets.get(&route.name).cloned(),
                         ip_filter: route.ip_filter.as_ref().map(ip_filter),
+                        cors: route.cors.as_ref().map(cors_policy),
                         limits: route
                             .rate_limits
                             .iter()
@@ -460,6 +463,21 @@ where
     K: std::hash::Hash + Eq,
 {
     kept.get(key).filter(|t| same(t)).cloned()
+}
+
+/// The security crate's form of a route's `cors`.
+fn cors_policy(cors: &switchyard_config::Cors) -> CorsPolicy {
+    CorsPolicy {
+        origins: match &cors.origins {
+            None => Origins::Any,
+            Some(list) => Origins::List(list.clone()),
+        },
+        methods: cors.methods.clone(),
+        headers: cors.headers.clone(),
+        expose_headers: cors.expose_headers.clone(),
+        credentials: cors.credentials,
+        max_age: cors.max_age,
+    }
 }
 
 /// The security crate's form of an `ip_filter`.

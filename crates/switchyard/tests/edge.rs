@@ -281,3 +281,73 @@ async fn connection_limits_close_extra_connections_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_are_answered_at_the_gateway() {
+    let backend = Backend::start("b").await;
+    let routes = r#"
+[[routes]]
+cluster = "api"
+cors = { origins = ["https://app.example.com"], methods = ["PUT"], headers = ["content-type"], expose_headers = ["x-request-id"], credentials = true, max_age = "10m" }
+rate_limit = { rate = 3, per = "1m" }
+"#;
+    let gw = GatewayProcess::start(&config(&backend, "", routes));
+    let client = client(Proto::H1);
+    let url = gw.url("/things");
+    let preflight = support::client::send(
+        &client,
+        http::Request::builder()
+            .method("OPTIONS")
+            .uri(&url)
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "PUT")
+            .header("access-control-request-headers", "Content-Type")
+            .body(support::client::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(preflight.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(preflight.header("access-control-allow-headers"), Some("content-type"));
+    assert_eq!(preflight.header("access-control-max-age"), Some("600"));
+    assert!(backend.seen().is_empty(), "preflights do not reach the upstream");
+
+    let refused = support::client::send(
+        &client,
+        http::Request::builder()
+            .method("OPTIONS")
+            .uri(&url)
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", "PUT")
+            .body(support::client::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (refused.status.as_u16(), code(&refused)),
+        (403, "cors_denied".to_owned())
+    );
+
+    let actual = get(&client, &url, &[("origin", "https://app.example.com")]).await;
+    assert_eq!(actual.status, 200);
+    assert_eq!(
+        actual.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(actual.header("access-control-expose-headers"), Some("x-request-id"));
+    let foreign = get(&client, &url, &[("origin", "https://evil.example")]).await;
+    assert!(foreign.header("access-control-allow-origin").is_none());
+    // Gateway errors carry the CORS headers too, so the page can read them
+    // (preflights took no tokens: this is the fourth actual request).
+    assert_eq!(get(&client, &url, &[]).await.status, 200);
+    let limited = get(&client, &url, &[("origin", "https://app.example.com")]).await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(
+        limited.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+}
