@@ -489,7 +489,7 @@ ip_filter = { allow = ["10.0.0.0/33"] }
         for expected in [
             "`routes[0].rate_limit.key`: unknown rate-limit key \"client_ipp\"",
             "`routes[0].rate_limit.rate`: a rate limit needs a `rate`",
-            "`routes[0].rate_limits[0].key[0]`: \"claim:sub\" keys need route authentication",
+            "`routes[0].rate_limits[0].key[0]`: \"claim:sub\" keys need the route's `auth`",
             "`routes[0].rate_limits[0].rate`: must be at least 1",
             "`routes[0].ip_filter.allow[0]`: invalid CIDR \"10.0.0.0/33\"",
         ] {
@@ -519,6 +519,41 @@ cors = { origins = ["app.example.com", "https://a.example.com/path"] }
             "`routes[0].cors.methods[0]`: invalid method \"P UT\"",
             "`routes[1].cors.origins[0]`: invalid origin \"app.example.com\"",
             "`routes[1].cors.origins[1]`: invalid origin \"https://a.example.com/path\"",
+        ] {
+            assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn auth_settings_are_checked() {
+        let bad = r#"
+[[clusters]]
+name = "c"
+endpoints = [{ address = "127.0.0.1:9001" }]
+
+[[routes]]
+cluster = "c"
+auth = { jwt = { secret = "short", public_key_file = "/nonexistent.pem" } }
+
+[[routes]]
+name = "two"
+cluster = "c"
+auth = { jwt = { public_key_file = "/nonexistent.pem" }, api_keys = { keys = [{ id = "ci", sha256 = "xyz" }] }, basic = { users = [{ name = "alice", hash = "plaintext" }] } }
+
+[[routes]]
+name = "three"
+cluster = "c"
+auth = { require = { claims = { role = "admin" } } }
+"#;
+        let joined = errors(bad).join("\n");
+        for expected in [
+            "`routes[0].auth.jwt`: a JWT check needs exactly one key source",
+            "`routes[1].auth.jwt.public_key_file`: cannot read /nonexistent.pem",
+            "`routes[1].auth.api_keys`: say where the key comes from",
+            "`routes[1].auth.api_keys.keys[0].sha256`: expected the key's SHA-256",
+            "`routes[1].auth.basic.users[0].hash`: expected an argon2",
+            "`routes[2].auth`: `auth` needs at least one of",
+            "`routes[2].auth.require.claims`: claims come from JWTs",
         ] {
             assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
         }

@@ -169,6 +169,94 @@ pub struct RawRoute {
     pub max_body_size: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors: Option<RawCors>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RawAuth>,
+}
+
+/// `auth = { jwt, api_keys, basic, require, identity_header }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawAuth {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<RawJwt>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<RawApiKeys>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub basic: Option<RawBasic>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require: Option<RawRequire>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_header: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawJwt {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_refresh: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leeway: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub required_claims: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub forward_claims: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawApiKeys {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<RawApiKey>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawApiKey {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawBasic {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<RawUser>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawUser {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawRequire {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, String>,
 }
 
 /// `cors = { origins, methods, headers, expose_headers, credentials, max_age }`.

@@ -717,11 +717,12 @@ impl Settler {
                 .map(|raw| self.idempotency(raw, &at.key("idempotency")));
             let fault = r.fault.as_ref().map(|raw| self.fault(raw, &at.key("fault")));
             let mut rate_limits = Vec::new();
+            let has_auth = r.auth.is_some();
             if let Some(raw) = &r.rate_limit {
-                rate_limits.extend(self.rate_limit(raw, &at.key("rate_limit")));
+                rate_limits.extend(self.rate_limit(raw, &at.key("rate_limit"), has_auth));
             }
             for (j, raw) in r.rate_limits.iter().enumerate() {
-                rate_limits.extend(self.rate_limit(raw, &at.key("rate_limits").index(j)));
+                rate_limits.extend(self.rate_limit(raw, &at.key("rate_limits").index(j), has_auth));
             }
             let ip_filter = r
                 .ip_filter
@@ -729,6 +730,7 @@ impl Settler {
                 .map(|raw| self.ip_filter(raw, &at.key("ip_filter")));
             let max_body_size = self.optional_size(&r.max_body_size, at.key("max_body_size"));
             let cors = r.cors.as_ref().map(|raw| self.cors(raw, &at.key("cors")));
+            let auth = r.auth.as_ref().map(|raw| self.auth(raw, &at.key("auth")));
             if let (Some(name), Some(action)) = (name, action) {
                 out.push(Route {
                     name,
@@ -749,6 +751,7 @@ impl Settler {
                     ip_filter,
                     max_body_size,
                     cors,
+                    auth,
                 });
             }
         }
@@ -950,6 +953,171 @@ impl Settler {
         Fault { delay, abort }
     }
 
+    fn auth(&mut self, raw: &RawAuth, at: &KeyPath) -> Auth {
+        if raw.jwt.is_none() && raw.api_keys.is_none() && raw.basic.is_none() {
+            self.error(at.clone(), "`auth` needs at least one of `jwt`, `api_keys` and `basic`");
+        }
+        let jwt = raw.jwt.as_ref().and_then(|j| self.jwt(j, &at.key("jwt")));
+        let api_keys = raw.api_keys.as_ref().map(|a| {
+            let at = at.key("api_keys");
+            if a.header.is_none() && a.query.is_none() {
+                self.error(at.clone(), "say where the key comes from: `header = \"x-api-key\"` and/or `query = \"api_key\"`");
+            }
+            if a.keys.is_empty() {
+                self.error(at.key("keys"), "list the keys: [{ id = \"ci\", sha256 = \"<hex SHA-256 of the key>\" }]");
+            }
+            let header = a.header.as_ref().and_then(|h| self.header_name(h, at.key("header")));
+            let mut keys = Vec::new();
+            for (i, k) in a.keys.iter().enumerate() {
+                let key_at = at.key("keys").index(i);
+                let Some(id) = &k.id else {
+                    self.error(key_at.key("id"), "every key needs an `id` (it names the client in logs and rules)");
+                    continue;
+                };
+                match k.sha256.as_deref().and_then(switchyard_security::auth::api_key::parse_hash) {
+                    Some(hash) => keys.push((id.clone(), hash)),
+                    None => self.error(
+                        key_at.key("sha256"),
+                        "expected the key's SHA-256 as 64 hex digits (for example `printf %s KEY | sha256sum`); keys are never stored in clear",
+                    ),
+                }
+            }
+            ApiKeysAuth {
+                header,
+                query: a.query.clone(),
+                keys,
+            }
+        });
+        let basic = raw.basic.as_ref().map(|b| {
+            let at = at.key("basic");
+            if b.users.is_empty() {
+                self.error(at.key("users"), "list the users: [{ name = \"alice\", hash = \"$argon2id$...\" }]");
+            }
+            let mut users = Vec::new();
+            for (i, u) in b.users.iter().enumerate() {
+                let user_at = at.key("users").index(i);
+                match (&u.name, &u.hash) {
+                    (Some(name), Some(hash)) if switchyard_security::auth::basic::is_supported_hash(hash) => {
+                        if name.contains(':') {
+                            self.error(user_at.key("name"), "a basic-auth user name cannot contain ':'");
+                        }
+                        users.push((name.clone(), hash.clone()));
+                    }
+                    (None, _) => self.error(user_at.key("name"), "every user needs a `name`"),
+                    (_, _) => self.error(
+                        user_at.key("hash"),
+                        "expected an argon2 (`$argon2id$...`) or bcrypt (`$2b$...`) password hash; passwords are never stored in clear",
+                    ),
+                }
+            }
+            BasicAuth {
+                realm: b.realm.clone().unwrap_or_else(|| "switchyard".to_owned()),
+                users,
+            }
+        });
+        let require = raw.require.clone().unwrap_or_default();
+        if !require.claims.is_empty() && raw.jwt.is_none() {
+            self.error(
+                at.key("require").key("claims"),
+                "claims come from JWTs: add `jwt` or require `identities` instead",
+            );
+        }
+        let identity_header = raw
+            .identity_header
+            .as_ref()
+            .and_then(|h| self.header_name(h, at.key("identity_header")));
+        Auth {
+            jwt,
+            api_keys,
+            basic,
+            require_identities: require.identities.clone(),
+            require_claims: require.claims.into_iter().collect(),
+            identity_header,
+        }
+    }
+
+    fn jwt(&mut self, raw: &RawJwt, at: &KeyPath) -> Option<JwtAuth> {
+        let sources: Vec<&str> = [
+            ("secret", raw.secret.is_some()),
+            ("public_key_file", raw.public_key_file.is_some()),
+            ("jwks_file", raw.jwks_file.is_some()),
+        ]
+        .iter()
+        .filter(|(_, present)| *present)
+        .map(|(k, _)| *k)
+        .collect();
+        if sources.len() != 1 {
+            self.error(
+                at.clone(),
+                format!(
+                    "a JWT check needs exactly one key source: `secret`, `public_key_file` or `jwks_file` (found {})",
+                    if sources.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        format!("`{}`", sources.join("`, `"))
+                    }
+                ),
+            );
+            return None;
+        }
+        let read = |settler: &mut Self, path: &str, key: &str| -> Option<Vec<u8>> {
+            match std::fs::read(path) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    settler.error(at.key(key), format!("cannot read {path}: {e}"));
+                    None
+                }
+            }
+        };
+        let key = if let Some(secret) = &raw.secret {
+            if secret.len() < 32 {
+                self.error(at.key("secret"), "an HMAC secret must be at least 32 bytes long");
+            }
+            JwtKey::Secret(secret.clone())
+        } else if let Some(path) = &raw.public_key_file {
+            let pem = read(self, path, "public_key_file")?;
+            if let Err(why) = switchyard_security::auth::jwt::VerifyKey::pem(&pem) {
+                self.error(at.key("public_key_file"), format!("{path}: {why}"));
+            }
+            JwtKey::PublicKey {
+                path: path.clone(),
+                pem,
+            }
+        } else {
+            let path = raw.jwks_file.clone().unwrap_or_default();
+            let json = read(self, &path, "jwks_file")?;
+            if let Err(why) = switchyard_security::auth::jwt::KeySet::from_jwks(&json) {
+                self.error(at.key("jwks_file"), format!("{path}: {why}"));
+            }
+            let refresh = self.duration(&raw.jwks_refresh, at.key("jwks_refresh"), Duration::from_secs(60));
+            JwtKey::Jwks { path, refresh }
+        };
+        if raw.jwks_refresh.is_some() && raw.jwks_file.is_none() {
+            self.error(at.key("jwks_refresh"), "only applies with `jwks_file`");
+        }
+        let leeway = match &raw.leeway {
+            Some(text) => parse_duration(text).unwrap_or_else(|message| {
+                self.error(at.key("leeway"), message);
+                Duration::from_secs(30)
+            }),
+            None => Duration::from_secs(30),
+        };
+        let mut forward_claims = Vec::new();
+        for (claim, header) in &raw.forward_claims {
+            if let Some(name) = self.header_name(header, at.key("forward_claims").key(claim)) {
+                forward_claims.push((claim.clone(), name));
+            }
+        }
+        Some(JwtAuth {
+            issuer: raw.issuer.clone(),
+            audiences: raw.audiences.clone(),
+            key,
+            leeway,
+            required_claims: raw.required_claims.clone(),
+            forward_claims,
+        })
+    }
+
     fn cors(&mut self, raw: &RawCors, at: &KeyPath) -> Cors {
         let credentials = raw.credentials.unwrap_or(false);
         let origins = if raw.origins.iter().any(|o| o == "*") {
@@ -1044,7 +1212,7 @@ impl Settler {
         IpFilter { allow, deny }
     }
 
-    fn rate_limit(&mut self, raw: &RawRateLimit, at: &KeyPath) -> Option<RateLimit> {
+    fn rate_limit(&mut self, raw: &RawRateLimit, at: &KeyPath, has_auth: bool) -> Option<RateLimit> {
         let parts = match &raw.key {
             None => vec!["client_ip".to_owned()],
             Some(RawRateKey::One(part)) => vec![part.clone()],
@@ -1066,10 +1234,18 @@ impl Settler {
                     key.push(RateKeyPart::Header(name));
                 }
             } else if part.starts_with("claim:") || part == "api_key" {
-                self.error(
-                    part_at,
-                    format!("\"{part}\" keys need route authentication, which this version does not have yet; use \"client_ip\" or \"header:NAME\""),
-                );
+                if !has_auth {
+                    self.error(
+                        part_at,
+                        format!(
+                            "\"{part}\" keys need the route's `auth` (the client must be authenticated to have one)"
+                        ),
+                    );
+                } else if let Some(claim) = part.strip_prefix("claim:") {
+                    key.push(RateKeyPart::Claim(claim.to_owned()));
+                } else {
+                    key.push(RateKeyPart::Identity);
+                }
             } else {
                 let hint = did_you_mean(part, ["client_ip", "header:NAME", "claim:NAME", "api_key"]);
                 self.error_with_hint(

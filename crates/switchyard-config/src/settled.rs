@@ -113,6 +113,11 @@ pub enum RateKeyPart {
     ClientIp,
     /// A request header's value (the client address when absent).
     Header(HeaderName),
+    /// A claim of the request's JWT (the client address when absent).
+    Claim(String),
+    /// The authenticated identity (`api_key` in the configuration: the key's
+    /// id, the token's `sub`, or the user name).
+    Identity,
 }
 
 /// One routing rule.
@@ -150,6 +155,62 @@ pub struct Route {
     pub max_body_size: Option<u64>,
     /// Cross-origin rules; `None`: requests pass untouched.
     pub cors: Option<Cors>,
+    /// Authentication and authorization; `None`: anyone may pass.
+    pub auth: Option<Auth>,
+}
+
+/// A route's authentication: any configured method may authenticate a
+/// request; `require` then decides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Auth {
+    pub jwt: Option<JwtAuth>,
+    pub api_keys: Option<ApiKeysAuth>,
+    pub basic: Option<BasicAuth>,
+    pub require_identities: Vec<String>,
+    pub require_claims: Vec<(String, String)>,
+    /// Header set to the authenticated identity for the upstream.
+    pub identity_header: Option<HeaderName>,
+}
+
+/// JWT bearer settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtAuth {
+    pub issuer: Option<String>,
+    pub audiences: Vec<String>,
+    pub key: JwtKey,
+    pub leeway: Duration,
+    pub required_claims: Vec<String>,
+    /// Claims copied into upstream request headers.
+    pub forward_claims: Vec<(String, HeaderName)>,
+}
+
+/// Where JWT verification keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtKey {
+    /// An HMAC secret.
+    Secret(String),
+    /// A PEM public key file (read at load time).
+    PublicKey { path: String, pem: Vec<u8> },
+    /// A JWK set file, re-read every `refresh` and when a token names an
+    /// unknown key id.
+    Jwks { path: String, refresh: Duration },
+}
+
+/// API-key settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeysAuth {
+    pub header: Option<HeaderName>,
+    pub query: Option<String>,
+    /// (id, SHA-256 of the key).
+    pub keys: Vec<(String, [u8; 32])>,
+}
+
+/// Basic-auth settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub realm: String,
+    /// (user, password hash).
+    pub users: Vec<(String, String)>,
 }
 
 /// A route's CORS policy.

@@ -71,6 +71,10 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("CORS preflight refused: {reason}")]
     CorsDenied { reason: String },
+    #[error("not authenticated: {reason}")]
+    Unauthorized { challenges: Vec<String>, reason: String },
+    #[error("not allowed: {reason}")]
+    Forbidden { reason: String },
     #[error("the request target is longer than {limit} bytes")]
     UriTooLong { limit: usize },
 }
@@ -90,6 +94,8 @@ impl ProxyError {
             | Self::RateLimited { .. }
             | Self::BodyTooLarge { .. }
             | Self::CorsDenied { .. }
+            | Self::Unauthorized { .. }
+            | Self::Forbidden { .. }
             | Self::UriTooLong { .. } => Side::Downstream,
             Self::FaultInjected { .. } | Self::IdempotencyStoreFull => Side::Internal,
             Self::CircuitOpen { .. }
@@ -141,7 +147,8 @@ impl ProxyError {
             Self::IdempotencyInProgress => StatusCode::CONFLICT,
             Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::IdempotencyBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::IpDenied { .. } | Self::CorsDenied { .. } => StatusCode::FORBIDDEN,
+            Self::IpDenied { .. } | Self::CorsDenied { .. } | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
@@ -173,6 +180,8 @@ impl ProxyError {
             Self::RateLimited { .. } => "rate_limited",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::CorsDenied { .. } => "cors_denied",
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::Forbidden { .. } => "forbidden",
             Self::UriTooLong { .. } => "uri_too_long",
         }
     }
@@ -226,6 +235,13 @@ impl ProxyError {
             }
             _ => None,
         };
+        if let Self::Unauthorized { challenges, .. } = self {
+            for challenge in challenges {
+                if let Ok(value) = HeaderValue::from_str(challenge) {
+                    response.headers_mut().append(header::WWW_AUTHENTICATE, value);
+                }
+            }
+        }
         if let Some(after) = retry_after {
             let seconds = crate::filters::ceil_secs(after).max(1);
             response
@@ -267,6 +283,8 @@ impl ProxyError {
             Self::IpDenied { scope, .. } => format!("your address is not allowed on this {scope}"),
             Self::BodyTooLarge { limit } => format!("the request body may carry at most {limit} bytes"),
             Self::CorsDenied { reason } => format!("cross-origin request refused: {reason}"),
+            Self::Unauthorized { reason, .. } => format!("authentication required: {reason}"),
+            Self::Forbidden { reason } => format!("not allowed: {reason}"),
             Self::UriTooLong { limit } => format!("the request target may be at most {limit} bytes long"),
             Self::RateLimited { decision } => format!(
                 "rate limit of {} requests exceeded; retry in {} s",

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use switchyard_config::{RateKeyPart, RateLimit};
+use switchyard_security::auth::Principal;
 use switchyard_security::ipfilter::{IpFilter, Refusal};
 use switchyard_security::ratelimit::{Decision, RateLimiter};
 
@@ -81,12 +82,18 @@ impl Quota {
 }
 
 /// Takes a token from every limit of the route; the first refusal wins.
-pub fn check_limits(limits: &[Limit], ip: IpAddr, headers: &HeaderMap, now: Instant) -> Result<Quota, ProxyError> {
+pub fn check_limits(
+    limits: &[Limit],
+    ip: IpAddr,
+    headers: &HeaderMap,
+    principal: Option<&Principal>,
+    now: Instant,
+) -> Result<Quota, ProxyError> {
     let mut quota = Quota::default();
     let mut key = Vec::new();
     for limit in limits {
         key.clear();
-        build_key(&mut key, &limit.config.key, ip, headers);
+        build_key(&mut key, &limit.config.key, ip, headers, principal);
         let decision = limit.limiter.check(&key, now);
         if !decision.allowed {
             return Err(ProxyError::RateLimited { decision });
@@ -100,7 +107,7 @@ pub fn check_limits(limits: &[Limit], ip: IpAddr, headers: &HeaderMap, now: Inst
 
 /// The bytes that identify a client for `parts`: each part, separated so
 /// that `("a", "bc")` and `("ab", "c")` differ.
-fn build_key(key: &mut Vec<u8>, parts: &[RateKeyPart], ip: IpAddr, headers: &HeaderMap) {
+fn build_key(key: &mut Vec<u8>, parts: &[RateKeyPart], ip: IpAddr, headers: &HeaderMap, principal: Option<&Principal>) {
     for part in parts {
         match part {
             RateKeyPart::ClientIp => push_ip(key, ip),
@@ -111,6 +118,23 @@ fn build_key(key: &mut Vec<u8>, parts: &[RateKeyPart], ip: IpAddr, headers: &Hea
                 }
                 // No header: the client address stands in, so leaving the
                 // header out does not escape the limit.
+                None => push_ip(key, ip),
+            },
+            RateKeyPart::Claim(claim) => match principal.and_then(|p| p.claims.get(claim)) {
+                Some(value) => {
+                    key.push(b'c');
+                    match value {
+                        serde_json::Value::String(s) => key.extend_from_slice(s.as_bytes()),
+                        other => key.extend_from_slice(other.to_string().as_bytes()),
+                    }
+                }
+                None => push_ip(key, ip),
+            },
+            RateKeyPart::Identity => match principal {
+                Some(p) => {
+                    key.push(b'i');
+                    key.extend_from_slice(p.identity.as_bytes());
+                }
                 None => push_ip(key, ip),
             },
         }
@@ -154,15 +178,21 @@ mod tests {
         headers.insert("x-user", "alice".parse().unwrap());
         let parts = [RateKeyPart::ClientIp, RateKeyPart::Header("x-user".parse().unwrap())];
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        build_key(&mut a, &parts, ip, &headers);
+        build_key(&mut a, &parts, ip, &headers, None);
         headers.insert("x-user", "bob".parse().unwrap());
-        build_key(&mut b, &parts, ip, &headers);
+        build_key(&mut b, &parts, ip, &headers, None);
         assert_ne!(a, b);
         // A missing header falls back to the address, not to a shared "" key.
         let (mut c, mut d) = (Vec::new(), Vec::new());
         let header_only = [RateKeyPart::Header("x-user".parse().unwrap())];
-        build_key(&mut c, &header_only, ip, &HeaderMap::new());
-        build_key(&mut d, &header_only, "10.0.0.2".parse().unwrap(), &HeaderMap::new());
+        build_key(&mut c, &header_only, ip, &HeaderMap::new(), None);
+        build_key(
+            &mut d,
+            &header_only,
+            "10.0.0.2".parse().unwrap(),
+            &HeaderMap::new(),
+            None,
+        );
         assert_ne!(c, d);
     }
 

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+mod auth;
 pub mod body;
 pub mod error;
 mod filters;

@@ -157,7 +157,7 @@ pub async fn handle(
 async fn serve<'s>(
     snapshot: &'s Snapshot,
     conn: &ConnectionInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     request_id: &HeaderValue,
     started: Instant,
     outcome: &mut Outcome<'s>,
@@ -207,20 +207,28 @@ async fn serve<'s>(
         None => None,
     };
 
-    // Route filters: IP lists, then rate limits.
+    // Route filters: IP lists, authentication, then rate limits.
     let filtered = listener.ip_filter.is_some() || entry.ip_filter.is_some() || !entry.limits.is_empty();
-    let quota = if filtered {
-        let ip = filters::client_ip(conn, req.headers(), listener);
+    let ip = filtered.then(|| filters::client_ip(conn, req.headers(), listener));
+    if let Some(ip) = ip {
         if let Some(filter) = &listener.ip_filter {
             filters::check_ip(filter, ip, "listener")?;
         }
         if let Some(filter) = &entry.ip_filter {
             filters::check_ip(filter, ip, "route")?;
         }
-        filters::check_limits(&entry.limits, ip, req.headers(), started)?
-    } else {
-        filters::Quota::default()
+    }
+    let principal = match &entry.auth {
+        Some(auth) => Some(auth.authenticate(req.headers(), req.uri().query()).await?),
+        None => None,
     };
+    let quota = match ip {
+        Some(ip) => filters::check_limits(&entry.limits, ip, req.headers(), principal.as_ref(), started)?,
+        None => filters::Quota::default(),
+    };
+    if let (Some(auth), Some(principal)) = (&entry.auth, &principal) {
+        auth.forward(principal, req.headers_mut());
+    }
 
     let mut response = match &entry.route.action {
         RouteAction::Direct(direct) => direct_response(direct),

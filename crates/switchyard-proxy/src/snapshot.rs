@@ -23,6 +23,7 @@ use switchyard_security::cors::{CorsPolicy, Origins};
 use switchyard_security::ipfilter::IpFilter;
 use switchyard_security::ratelimit::{Quota, RateLimiter};
 
+use crate::auth::RouteAuth;
 use crate::filters::Limit;
 use crate::router::Router;
 use crate::upstream::{PoolSettings, UpstreamClient};
@@ -74,6 +75,7 @@ pub struct RouteEntry {
     /// Rate limits with their buckets (which outlive reloads).
     pub limits: Vec<Limit>,
     pub cors: Option<CorsPolicy>,
+    pub auth: Option<Arc<RouteAuth>>,
 }
 
 impl AsRef<Route> for RouteEntry {
@@ -219,6 +221,8 @@ pub struct Registry {
     route_budgets: HashMap<String, Arc<RetryBudget>>,
     /// Rate limiters by route name and position.
     limiters: HashMap<(String, usize), Arc<RateLimiter>>,
+    /// Route authentication by route name.
+    auths: HashMap<String, Arc<RouteAuth>>,
     /// Whether a snapshot was built before (endpoints added later slow-start).
     built: bool,
 }
@@ -405,6 +409,15 @@ impl Registry {
             }
         }
         self.limiters = limiters_in_use;
+
+        let mut auths_in_use = HashMap::new();
+        for route in &config.routes {
+            let Some(auth) = &route.auth else { continue };
+            let runtime =
+                reuse(&self.auths, &route.name, |a| a.config == *auth).unwrap_or_else(|| RouteAuth::new(auth));
+            auths_in_use.insert(route.name.clone(), runtime);
+        }
+        self.auths = auths_in_use;
         self.built = true;
 
         let listeners = config
@@ -429,6 +442,7 @@ impl Registry {
                         budget: self.route_budgets.get(&route.name).cloned(),
                         ip_filter: route.ip_filter.as_ref().map(ip_filter),
                         cors: route.cors.as_ref().map(cors_policy),
+                        auth: self.auths.get(&route.name).cloned(),
                         limits: route
                             .rate_limits
                             .iter()
