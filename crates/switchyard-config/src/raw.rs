@@ -85,6 +85,29 @@ pub struct RawListener {
     pub max_connections: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections_per_ip: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawTls>,
+}
+
+/// `tls = { certificates = [{ cert, key }], client_ca, client_auth }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawTls {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<RawCertificate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawCertificate {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// `ip_filter = { allow, deny }`: CIDR lists.

@@ -232,10 +232,11 @@ impl Settler {
             }
             let protocol = match l.protocol.as_deref().unwrap_or("http") {
                 "http" => Some(ListenerProtocol::Http),
-                p @ ("https" | "tcp" | "udp") => {
+                "https" => Some(ListenerProtocol::Https),
+                p @ ("tcp" | "udp") => {
                     self.error(
                         at.key("protocol"),
-                        format!("protocol \"{p}\" is not available in this version yet; use \"http\""),
+                        format!("protocol \"{p}\" is not available in this version yet; use \"http\" or \"https\""),
                     );
                     None
                 }
@@ -278,6 +279,21 @@ impl Settler {
                 .ip_filter
                 .as_ref()
                 .map(|raw| self.ip_filter(raw, &at.key("ip_filter")));
+            let tls = match (&l.tls, protocol) {
+                (Some(raw), Some(ListenerProtocol::Https)) => Some(self.tls(raw, &at.key("tls"))),
+                (None, Some(ListenerProtocol::Https)) => {
+                    self.error(
+                        at.key("tls"),
+                        "an https listener needs `tls = { certificates = [{ cert = \"cert.pem\", key = \"key.pem\" }] }`",
+                    );
+                    None
+                }
+                (Some(_), Some(_)) => {
+                    self.error(at.key("tls"), "`tls` is for `protocol = \"https\"` listeners");
+                    None
+                }
+                _ => None,
+            };
             let max_body_size = self.optional_size(&l.max_body_size, at.key("max_body_size"));
             let max_uri_length = self.size(&l.max_uri_length, at.key("max_uri_length"), defaults::MAX_URI_LENGTH);
             if !(16..=65536).contains(&max_uri_length) {
@@ -315,6 +331,7 @@ impl Settler {
                     max_uri_length: max_uri_length as usize,
                     max_connections: l.max_connections.filter(|&n| n > 0),
                     max_connections_per_ip: l.max_connections_per_ip.filter(|&n| n > 0),
+                    tls,
                 });
             }
         }
@@ -951,6 +968,54 @@ impl Settler {
             );
         }
         Fault { delay, abort }
+    }
+
+    fn tls(&mut self, raw: &RawTls, at: &KeyPath) -> ListenerTls {
+        if raw.certificates.is_empty() {
+            self.error(
+                at.key("certificates"),
+                "list at least one certificate: [{ cert = \"cert.pem\", key = \"key.pem\" }]",
+            );
+        }
+        let mut certificates = Vec::new();
+        for (i, c) in raw.certificates.iter().enumerate() {
+            let cert_at = at.key("certificates").index(i);
+            let (Some(cert), Some(key)) = (&c.cert, &c.key) else {
+                self.error(
+                    cert_at,
+                    "every certificate needs `cert` (PEM chain) and `key` (PEM private key) files",
+                );
+                continue;
+            };
+            match switchyard_security::tls::load_cert(cert, key) {
+                Ok(_) => certificates.push((cert.clone(), key.clone())),
+                Err(why) => self.error(cert_at, why),
+            }
+        }
+        if let Some(ca) = &raw.client_ca {
+            if let Err(why) = switchyard_security::tls::load_roots(ca) {
+                self.error(at.key("client_ca"), why);
+            }
+        }
+        let client_auth_required = match raw.client_auth.as_deref() {
+            None | Some("required") => true,
+            Some("optional") => false,
+            Some(other) => {
+                self.error(
+                    at.key("client_auth"),
+                    format!("unknown choice \"{other}\" (expected \"required\" or \"optional\")"),
+                );
+                true
+            }
+        };
+        if raw.client_auth.is_some() && raw.client_ca.is_none() {
+            self.error(at.key("client_auth"), "only applies with `client_ca`");
+        }
+        ListenerTls {
+            certificates,
+            client_ca: raw.client_ca.clone(),
+            client_auth_required,
+        }
     }
 
     fn auth(&mut self, raw: &RawAuth, at: &KeyPath) -> Auth {

@@ -51,6 +51,8 @@ pub struct Admin {
 pub enum ListenerProtocol {
     /// Cleartext HTTP/1.1, and HTTP/2 with prior knowledge (h2c).
     Http,
+    /// HTTP/1.1 and HTTP/2 over TLS (ALPN).
+    Https,
 }
 
 /// A socket the gateway accepts client connections on.
@@ -81,6 +83,21 @@ pub struct Listener {
     pub max_connections: Option<usize>,
     /// Open client connections at once from one address; `None`: no limit.
     pub max_connections_per_ip: Option<usize>,
+    /// Certificates and client verification (`https` listeners).
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS settings of an `https` listener, as files; loaded and checked when
+/// the configuration settles, loaded again when a snapshot is built (so a
+/// reload picks up renewed certificates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// (certificate chain file, private key file), the first being the default.
+    pub certificates: Vec<(String, String)>,
+    /// CA file client certificates must chain to (mTLS).
+    pub client_ca: Option<String>,
+    /// Whether a client certificate is required (else optional, verified when sent).
+    pub client_auth_required: bool,
 }
 
 /// Allowed and denied client networks; deny wins.

@@ -52,6 +52,43 @@ pub struct ConnectionInfo {
     pub trusted: bool,
     /// The peer's IP as a header value, for `X-Forwarded-For` (made once).
     pub peer_value: HeaderValue,
+    /// What the TLS handshake established (`https` listeners).
+    pub tls: Option<TlsInfo>,
+}
+
+/// Facts from a connection's TLS handshake.
+#[derive(Debug, Default)]
+pub struct TlsInfo {
+    /// The name the client asked for (SNI).
+    pub server_name: Option<String>,
+    /// The verified client certificate's subject and SAN entries (mTLS), as
+    /// the header values sent upstream.
+    pub client_subject: Option<HeaderValue>,
+    pub client_san: Option<HeaderValue>,
+}
+
+impl TlsInfo {
+    /// Reads what a finished handshake established.
+    pub fn of(session: &rustls::ServerConnection) -> Self {
+        let client = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(switchyard_security::tls::describe_client_cert);
+        let (client_subject, client_san) = match client {
+            Some((subject, sans)) => (
+                HeaderValue::from_str(&subject).ok(),
+                (!sans.is_empty())
+                    .then(|| HeaderValue::from_str(&sans.join(", ")).ok())
+                    .flatten(),
+            ),
+            None => (None, None),
+        };
+        Self {
+            server_name: session.server_name().map(str::to_owned),
+            client_subject,
+            client_san,
+        }
+    }
 }
 
 impl ConnectionInfo {
@@ -63,7 +100,14 @@ impl ConnectionInfo {
             listener,
             trusted,
             peer_value,
+            tls: None,
         }
+    }
+
+    /// The same connection, over TLS.
+    pub fn with_tls(mut self, tls: TlsInfo) -> Self {
+        self.tls = Some(tls);
+        self
     }
 }
 

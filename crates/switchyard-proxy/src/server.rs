@@ -17,7 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::{handle, ConnectionInfo};
+use crate::pipeline::{handle, ConnectionInfo, TlsInfo};
+use crate::snapshot::ListenerRuntime;
 use crate::Shared;
 
 /// A bound listener socket and the token that stops its accept loop.
@@ -152,7 +153,8 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: T
 /// Serves one client connection until it closes, idles out or drains. `closing`
 /// (the listener's token, a child of the gateway's drain token) fires when the
 /// gateway drains or a reload removes the listener: the connection then closes
-/// gracefully.
+/// gracefully. On `https` listeners the TLS handshake comes first, bounded by
+/// the listener's `header_read_timeout`.
 async fn serve_connection(
     shared: Arc<Shared>,
     listener: Arc<str>,
@@ -166,16 +168,52 @@ async fn serve_connection(
     let Some(runtime) = snapshot.listeners.get(&*listener) else {
         return;
     };
-    let idle_timeout = runtime.config.idle_timeout;
-    let info = Arc::new(ConnectionInfo::new(peer, listener, runtime.trusts(peer.ip())));
+    let trusted = runtime.trusts(peer.ip());
+    match &runtime.tls {
+        None => {
+            let info = ConnectionInfo::new(peer, listener, trusted);
+            drive(shared.clone(), runtime, info, stream, peer, closing).await;
+        }
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(runtime.config.header_read_timeout, acceptor.accept(stream)).await;
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, %peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let (_, session) = stream.get_ref();
+            let tls = TlsInfo::of(session);
+            let info = ConnectionInfo::new(peer, listener, trusted).with_tls(tls);
+            drive(shared.clone(), runtime, info, stream, peer, closing).await;
+        }
+    }
+}
 
+/// Serves HTTP on an accepted (and, for https, decrypted) connection.
+async fn drive<IO>(
+    shared: Arc<Shared>,
+    runtime: &ListenerRuntime,
+    info: ConnectionInfo,
+    stream: IO,
+    peer: SocketAddr,
+    closing: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let idle_timeout = runtime.config.idle_timeout;
+    let info = Arc::new(info);
     let activity = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(ActivityIo {
         inner: stream,
         activity: activity.clone(),
     });
-    let shared_for_requests = shared.clone();
-    let service = service_fn(move |req| handle(shared_for_requests.clone(), info.clone(), req));
+    let service = service_fn(move |req| handle(shared.clone(), info.clone(), req));
     let conn = runtime.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
 
@@ -212,20 +250,20 @@ async fn serve_connection(
     }
 }
 
-/// A TCP stream that counts reads and writes, so the idle reaper can tell a
+/// A stream that counts reads and writes, so the idle reaper can tell a
 /// quiet connection from a busy one without reading the clock per I/O.
-struct ActivityIo {
-    inner: TcpStream,
+struct ActivityIo<IO> {
+    inner: IO,
     activity: Arc<AtomicU64>,
 }
 
-impl ActivityIo {
+impl<IO> ActivityIo<IO> {
     fn touch(&self) {
         self.activity.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-impl AsyncRead for ActivityIo {
+impl<IO: AsyncRead + Unpin> AsyncRead for ActivityIo<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -236,7 +274,7 @@ impl AsyncRead for ActivityIo {
     }
 }
 
-impl AsyncWrite for ActivityIo {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for ActivityIo<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {

@@ -39,6 +39,8 @@ pub struct Snapshot {
 /// A listener's settings and its router.
 pub struct ListenerRuntime {
     pub config: Listener,
+    /// TLS for `https` listeners.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// The listener's `ip_filter`.
     pub ip_filter: Option<IpFilter>,
     pub router: Router<RouteEntry>,
@@ -223,6 +225,9 @@ pub struct Registry {
     limiters: HashMap<(String, usize), Arc<RateLimiter>>,
     /// Route authentication by route name.
     auths: HashMap<String, Arc<RouteAuth>>,
+    /// The TLS settings each https listener serves with, kept so that a
+    /// certificate that cannot be read at reload leaves the previous one.
+    tls: HashMap<String, Arc<rustls::ServerConfig>>,
     /// Whether a snapshot was built before (endpoints added later slow-start).
     built: bool,
 }
@@ -420,6 +425,26 @@ impl Registry {
         self.auths = auths_in_use;
         self.built = true;
 
+        let mut tls_in_use = HashMap::new();
+        for listener in &config.listeners {
+            let Some(tls) = &listener.tls else { continue };
+            match server_config(tls) {
+                Ok(server) => {
+                    tls_in_use.insert(listener.name.clone(), Arc::new(server));
+                }
+                Err(error) => match self.tls.get(&listener.name) {
+                    Some(previous) => {
+                        tracing::error!(listener = %listener.name, %error, "TLS settings not reloaded: serving the previous certificates");
+                        tls_in_use.insert(listener.name.clone(), previous.clone());
+                    }
+                    None => {
+                        tracing::error!(listener = %listener.name, %error, "TLS settings cannot be loaded: the listener refuses connections")
+                    }
+                },
+            }
+        }
+        self.tls = tls_in_use;
+
         let listeners = config
             .listeners
             .iter()
@@ -456,6 +481,11 @@ impl Registry {
                     .collect();
                 let runtime = ListenerRuntime {
                     config: listener.clone(),
+                    tls: self
+                        .tls
+                        .get(&listener.name)
+                        .cloned()
+                        .map(tokio_rustls::TlsAcceptor::from),
                     ip_filter: listener.ip_filter.as_ref().map(ip_filter),
                     router: Router::new(entries),
                     http: http_builder(listener),
@@ -477,6 +507,23 @@ where
     K: std::hash::Hash + Eq,
 {
     kept.get(key).filter(|t| same(t)).cloned()
+}
+
+/// Loads an https listener's certificates and builds its rustls settings.
+fn server_config(tls: &switchyard_config::ListenerTls) -> Result<rustls::ServerConfig, String> {
+    let certs = tls
+        .certificates
+        .iter()
+        .map(|(cert, key)| switchyard_security::tls::load_cert(cert, key))
+        .collect::<Result<Vec<_>, _>>()?;
+    let client_auth = match &tls.client_ca {
+        Some(ca) => switchyard_security::tls::ClientAuth::Verify {
+            roots: Arc::new(switchyard_security::tls::load_roots(ca)?),
+            required: tls.client_auth_required,
+        },
+        None => switchyard_security::tls::ClientAuth::None,
+    };
+    switchyard_security::tls::server_config(&certs, &client_auth)
 }
 
 /// The security crate's form of a route's `cors`.

@@ -8,3 +8,4 @@ pub mod auth;
 pub mod cors;
 pub mod ipfilter;
 pub mod ratelimit;
+pub mod tls;
