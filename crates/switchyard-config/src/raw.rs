@@ -496,6 +496,22 @@ pub struct RawCluster {
     pub retry_budget: Option<RawRetryBudget>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<RawCircuitBreaker>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawUpstreamTls>,
+}
+
+/// `tls = { ca, server_name, client_cert, client_key }` of a cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawUpstreamTls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
 }
 
 /// `retry_budget = { ratio, min_per_second, window }`.

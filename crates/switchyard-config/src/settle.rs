@@ -385,6 +385,13 @@ impl Settler {
                 .circuit_breaker
                 .as_ref()
                 .map(|raw| self.circuit_breaker(raw, &at.key("circuit_breaker")));
+            let tls = c.tls.as_ref().map(|raw| self.upstream_tls(raw, &at.key("tls")));
+            if tls.is_some() && matches!(&health_check, Some(check) if check.kind != HealthCheckKind::Tcp) {
+                self.error(
+                    at.key("health_check").key("type"),
+                    "HTTP health checks speak cleartext: use `type = \"tcp\"` for a cluster with `tls`",
+                );
+            }
             if c.endpoints.is_empty() {
                 self.error(at.key("endpoints"), "a cluster needs at least one endpoint");
             }
@@ -456,6 +463,7 @@ impl Settler {
                     sticky,
                     retry_budget,
                     circuit_breaker,
+                    tls,
                 });
             }
         }
@@ -968,6 +976,37 @@ impl Settler {
             );
         }
         Fault { delay, abort }
+    }
+
+    fn upstream_tls(&mut self, raw: &RawUpstreamTls, at: &KeyPath) -> UpstreamTls {
+        if let Some(ca) = &raw.ca {
+            if let Err(why) = switchyard_security::tls::load_roots(ca) {
+                self.error(at.key("ca"), why);
+            }
+        }
+        if let Some(name) = &raw.server_name {
+            if rustls_name_invalid(name) {
+                self.error(at.key("server_name"), format!("invalid server name \"{name}\""));
+            }
+        }
+        let client_cert = match (&raw.client_cert, &raw.client_key) {
+            (Some(cert), Some(key)) => {
+                if let Err(why) = switchyard_security::tls::load_cert(cert, key) {
+                    self.error(at.key("client_cert"), why);
+                }
+                Some((cert.clone(), key.clone()))
+            }
+            (None, None) => None,
+            _ => {
+                self.error(at.clone(), "`client_cert` and `client_key` go together");
+                None
+            }
+        };
+        UpstreamTls {
+            ca: raw.ca.clone(),
+            server_name: raw.server_name.clone(),
+            client_cert,
+        }
     }
 
     fn tls(&mut self, raw: &RawTls, at: &KeyPath) -> ListenerTls {
@@ -1827,4 +1866,13 @@ fn status_range(status: &RawStatus) -> Result<(u16, u16), String> {
             )),
         },
     }
+}
+
+/// Whether `name` cannot be a TLS server name (a DNS name or an IP address).
+fn rustls_name_invalid(name: &str) -> bool {
+    name.is_empty()
+        || !(name.parse::<std::net::IpAddr>().is_ok()
+            || name
+                .split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')))
 }

@@ -526,6 +526,19 @@ pub struct Cluster {
     pub retry_budget: RetryBudget,
     /// `None`: no breaker and no concurrency limit.
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// TLS to the endpoints; `None`: cleartext.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How the gateway speaks TLS to a cluster's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// CA file to verify endpoints against; `None`: the system's roots.
+    pub ca: Option<String>,
+    /// The name to ask for (SNI) and verify; `None`: the endpoint's host.
+    pub server_name: Option<String>,
+    /// (certificate chain, key) files presented to endpoints that ask (mTLS).
+    pub client_cert: Option<(String, String)>,
 }
 
 /// Retries may add at most `ratio` of the requests over `window`, plus

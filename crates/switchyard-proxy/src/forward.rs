@@ -478,8 +478,12 @@ impl<'s> Exchange<'s, '_> {
         index: usize,
         body: UpstreamRequestBody,
     ) -> Result<Request<UpstreamRequestBody>, ProxyError> {
+        let scheme = match self.cluster.config.tls {
+            Some(_) => Scheme::HTTPS,
+            None => Scheme::HTTP,
+        };
         let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(scheme)
             .authority(self.cluster.authorities[index].clone())
             .path_and_query(self.path_and_query.clone())
             .build()

@@ -7,15 +7,20 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use hyper_rustls::{ConfigBuilderExt, FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use switchyard_config::{Cluster, UpstreamProtocol};
+use rustls::pki_types::ServerName;
+use switchyard_config::{Cluster, UpstreamProtocol, UpstreamTls};
 
 use crate::body::UpstreamRequestBody;
 
-/// A pooled HTTP client for upstream requests.
-pub type UpstreamClient = Client<HttpConnector, UpstreamRequestBody>;
+/// A pooled HTTP client for upstream requests (cleartext, or TLS for
+/// `https://` targets of clusters with `tls`).
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>;
 
 /// Settings that make two pools different.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -24,6 +29,7 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub max_idle_per_endpoint: usize,
     pub idle_timeout: Duration,
+    pub tls: Option<UpstreamTls>,
 }
 
 impl PoolSettings {
@@ -34,6 +40,7 @@ impl PoolSettings {
             connect_timeout: cluster.connect_timeout,
             max_idle_per_endpoint: cluster.pool_max_idle_per_endpoint,
             idle_timeout: cluster.pool_idle_timeout,
+            tls: cluster.tls.clone(),
         }
     }
 
@@ -42,7 +49,27 @@ impl PoolSettings {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(self.connect_timeout));
         connector.set_nodelay(true);
-        connector.enforce_http(true);
+        connector.enforce_http(false);
+        let tls = self.tls.as_ref().map_or_else(cleartext_only, |tls| {
+            client_config(tls).unwrap_or_else(|error| {
+                // The files were checked when the configuration loaded; if they
+                // broke since, fail the connections, not the reload.
+                tracing::error!(%error, "upstream TLS settings cannot be loaded: TLS connections will fail");
+                cleartext_only()
+            })
+        });
+        let builder = HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+        let builder = match self.tls.as_ref().and_then(|t| t.server_name.clone()) {
+            Some(name) => match ServerName::try_from(name) {
+                Ok(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
+                Err(_) => builder,
+            },
+            None => builder,
+        };
+        let connector = match self.protocol {
+            UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(connector),
+            UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(connector),
+        };
         Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -50,5 +77,38 @@ impl PoolSettings {
             .pool_max_idle_per_host(self.max_idle_per_endpoint)
             .http2_only(self.protocol == UpstreamProtocol::Http2)
             .build(connector)
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS client configuration trusting nothing: for clusters without `tls`,
+/// whose targets are always `http://`.
+fn cleartext_only() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
+/// The TLS client settings of a cluster: its CA (or the system's roots) and
+/// its client certificate (mTLS to upstreams).
+fn client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match &tls.ca {
+        Some(ca) => builder.with_root_certificates(switchyard_security::tls::load_roots(ca)?),
+        None => builder.with_native_roots().map_err(|e| format!("system roots: {e}"))?,
+    };
+    match &tls.client_cert {
+        Some((cert, key)) => {
+            let (chain, key) = switchyard_security::tls::load_chain(cert, key)?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| e.to_string())
+        }
+        None => Ok(builder.with_no_client_auth()),
     }
 }

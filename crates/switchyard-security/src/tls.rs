@@ -45,6 +45,21 @@ pub fn load_cert(cert_path: &str, key_path: &str) -> Result<LoadedCert, String> 
     })
 }
 
+/// Loads a PEM certificate chain and key as rustls takes them for client
+/// authentication (checked for a match by [`load_cert`] first).
+pub fn load_chain(
+    cert_path: &str,
+    key_path: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    load_cert(cert_path, key_path)?;
+    let chain = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| format!("{cert_path}: {e}"))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{cert_path}: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| format!("{key_path}: {e}"))?;
+    Ok((chain, key))
+}
+
 /// Loads the CA certificates that client certificates must chain to.
 pub fn load_roots(path: &str) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();

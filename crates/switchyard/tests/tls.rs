@@ -330,3 +330,115 @@ protocol = "https"
     assert!(text.contains("an https listener needs `tls"), "{text}");
     assert!(Path::new(&pki.path("one.pem")).exists());
 }
+
+/// A TLS upstream answering with the HTTP version it saw and whether a client
+/// certificate was presented.
+async fn tls_upstream(pki: &Pki, require_client_cert: bool) -> std::net::SocketAddr {
+    let (cert, key) = pki.issue("upstream", "upstream.test", &["upstream.test"]);
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = if require_client_cert {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(pki.roots()), provider())
+            .build()
+            .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder.with_single_cert(vec![cert], key).unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else { return };
+                let client_cert = stream.get_ref().1.peer_certificates().is_some();
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| async move {
+                    let body = format!("{:?} client_cert={client_cert}", req.version());
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(Bytes::from(body))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn upstream_config(upstream: std::net::SocketAddr, cluster_extra: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+
+[[clusters]]
+name = "secure"
+endpoints = [{{ address = "{upstream}" }}]
+{cluster_extra}
+
+[[routes]]
+cluster = "secure"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_over_tls_with_a_ca_sni_http2_and_client_certificates() {
+    let pki = Pki::new();
+    let upstream = tls_upstream(&pki, false).await;
+    let client = support::client::client(support::client::Proto::H1);
+    let tls = format!(
+        r#"tls = {{ ca = "{}", server_name = "upstream.test" }}"#,
+        pki.path("ca.pem")
+    );
+
+    let h1 = GatewayProcess::start(&upstream_config(upstream, &tls));
+    let reply = support::client::get(&client, &h1.url("/"), &[]).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.text()),
+        (200, "HTTP/1.1 client_cert=false".to_owned())
+    );
+
+    let h2 = GatewayProcess::start(&upstream_config(upstream, &format!("protocol = \"http2\"\n{tls}")));
+    let reply = support::client::get(&client, &h2.url("/"), &[]).await;
+    assert_eq!(reply.text(), "HTTP/2.0 client_cert=false", "h2 negotiated by ALPN");
+
+    // Verified against the system's roots, the test CA is unknown: 502.
+    let system = GatewayProcess::start(&upstream_config(upstream, r#"tls = { server_name = "upstream.test" }"#));
+    assert_eq!(support::client::get(&client, &system.url("/"), &[]).await.status, 502);
+    // The wrong name fails verification too.
+    let wrong = GatewayProcess::start(&upstream_config(
+        upstream,
+        &format!(
+            r#"tls = {{ ca = "{}", server_name = "other.test" }}"#,
+            pki.path("ca.pem")
+        ),
+    ));
+    assert_eq!(support::client::get(&client, &wrong.url("/"), &[]).await.status, 502);
+
+    // An upstream that requires client certificates (mTLS).
+    let strict = tls_upstream(&pki, true).await;
+    pki.issue("gateway", "gateway", &["gateway.internal"]);
+    let without = GatewayProcess::start(&upstream_config(strict, &tls));
+    assert_eq!(support::client::get(&client, &without.url("/"), &[]).await.status, 502);
+    let with = GatewayProcess::start(&upstream_config(
+        strict,
+        &format!(
+            r#"tls = {{ ca = "{}", server_name = "upstream.test", client_cert = "{}", client_key = "{}" }}"#,
+            pki.path("ca.pem"),
+            pki.path("gateway.pem"),
+            pki.path("gateway.key")
+        ),
+    ));
+    let reply = support::client::get(&client, &with.url("/"), &[]).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.text()),
+        (200, "HTTP/1.1 client_cert=true".to_owned())
+    );
+}
