@@ -21,7 +21,12 @@
 #      OUT (optional file to copy the TSV rows to).
 # Scenarios: keepalive = small responses, CONNS (64) connections;
 #            close     = `Connection: close`, a new connection per request, 16 conns;
-#            1m        = 1 MiB responses, 8 connections.
+#            1m        = 1 MiB responses, 8 connections;
+#            tls       = keepalive over HTTPS (TLS 1.3, ECDSA P-256 certificate);
+#            tlsnew    = `Connection: close` over HTTPS: a full TLS handshake per
+#                        request (wrk does not resume sessions), 16 conns.
+#            (tls and tlsnew are not in the default list: SCENARIOS="tls tlsnew".
+#            HTTPS ports: nginx 18443, switchyard 18444, haproxy 18445.)
 set -u
 cd "$(dirname "$0")/.."   # repository root
 DURATION=${DURATION:-10}; CONNS=${CONNS:-64}; WORKERS=${WORKERS:-1}; ROUNDS=${ROUNDS:-2}
@@ -64,6 +69,12 @@ C
 nginx -c "$D/up.conf" -e "$D/up.err" & PIDS+=($!)
 wait_port 19001 && wait_port 19002 || { cat "$D/up.err" >&2; exit 1; }
 
+# --- a certificate for the TLS scenarios ------------------------------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$D/tls.key" -out "$D/tls.crt" \
+  -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost 2>/dev/null \
+  || { echo "openssl could not make a certificate" >&2; exit 1; }
+cat "$D/tls.crt" "$D/tls.key" >"$D/tls.pem"
+
 # --- proxies ----------------------------------------------------------------
 cat >"$D/nginx.conf" <<C
 user root; worker_processes $WORKERS; daemon off; pid $D/nx.pid; error_log $D/nx.err;
@@ -71,6 +82,9 @@ events { worker_connections 4096; }
 http { access_log off; keepalive_requests 100000;
   upstream up { server 127.0.0.1:19001; server 127.0.0.1:19002; keepalive 128; }
   server { listen 127.0.0.1:18081;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:18443 ssl; ssl_certificate $D/tls.crt; ssl_certificate_key $D/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 C
 cat >"$D/haproxy.cfg" <<C
@@ -85,6 +99,7 @@ defaults
   option http-keep-alive
 frontend f
   bind 127.0.0.1:18082
+  bind 127.0.0.1:18445 ssl crt $D/tls.pem
   default_backend b
 backend b
   balance roundrobin
@@ -95,17 +110,25 @@ C
 # run a private copy so a concurrent `cargo build` cannot swap the binary between rounds
 if [[ " $PROXIES " == *" switchyard "* ]]; then cp "$SWITCHYARD" "$D/switchyard-bin" && SWITCHYARD="$D/switchyard-bin"; fi
 sed -E "s/^workers *=.*/workers = $WORKERS/" bench/harness.toml >"$D/switchyard.toml"
+cat >>"$D/switchyard.toml" <<C
+
+[[listeners]]
+name = "secure"
+listen = "127.0.0.1:18444"
+protocol = "https"
+tls = { certificates = [{ cert = "$D/tls.crt", key = "$D/tls.key" }] }
+C
 if [[ " $PROXIES " == *" switchyard "* ]]; then
   "$SWITCHYARD" check --config "$D/switchyard.toml" >&2 || { echo "switchyard config invalid" >&2; exit 1; }
 fi
 
 start() { # name -> sets PORT and PPID_
   case $1 in
-    direct) PORT=19001; PPID_= ;;
-    nginx) nginx -c "$D/nginx.conf" -e "$D/nx.err" & PPID_=$!; PORT=18081 ;;
-    haproxy) haproxy -f "$D/haproxy.cfg" -db >>"$D/haproxy.log" 2>&1 & PPID_=$!; PORT=18082 ;;
+    direct) PORT=19001; TLSPORT=; PPID_= ;;
+    nginx) nginx -c "$D/nginx.conf" -e "$D/nx.err" & PPID_=$!; PORT=18081; TLSPORT=18443 ;;
+    haproxy) haproxy -f "$D/haproxy.cfg" -db >>"$D/haproxy.log" 2>&1 & PPID_=$!; PORT=18082; TLSPORT=18445 ;;
     switchyard) "$SWITCHYARD" run --config "$D/switchyard.toml" --log-level warn >>"$D/switchyard.log" 2>&1 &
-                PPID_=$!; PORT=18080 ;;
+                PPID_=$!; PORT=18080; TLSPORT=18444 ;;
     *) echo "unknown proxy $1" >&2; return 1 ;;
   esac
   [ -n "$PPID_" ] && PIDS+=($PPID_)
@@ -128,9 +151,10 @@ rss_kib() { # $1 = field (VmRSS|VmHWM), $2 = pid: sum over the process and its c
 }
 
 run() { # scenario port -> "rps p50 p99 MBps non2xx sockerr"
-  local args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency) path=/
-  case $1 in close) args+=(-H 'Connection: close'); args[1]=-c16 ;; 1m) path=/1m; args[1]=-c8 ;; esac
-  wrk "${args[@]}" "http://127.0.0.1:$2$path" >"$D/wrk.out" 2>&1
+  local args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency) path=/ url
+  case $1 in close|tlsnew) args+=(-H 'Connection: close'); args[1]=-c16 ;; 1m) path=/1m; args[1]=-c8 ;; esac
+  case $1 in tls*) url="https://localhost:$TLSPORT$path" ;; *) url="http://127.0.0.1:$2$path" ;; esac
+  wrk "${args[@]}" "$url" >"$D/wrk.out" 2>&1
   cat "$D/wrk.out" >>"$D/wrk.all"
   awk '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /m$/) return v*60000; if (v ~ /s$/) return v*1000; return v }
@@ -152,6 +176,7 @@ for r in $(seq 1 "$ROUNDS"); do
     fi
     sanity $p
     for s in $SCENARIOS; do
+      case $s in tls*) [ -z "$TLSPORT" ] && continue ;; esac   # no TLS straight to the upstream
       wrk -t1 -c8 -d1s "http://127.0.0.1:$PORT/" >/dev/null 2>&1   # warm-up
       res=$(run $s $PORT)
       rss=-; [ -n "$PPID_" ] && rss=$(rss_kib VmHWM $PPID_)
