@@ -21,6 +21,19 @@ pub struct RawConfig {
     pub listeners: Vec<RawListener>,
     pub routes: Vec<RawRoute>,
     pub clusters: Vec<RawCluster>,
+    /// `[cluster]`: shared state for several gateway nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<RawClusterMode>,
+}
+
+/// `[cluster] redis = "redis://..."`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawClusterMode {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_timeout: Option<String>,
 }
 
 /// `[runtime]`: process-wide settings.
@@ -136,6 +149,10 @@ pub struct RawRateLimit {
     pub headers: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_keys: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_redis_error: Option<String>,
 }
 
 /// A rate-limit key: one part (`"client_ip"`) or several combined.

@@ -32,6 +32,8 @@ pub fn settle(raw: RawConfig) -> Result<Config, Vec<Diagnostic>> {
 #[derive(Default)]
 struct Settler {
     errors: Vec<Diagnostic>,
+    /// Whether `[cluster]` names a Redis (global rate limits need one).
+    cluster_mode_present: bool,
 }
 
 impl Settler {
@@ -55,6 +57,11 @@ impl Settler {
         // error does not also make every route naming it fail.
         let listener_names: Vec<&str> = raw.listeners.iter().filter_map(|l| l.name.as_deref()).collect();
         let cluster_names: Vec<&str> = raw.clusters.iter().filter_map(|c| c.name.as_deref()).collect();
+        let cluster_mode = raw
+            .cluster
+            .as_ref()
+            .and_then(|c| self.cluster_mode(c, &root.key("cluster")));
+        self.cluster_mode_present = cluster_mode.is_some();
         let routes = self.routes(&raw.routes, &root.key("routes"), &listener_names, &cluster_names);
         Config {
             runtime,
@@ -63,6 +70,7 @@ impl Settler {
             listeners,
             routes,
             clusters,
+            cluster_mode,
             raw: RawConfig::default(),
         }
     }
@@ -1291,6 +1299,27 @@ impl Settler {
         }
     }
 
+    fn cluster_mode(&mut self, raw: &RawClusterMode, at: &KeyPath) -> Option<ClusterMode> {
+        let Some(url) = &raw.redis else {
+            self.error(at.key("redis"), "`[cluster]` needs `redis = \"redis://host:6379/0\"`");
+            return None;
+        };
+        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
+            self.error(
+                at.key("redis"),
+                format!(
+                    "invalid Redis URL \"{url}\": expected redis://[user:password@]host:port[/db] or rediss:// for TLS"
+                ),
+            );
+            return None;
+        }
+        let redis_timeout = self.duration(&raw.redis_timeout, at.key("redis_timeout"), Duration::from_millis(250));
+        Some(ClusterMode {
+            redis: url.clone(),
+            redis_timeout,
+        })
+    }
+
     fn ip_filter(&mut self, raw: &RawIpFilter, at: &KeyPath) -> IpFilter {
         let mut list = |entries: &[String], key: &str| -> Vec<IpNet> {
             let mut nets = Vec::new();
@@ -1376,6 +1405,38 @@ impl Settler {
         if burst == 0 {
             self.error(at.key("burst"), "must be at least 1");
         }
+        let global = match raw.scope.as_deref().unwrap_or("local") {
+            "local" => None,
+            "global" => {
+                if !self.cluster_mode_present {
+                    self.error(
+                        at.key("scope"),
+                        "a global limit keeps its buckets in Redis: set `[cluster] redis = \"redis://...\"`",
+                    );
+                }
+                Some(match raw.on_redis_error.as_deref().unwrap_or("allow") {
+                    "allow" => OnRedisError::Allow,
+                    "deny" => OnRedisError::Deny,
+                    other => {
+                        self.error(
+                            at.key("on_redis_error"),
+                            format!("unknown choice \"{other}\" (expected \"allow\" or \"deny\")"),
+                        );
+                        OnRedisError::Allow
+                    }
+                })
+            }
+            other => {
+                self.error(
+                    at.key("scope"),
+                    format!("unknown scope \"{other}\" (expected \"local\" or \"global\")"),
+                );
+                None
+            }
+        };
+        if global.is_none() && raw.on_redis_error.is_some() {
+            self.error(at.key("on_redis_error"), "only applies with `scope = \"global\"`");
+        }
         let max_keys = raw.max_keys.unwrap_or(defaults::RATE_LIMIT_MAX_KEYS);
         if max_keys == 0 {
             self.error(at.key("max_keys"), "must be at least 1");
@@ -1387,6 +1448,7 @@ impl Settler {
             burst: burst.max(1),
             headers: raw.headers.unwrap_or(false),
             max_keys: max_keys.max(1),
+            global,
         })
     }
 

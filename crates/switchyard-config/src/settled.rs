@@ -25,8 +25,19 @@ pub struct Config {
     /// Routes in declared order.
     pub routes: Vec<Route>,
     pub clusters: Vec<Cluster>,
+    /// Shared state for several nodes (`[cluster]`); `None`: a single node.
+    pub cluster_mode: Option<ClusterMode>,
     /// The document this was settled from, served back by `GET /api/config`.
     pub raw: RawConfig,
+}
+
+/// `[cluster]`: where nodes share state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMode {
+    /// `redis://` or `rediss://` URL.
+    pub redis: String,
+    /// Longest wait for one Redis answer before the failure policy applies.
+    pub redis_timeout: Duration,
 }
 
 /// Process-wide settings.
@@ -121,6 +132,18 @@ pub struct RateLimit {
     pub headers: bool,
     /// Keys (clients) tracked at most.
     pub max_keys: usize,
+    /// Buckets in Redis, shared by every node (`scope = "global"`); `None`:
+    /// in this process.
+    pub global: Option<OnRedisError>,
+}
+
+/// What a global rate limit does when Redis cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisError {
+    /// Let the request through (fail open).
+    Allow,
+    /// Refuse it with 503 (fail closed).
+    Deny,
 }
 
 /// One part of a rate-limit key.

@@ -69,6 +69,8 @@ pub enum ProxyError {
     },
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    #[error("the shared rate-limit store is unreachable and the limit fails closed")]
+    RateLimitUnavailable,
     #[error("CORS preflight refused: {reason}")]
     CorsDenied { reason: String },
     #[error("not authenticated: {reason}")]
@@ -97,7 +99,7 @@ impl ProxyError {
             | Self::Unauthorized { .. }
             | Self::Forbidden { .. }
             | Self::UriTooLong { .. } => Side::Downstream,
-            Self::FaultInjected { .. } | Self::IdempotencyStoreFull => Side::Internal,
+            Self::FaultInjected { .. } | Self::IdempotencyStoreFull | Self::RateLimitUnavailable => Side::Internal,
             Self::CircuitOpen { .. }
             | Self::Overloaded { .. }
             | Self::NoHealthyEndpoint { .. }
@@ -142,7 +144,8 @@ impl ProxyError {
             Self::NoHealthyEndpoint { .. }
             | Self::CircuitOpen { .. }
             | Self::Overloaded { .. }
-            | Self::IdempotencyStoreFull => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::IdempotencyStoreFull
+            | Self::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::FaultInjected { status } => *status,
             Self::IdempotencyInProgress => StatusCode::CONFLICT,
             Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
@@ -181,6 +184,7 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::CorsDenied { .. } => "cors_denied",
             Self::Unauthorized { .. } => "unauthorized",
+            Self::RateLimitUnavailable => "rate_limit_unavailable",
             Self::Forbidden { .. } => "forbidden",
             Self::UriTooLong { .. } => "uri_too_long",
         }
@@ -285,6 +289,7 @@ impl ProxyError {
             Self::CorsDenied { reason } => format!("cross-origin request refused: {reason}"),
             Self::Unauthorized { reason, .. } => format!("authentication required: {reason}"),
             Self::Forbidden { reason } => format!("not allowed: {reason}"),
+            Self::RateLimitUnavailable => "the rate limit cannot be checked right now; retry later".into(),
             Self::UriTooLong { limit } => format!("the request target may be at most {limit} bytes long"),
             Self::RateLimited { decision } => format!(
                 "rate limit of {} requests exceeded; retry in {} s",

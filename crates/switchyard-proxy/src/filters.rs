@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use switchyard_config::{RateKeyPart, RateLimit};
+use switchyard_config::{OnRedisError, RateKeyPart, RateLimit};
 use switchyard_security::auth::Principal;
 use switchyard_security::ipfilter::{IpFilter, Refusal};
 use switchyard_security::ratelimit::{Decision, RateLimiter};
 
 use crate::error::ProxyError;
+use crate::global_limit::GlobalBucket;
 use crate::pipeline::ConnectionInfo;
 use crate::snapshot::ListenerRuntime;
 
@@ -58,11 +59,13 @@ pub fn check_ip(filter: &IpFilter, ip: IpAddr, scope: &'static str) -> Result<()
     })
 }
 
-/// A route's rate limit with its buckets.
+/// A route's rate limit with its buckets: in this process, or in Redis.
 #[derive(Debug)]
 pub struct Limit {
     pub config: RateLimit,
     pub limiter: Arc<RateLimiter>,
+    /// Set for `scope = "global"`: the buckets live in Redis.
+    pub global: Option<GlobalBucket>,
 }
 
 /// What the rate limits said about an allowed request: the headers to add
@@ -82,7 +85,7 @@ impl Quota {
 }
 
 /// Takes a token from every limit of the route; the first refusal wins.
-pub fn check_limits(
+pub async fn check_limits(
     limits: &[Limit],
     ip: IpAddr,
     headers: &HeaderMap,
@@ -94,7 +97,16 @@ pub fn check_limits(
     for limit in limits {
         key.clear();
         build_key(&mut key, &limit.config.key, ip, headers, principal);
-        let decision = limit.limiter.check(&key, now);
+        let decision = match &limit.global {
+            None => limit.limiter.check(&key, now),
+            Some(bucket) => match bucket.check(&key).await {
+                Some(decision) => decision,
+                None => match bucket.on_error {
+                    OnRedisError::Allow => continue,
+                    OnRedisError::Deny => return Err(ProxyError::RateLimitUnavailable),
+                },
+            },
+        };
         if !decision.allowed {
             return Err(ProxyError::RateLimited { decision });
         }

@@ -13,6 +13,7 @@ pub mod body;
 pub mod error;
 mod filters;
 mod forward;
+mod global_limit;
 pub mod headers;
 mod health;
 pub mod pipeline;

@@ -267,7 +267,7 @@ async fn serve<'s>(
         None => None,
     };
     let quota = match ip {
-        Some(ip) => filters::check_limits(&entry.limits, ip, req.headers(), principal.as_ref(), started)?,
+        Some(ip) => filters::check_limits(&entry.limits, ip, req.headers(), principal.as_ref(), started).await?,
         None => filters::Quota::default(),
     };
     if let (Some(auth), Some(principal)) = (&entry.auth, &principal) {

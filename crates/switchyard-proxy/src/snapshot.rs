@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde_json::json;
 use switchyard_balance::{Algorithm, Balancer, ClusterHealth, Cursor, EndpointState, Options, OutlierPolicy};
-use switchyard_config::{BalancerKind, Cluster, Config, Listener, Route, RouteAction};
+use switchyard_config::{BalancerKind, Cluster, ClusterMode, Config, Listener, Route, RouteAction};
 use switchyard_resilience::fault::{AbortFault, DelayFault, FaultSettings};
 use switchyard_resilience::idempotency::{IdempotencyStore, MemoryStore, MemoryStoreSettings};
 use switchyard_resilience::{Breaker, BreakerSettings, ConcurrencyLimit, RetryBudget, RetryBudgetSettings};
@@ -25,6 +25,7 @@ use switchyard_security::ratelimit::{Quota, RateLimiter};
 
 use crate::auth::RouteAuth;
 use crate::filters::Limit;
+use crate::global_limit::{GlobalBucket, RedisStore};
 use crate::router::Router;
 use crate::upstream::{PoolSettings, UpstreamClient};
 
@@ -223,6 +224,8 @@ pub struct Registry {
     route_budgets: HashMap<String, Arc<RetryBudget>>,
     /// Rate limiters by route name and position.
     limiters: HashMap<(String, usize), Arc<RateLimiter>>,
+    /// The shared Redis (`[cluster]`), kept while its URL and timeout stay.
+    redis: Option<(ClusterMode, Arc<RedisStore>)>,
     /// Route authentication by route name.
     auths: HashMap<String, Arc<RouteAuth>>,
     /// The TLS settings each https listener serves with, kept so that a
@@ -397,6 +400,17 @@ impl Registry {
         }
         self.route_budgets = route_budgets_in_use;
 
+        self.redis = match (&config.cluster_mode, self.redis.take()) {
+            (Some(mode), Some((kept, store))) if kept == *mode => Some((kept, store)),
+            (Some(mode), _) => match RedisStore::new(mode) {
+                Ok(store) => Some((mode.clone(), store)),
+                Err(error) => {
+                    tracing::error!(%error, "cannot use the cluster's Redis: global rate limits apply their on_redis_error policy");
+                    None
+                }
+            },
+            (None, _) => None,
+        };
         let mut limiters_in_use = HashMap::new();
         for route in &config.routes {
             for (i, limit) in route.rate_limits.iter().enumerate() {
@@ -472,9 +486,23 @@ impl Registry {
                             .rate_limits
                             .iter()
                             .enumerate()
-                            .map(|(i, config)| Limit {
-                                config: config.clone(),
-                                limiter: self.limiters[&(route.name.clone(), i)].clone(),
+                            .map(|(i, config)| {
+                                let limiter = self.limiters[&(route.name.clone(), i)].clone();
+                                let global = config.global.and_then(|on_error| {
+                                    let (_, store) = self.redis.as_ref()?;
+                                    Some(GlobalBucket::new(
+                                        store.clone(),
+                                        &route.name,
+                                        i,
+                                        *limiter.quota(),
+                                        on_error,
+                                    ))
+                                });
+                                Limit {
+                                    config: config.clone(),
+                                    limiter,
+                                    global,
+                                }
                             })
                             .collect(),
                     })

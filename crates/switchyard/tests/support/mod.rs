@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod client;
 pub mod gateway;
+pub mod redis;
 
 #[allow(unused_imports)]
 pub use backend::Backend;

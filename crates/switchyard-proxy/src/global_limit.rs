@@ -1,0 +1,184 @@
+//! Rate limits shared by every gateway node, kept in Redis.
+//!
+//! The same GCRA as the local limiter, run as one Lua script so that the read
+//! and the update are atomic across nodes; the script takes the time from the
+//! Redis server (`TIME`), so nodes with skewed clocks still agree. One
+//! multiplexed connection per Redis URL, re-established by itself after a
+//! failure. When Redis does not answer within `redis_timeout`, each limit
+//! applies its `on_redis_error` policy (allow or deny), logs it (at most every
+//! 10 seconds) and counts it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sha2::{Digest, Sha256};
+use switchyard_config::{ClusterMode, OnRedisError};
+use switchyard_security::ratelimit::{Decision, Quota};
+
+/// GCRA in microseconds. KEYS[1]: the bucket; ARGV: interval, tolerance.
+/// Returns {allowed, microseconds until the bucket is full, microseconds until
+/// one request would be allowed}.
+static GCRA: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local ahead = new_tat - now
+if ahead > tolerance then
+  return {0, tat - now, ahead - tolerance}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(ahead / 1000) + 1)
+return {1, ahead, 0}
+"#,
+    )
+});
+
+/// A connection to the shared Redis.
+pub struct RedisStore {
+    pub url: String,
+    manager: ConnectionManager,
+    timeout: Duration,
+    /// Calls that failed or timed out (for /metrics).
+    pub failures: AtomicU64,
+    last_warning: AtomicU64,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &redacted(&self.url))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL without its password, for logs.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl RedisStore {
+    /// A store for `mode`; connects on first use and reconnects by itself.
+    pub fn new(mode: &ClusterMode) -> Result<Arc<Self>, String> {
+        let client = redis::Client::open(mode.redis.as_str()).map_err(|e| format!("{}: {e}", redacted(&mode.redis)))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(mode.redis_timeout))
+            .set_response_timeout(Some(mode.redis_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let manager = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("{}: {e}", redacted(&mode.redis)))?;
+        Ok(Arc::new(Self {
+            url: mode.redis.clone(),
+            manager,
+            timeout: mode.redis_timeout,
+            failures: AtomicU64::new(0),
+            last_warning: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }))
+    }
+
+    fn warn(&self, error: &str, allowing: bool) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_secs() + 10;
+        let last = self.last_warning.load(Ordering::Relaxed);
+        if now >= last + 10
+            && self
+                .last_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                redis = %redacted(&self.url),
+                %error,
+                policy = if allowing { "allow" } else { "deny" },
+                failures = self.failures.load(Ordering::Relaxed),
+                "rate limit store unreachable"
+            );
+        }
+    }
+}
+
+/// One global limit of one route.
+#[derive(Debug)]
+pub struct GlobalBucket {
+    pub store: Arc<RedisStore>,
+    /// `switchyard:rl:{route}:{index}:` (the quota is part of it, so a
+    /// changed limit starts with fresh buckets).
+    prefix: String,
+    interval_us: u64,
+    tolerance_us: u64,
+    burst: u32,
+    pub on_error: OnRedisError,
+}
+
+impl GlobalBucket {
+    pub fn new(store: Arc<RedisStore>, route: &str, index: usize, quota: Quota, on_error: OnRedisError) -> Self {
+        let interval_us = (quota.per.as_micros() / u128::from(quota.rate.max(1))).max(1) as u64;
+        Self {
+            store,
+            prefix: format!(
+                "switchyard:rl:{route}:{index}:{}:{}:{}:",
+                quota.rate,
+                quota.per.as_millis(),
+                quota.burst
+            ),
+            interval_us,
+            tolerance_us: interval_us.saturating_mul(u64::from(quota.burst.max(1))),
+            burst: quota.burst,
+            on_error,
+        }
+    }
+
+    /// Takes a token for `key`; `None` when Redis could not answer (the
+    /// caller applies `on_error`).
+    pub async fn check(&self, key: &[u8]) -> Option<Decision> {
+        // Keys are hashed: client-chosen bytes never become Redis key syntax.
+        let digest = Sha256::digest(key);
+        let redis_key = format!("{}{}", self.prefix, hex_prefix(&digest));
+        let mut connection = self.store.manager.clone();
+        let mut invocation = GCRA.key(redis_key);
+        invocation.arg(self.interval_us).arg(self.tolerance_us);
+        let call = invocation.invoke_async::<(i64, i64, i64)>(&mut connection);
+        let result = tokio::time::timeout(self.store.timeout, call).await;
+        let (allowed, ahead, retry) = match result {
+            Ok(Ok(values)) => values,
+            Ok(Err(error)) => {
+                self.store
+                    .warn(&error.to_string(), self.on_error == OnRedisError::Allow);
+                return None;
+            }
+            Err(_) => {
+                self.store
+                    .warn("no answer in time", self.on_error == OnRedisError::Allow);
+                return None;
+            }
+        };
+        let ahead = ahead.max(0) as u64;
+        Some(Decision {
+            allowed: allowed == 1,
+            limit: self.burst,
+            remaining: if allowed == 1 {
+                (self.tolerance_us.saturating_sub(ahead) / self.interval_us) as u32
+            } else {
+                0
+            },
+            reset: Duration::from_micros(ahead),
+            retry_after: Duration::from_micros(retry.max(0) as u64),
+        })
+    }
+}
+
+fn hex_prefix(digest: &[u8]) -> String {
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
