@@ -39,10 +39,6 @@ use crate::snapshot::{ClusterRuntime, RouteEntry};
 
 /// The request header carrying an idempotency key.
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-/// The verified client certificate's subject, for the upstream (mTLS).
-pub static X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
-/// The verified client certificate's SAN entries (`DNS:`, `URI:`, `email:`).
-pub static X_CLIENT_CERT_SAN: HeaderName = HeaderName::from_static("x-client-cert-san");
 /// Set on an answer replayed from the idempotency store.
 pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
@@ -766,17 +762,6 @@ fn prepare_head(
         None => head.headers.remove(header::HOST),
     };
     head.headers.insert(X_REQUEST_ID, request_id.clone());
-    // The verified client certificate (mTLS), never the client's own claim of one.
-    head.headers.remove(&X_CLIENT_CERT_SUBJECT);
-    head.headers.remove(&X_CLIENT_CERT_SAN);
-    if let Some(tls) = &conn.tls {
-        if let Some(subject) = &tls.client_subject {
-            head.headers.insert(X_CLIENT_CERT_SUBJECT.clone(), subject.clone());
-        }
-        if let Some(san) = &tls.client_san {
-            head.headers.insert(X_CLIENT_CERT_SAN.clone(), san.clone());
-        }
-    }
     apply_ops(&mut head.headers, &route.request_headers);
     head.version = match cluster.config.protocol {
         UpstreamProtocol::Http1 => Version::HTTP_11,

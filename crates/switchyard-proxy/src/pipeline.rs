@@ -40,6 +40,11 @@ use crate::router::{template_captures, RequestView};
 use crate::snapshot::{RouteEntry, Snapshot};
 use crate::Shared;
 
+/// The verified client certificate's subject, for routing and the upstream (mTLS).
+pub static X_CLIENT_CERT_SUBJECT: http::HeaderName = http::HeaderName::from_static("x-client-cert-subject");
+/// The verified client certificate's SAN entries (`DNS:`, `URI:`, `email:`).
+pub static X_CLIENT_CERT_SAN: http::HeaderName = http::HeaderName::from_static("x-client-cert-san");
+
 /// The response body type the gateway's listeners send.
 pub type ResponseBody = Logged<ProxyBody>;
 
@@ -208,6 +213,24 @@ async fn serve<'s>(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_request(&req)?;
     let listener = snapshot.listeners.get(&*conn.listener).ok_or_else(|| no_route(&req))?;
+    // The verified client certificate (mTLS), never the client's own claim of
+    // one; set before routing, so routes can match on it.
+    if conn.tls.is_some()
+        || req.headers().contains_key(&X_CLIENT_CERT_SUBJECT)
+        || req.headers().contains_key(&X_CLIENT_CERT_SAN)
+    {
+        let headers = req.headers_mut();
+        headers.remove(&X_CLIENT_CERT_SUBJECT);
+        headers.remove(&X_CLIENT_CERT_SAN);
+        if let Some(tls) = &conn.tls {
+            if let Some(subject) = &tls.client_subject {
+                headers.insert(X_CLIENT_CERT_SUBJECT.clone(), subject.clone());
+            }
+            if let Some(san) = &tls.client_san {
+                headers.insert(X_CLIENT_CERT_SAN.clone(), san.clone());
+            }
+        }
+    }
 
     let target_length = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target_length > listener.config.max_uri_length {

@@ -442,3 +442,69 @@ async fn upstreams_over_tls_with_a_ca_sni_http2_and_client_certificates() {
         (200, "HTTP/1.1 client_cert=true".to_owned())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_can_match_on_the_verified_client_certificate() {
+    let pki = Pki::new();
+    pki.issue("server", "gw.test", &["gw.test"]);
+    let billing_cert = pki.issue("billing", "billing-service", &["billing.internal"]);
+    let billing = Backend::start("billing").await;
+    let public = Backend::start("public").await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+protocol = "https"
+tls = {{ certificates = [{{ cert = "{}", key = "{}" }}], client_ca = "{}", client_auth = "optional" }}
+
+[[clusters]]
+name = "billing"
+endpoints = [{{ address = "{}" }}]
+
+[[clusters]]
+name = "public"
+endpoints = [{{ address = "{}" }}]
+
+[[routes]]
+name = "billing-only"
+match = {{ headers = [{{ name = "x-client-cert-subject", regex = "CN=billing-service" }}] }}
+cluster = "billing"
+
+[[routes]]
+name = "everyone"
+cluster = "public"
+"#,
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+        billing.addr,
+        public.addr
+    );
+    let gw = GatewayProcess::start(&config);
+    let addr = gw.addr();
+    let with_cert = connector(&pki, Some(billing_cert), &[b"http/1.1"]);
+    let (status, body) = get_over(handshake(&with_cert, addr, "gw.test").await.unwrap(), "gw.test", "/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"backend\":\"billing\""), "{body}");
+
+    // No certificate (allowed: optional), and a forged header: the default route.
+    let anonymous = connector(&pki, None, &[b"http/1.1"]);
+    let stream = handshake(&anonymous, addr, "gw.test").await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::get("/")
+        .header("host", "gw.test")
+        .header("x-client-cert-subject", "CN=billing-service")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.headers()["x-backend"], "public");
+    assert!(billing.seen().len() == 1);
+    assert!(
+        public.seen()[0].headers.get("x-client-cert-subject").is_none(),
+        "the forged header is removed"
+    );
+}
