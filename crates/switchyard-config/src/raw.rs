@@ -100,6 +100,10 @@ pub struct RawListener {
     pub max_connections_per_ip: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_body_rate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_rate_grace: Option<String>,
 }
 
 /// `tls = { certificates = [{ cert, key }], client_ca, client_auth }`.

@@ -303,6 +303,18 @@ impl Settler {
                 _ => None,
             };
             let max_body_size = self.optional_size(&l.max_body_size, at.key("max_body_size"));
+            let min_body_rate = self
+                .optional_size(&l.min_body_rate, at.key("min_body_rate"))
+                .map(|rate| {
+                    let grace = self.duration(&l.body_rate_grace, at.key("body_rate_grace"), Duration::from_secs(10));
+                    if rate == 0 {
+                        self.error(at.key("min_body_rate"), "must be above 0 (leave it out for no minimum)");
+                    }
+                    (rate, grace)
+                });
+            if l.body_rate_grace.is_some() && l.min_body_rate.is_none() {
+                self.error(at.key("body_rate_grace"), "only applies with `min_body_rate`");
+            }
             let max_uri_length = self.size(&l.max_uri_length, at.key("max_uri_length"), defaults::MAX_URI_LENGTH);
             if !(16..=65536).contains(&max_uri_length) {
                 self.error(at.key("max_uri_length"), "must be between 16B and 64KiB");
@@ -340,6 +352,7 @@ impl Settler {
                     max_connections: l.max_connections.filter(|&n| n > 0),
                     max_connections_per_ip: l.max_connections_per_ip.filter(|&n| n > 0),
                     tls,
+                    min_body_rate,
                 });
             }
         }

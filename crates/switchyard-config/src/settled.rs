@@ -96,6 +96,9 @@ pub struct Listener {
     pub max_connections_per_ip: Option<usize>,
     /// Certificates and client verification (`https` listeners).
     pub tls: Option<ListenerTls>,
+    /// (bytes per second, grace): a request body slower than this on average,
+    /// once the grace period has passed, is cut (slowloris bodies).
+    pub min_body_rate: Option<(u64, Duration)>,
 }
 
 /// TLS settings of an `https` listener, as files; loaded and checked when

@@ -31,6 +31,8 @@ pub enum BodyError {
     Failed { side: Side, source: BoxError },
     #[error("{side:?} body is larger than {limit} bytes")]
     TooLarge { side: Side, limit: u64 },
+    #[error("{side:?} body arrives slower than {rate} bytes per second")]
+    TooSlow { side: Side, rate: u64 },
 }
 
 impl BodyError {
@@ -40,13 +42,14 @@ impl BodyError {
             Self::Idle { side, .. }
             | Self::Deadline { side }
             | Self::Failed { side, .. }
-            | Self::TooLarge { side, .. } => *side,
+            | Self::TooLarge { side, .. }
+            | Self::TooSlow { side, .. } => *side,
         }
     }
 
-    /// Whether the body stalled (rather than broke).
+    /// Whether the body stalled or crawled (rather than broke).
     pub fn is_idle(&self) -> bool {
-        matches!(self, Self::Idle { .. })
+        matches!(self, Self::Idle { .. } | Self::TooSlow { .. })
     }
 
     /// Whether the exchange ran past its deadline (`max_duration`).
@@ -75,6 +78,10 @@ pin_project! {
         // The most bytes the body may carry, and how many came so far.
         max: Option<u64>,
         received: u64,
+        // The slowest average rate (bytes/s) allowed once `grace` has passed
+        // since the first frame was asked for, and when that was.
+        min_rate: Option<(u64, Duration)>,
+        started: Option<Instant>,
     }
 }
 
@@ -91,7 +98,16 @@ impl<B: Body> TimedBody<B> {
             finished: None,
             max: None,
             received: 0,
+            min_rate: None,
+            started: None,
         }
+    }
+
+    /// Fails the body when, `grace` after it started, it has averaged fewer
+    /// than `rate` bytes per second (a slowloris body that never quite stalls).
+    pub fn with_min_rate(mut self, min_rate: Option<(u64, Duration)>) -> Self {
+        self.min_rate = min_rate;
+        self
     }
 
     /// Fails the body once more than `max` bytes have come (checked as they
@@ -135,6 +151,9 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut this = self.project();
+        if this.min_rate.is_some() && this.started.is_none() {
+            *this.started = Some(Instant::now());
+        }
         if let Some(deadline) = this.deadline.as_mut() {
             if deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Some(Err(BodyError::Deadline { side: *this.side })));
@@ -143,13 +162,21 @@ where
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 *this.progressed = true;
-                if let (Some(max), Some(data)) = (*this.max, frame.data_ref()) {
+                if let Some(data) = frame.data_ref() {
                     *this.received += data.len() as u64;
+                }
+                if let Some(max) = *this.max {
                     if *this.received > max {
                         return Poll::Ready(Some(Err(BodyError::TooLarge {
                             side: *this.side,
                             limit: max,
                         })));
+                    }
+                }
+                if let (Some((rate, grace)), Some(started)) = (*this.min_rate, *this.started) {
+                    let elapsed = started.elapsed();
+                    if elapsed > grace && (*this.received as f64) < rate as f64 * elapsed.as_secs_f64() {
+                        return Poll::Ready(Some(Err(BodyError::TooSlow { side: *this.side, rate })));
                     }
                 }
                 // A body with a known length may never be polled past its last frame.
@@ -508,6 +535,55 @@ mod tests {
         assert!(error.is_deadline(), "{error}");
         assert!((9..=11).contains(&frames), "{frames} frames before the deadline");
         assert_eq!(Instant::now(), deadline);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crawling_body_fails_after_the_grace_period() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+        let body = TimedBody::new(
+            StreamBody::new(tokio_stream_from(rx)),
+            Duration::from_secs(60),
+            Side::Downstream,
+        )
+        .with_min_rate(Some((100, Duration::from_secs(5))));
+        tokio::spawn(async move {
+            // 10 bytes a second: never idle, far below 100 B/s.
+            while tx
+                .send(Ok(Frame::data(Bytes::from_static(b"0123456789"))))
+                .await
+                .is_ok()
+            {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let started = Instant::now();
+        let error = body.collect().await.expect_err("too slow");
+        assert!(matches!(error, BodyError::TooSlow { rate: 100, .. }), "{error}");
+        assert!(error.is_idle(), "answered like a stalled body (408)");
+        let after = started.elapsed();
+        assert!(
+            after > Duration::from_secs(5) && after <= Duration::from_secs(7),
+            "{after:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_at_the_minimum_rate_passes() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+        let body = TimedBody::new(
+            StreamBody::new(tokio_stream_from(rx)),
+            Duration::from_secs(60),
+            Side::Downstream,
+        )
+        .with_min_rate(Some((100, Duration::from_secs(5))));
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                tx.send(Ok(Frame::data(Bytes::from(vec![b'x'; 200])))).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let collected = body.collect().await.expect("fast enough").to_bytes();
+        assert_eq!(collected.len(), 4000);
     }
 
     /// A minimal `Stream` over an mpsc receiver (avoids a tokio-stream dependency).

@@ -45,7 +45,7 @@ pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent
 /// Proxies `req` to the route's cluster (see the module docs).
 pub(crate) async fn forward<'s>(
     entry: &'s RouteEntry,
-    max_body_size: Option<u64>,
+    listener: &switchyard_config::Listener,
     conn: &ConnectionInfo,
     req: Request<Incoming>,
     request_id: &HeaderValue,
@@ -109,7 +109,7 @@ pub(crate) async fn forward<'s>(
     };
     // A declared length over the limit is refused before anything is read;
     // a chunked body is counted as it streams.
-    let max_body = route.max_body_size.or(max_body_size);
+    let max_body = route.max_body_size.or(listener.max_body_size);
     if let Some(limit) = max_body {
         let declared = head
             .headers
@@ -120,7 +120,9 @@ pub(crate) async fn forward<'s>(
             return Err(ProxyError::BodyTooLarge { limit });
         }
     }
-    let timed = TimedBody::new(body, route.idle_timeout, Side::Downstream).with_limit(max_body);
+    let timed = TimedBody::new(body, route.idle_timeout, Side::Downstream)
+        .with_limit(max_body)
+        .with_min_rate(listener.min_body_rate);
     let chunked = head.headers.contains_key(header::TRANSFER_ENCODING);
     let body = match keep_limit {
         // A chunked body's first chunk is read before anything goes upstream,

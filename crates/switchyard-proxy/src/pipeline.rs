@@ -301,8 +301,7 @@ async fn serve<'s>(
         RouteAction::Direct(direct) => direct_response(direct),
         RouteAction::Redirect(redirect) => redirect_response(redirect, entry, &req),
         RouteAction::Forward { .. } => {
-            let max_body = listener.config.max_body_size;
-            forward(entry, max_body, conn, req, request_id, started, outcome).await?
+            forward(entry, &listener.config, conn, req, request_id, started, outcome).await?
         }
     };
     quota.apply(response.headers_mut());

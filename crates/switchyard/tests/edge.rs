@@ -351,3 +351,38 @@ rate_limit = { rate = 3, per = "1m" }
         Some("https://app.example.com")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crawling_request_body_is_cut_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start("b").await;
+    let gw = GatewayProcess::start(&config(
+        &backend,
+        "min_body_rate = \"1KiB\"\nbody_rate_grace = \"500ms\"",
+        "[[routes]]\ncluster = \"api\"\n",
+    ));
+    let mut stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    // 10 bytes every 100 ms: never idle, but 100 B/s against a 1 KiB/s floor.
+    let mut answer = Vec::new();
+    for _ in 0..40 {
+        if stream.write_all(b"a\r\n0123456789\r\n").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut buf = [0u8; 4096];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
+            answer.extend_from_slice(&buf[..n]);
+            if n == 0 || !answer.is_empty() {
+                break;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("client_timeout"), "{answer}");
+}
