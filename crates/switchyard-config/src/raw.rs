@@ -247,6 +247,8 @@ pub struct RawJwt {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_refresh: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leeway: Option<String>,

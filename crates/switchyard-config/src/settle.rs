@@ -1166,6 +1166,7 @@ impl Settler {
             ("secret", raw.secret.is_some()),
             ("public_key_file", raw.public_key_file.is_some()),
             ("jwks_file", raw.jwks_file.is_some()),
+            ("jwks_url", raw.jwks_url.is_some()),
         ]
         .iter()
         .filter(|(_, present)| *present)
@@ -1175,7 +1176,7 @@ impl Settler {
             self.error(
                 at.clone(),
                 format!(
-                    "a JWT check needs exactly one key source: `secret`, `public_key_file` or `jwks_file` (found {})",
+                    "a JWT check needs exactly one key source: `secret`, `public_key_file`, `jwks_file` or `jwks_url` (found {})",
                     if sources.is_empty() {
                         "none".to_owned()
                     } else {
@@ -1208,6 +1209,18 @@ impl Settler {
                 path: path.clone(),
                 pem,
             }
+        } else if let Some(url) = &raw.jwks_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) || url.parse::<http::Uri>().is_err() {
+                self.error(
+                    at.key("jwks_url"),
+                    format!("invalid URL \"{url}\": expected https://host/path (or http:// on a trusted network)"),
+                );
+            }
+            let refresh = self.duration(&raw.jwks_refresh, at.key("jwks_refresh"), Duration::from_secs(300));
+            JwtKey::JwksUrl {
+                url: url.clone(),
+                refresh,
+            }
         } else {
             let path = raw.jwks_file.clone().unwrap_or_default();
             let json = read(self, &path, "jwks_file")?;
@@ -1217,8 +1230,8 @@ impl Settler {
             let refresh = self.duration(&raw.jwks_refresh, at.key("jwks_refresh"), Duration::from_secs(60));
             JwtKey::Jwks { path, refresh }
         };
-        if raw.jwks_refresh.is_some() && raw.jwks_file.is_none() {
-            self.error(at.key("jwks_refresh"), "only applies with `jwks_file`");
+        if raw.jwks_refresh.is_some() && raw.jwks_file.is_none() && raw.jwks_url.is_none() {
+            self.error(at.key("jwks_refresh"), "only applies with `jwks_file` or `jwks_url`");
         }
         let leeway = match &raw.leeway {
             Some(text) => parse_duration(text).unwrap_or_else(|message| {

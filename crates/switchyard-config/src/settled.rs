@@ -237,6 +237,9 @@ pub enum JwtKey {
     /// A JWK set file, re-read every `refresh` and when a token names an
     /// unknown key id.
     Jwks { path: String, refresh: Duration },
+    /// A JWK set fetched over HTTP(S) (system roots), re-fetched every
+    /// `refresh` and when a token names an unknown key id.
+    JwksUrl { url: String, refresh: Duration },
 }
 
 /// API-key settings.

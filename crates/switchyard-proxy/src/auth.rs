@@ -29,8 +29,8 @@ const BASIC_CACHE_MAX: usize = 10_000;
 pub struct RouteAuth {
     pub config: Auth,
     jwt: Option<Arc<JwtVerifier>>,
-    /// The JWK-set file, when keys come from one.
-    jwks: Option<(String, Duration)>,
+    /// Where the JWK set comes from, when keys come from one.
+    jwks: Option<(JwksSource, Duration)>,
     /// Wakes the refresher early (a token named an unknown key id).
     jwks_wanted: Arc<Notify>,
     api_keys: Option<ApiKeys>,
@@ -59,6 +59,8 @@ impl RouteAuth {
                     .ok()
                     .and_then(|json| KeySet::from_jwks(&json).ok())
                     .unwrap_or_default(),
+                // Empty until the refresher's first fetch, started at once.
+                JwtKey::JwksUrl { .. } => KeySet::default(),
             };
             Arc::new(JwtVerifier::new(
                 Expectations {
@@ -71,7 +73,8 @@ impl RouteAuth {
             ))
         });
         let jwks = config.jwt.as_ref().and_then(|j| match &j.key {
-            JwtKey::Jwks { path, refresh } => Some((path.clone(), *refresh)),
+            JwtKey::Jwks { path, refresh } => Some((JwksSource::File(path.clone()), *refresh)),
+            JwtKey::JwksUrl { url, refresh } => Some((JwksSource::Url(url.clone()), *refresh)),
             _ => None,
         });
         let api_keys = config.api_keys.as_ref().map(|a| ApiKeys {
@@ -234,42 +237,128 @@ impl RouteAuth {
     }
 }
 
-/// Re-reads a route's JWK set every `refresh`, and soon after a token names an
-/// unknown key id (at most once a second), until the route's auth is dropped.
-/// A file that cannot be read or parsed keeps the previous keys.
+/// Where a route's JWK set is read from.
+#[derive(Debug, Clone)]
+enum JwksSource {
+    File(String),
+    /// Fetched with a GET (HTTPS verified against the system's roots).
+    Url(String),
+}
+
+impl std::fmt::Display for JwksSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwksSource::File(path) => f.write_str(path),
+            JwksSource::Url(url) => f.write_str(url),
+        }
+    }
+}
+
+/// Largest JWK set accepted from a URL.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+
+impl JwksSource {
+    async fn read(&self, client: &JwksClient) -> Result<Vec<u8>, String> {
+        match self {
+            JwksSource::File(path) => tokio::fs::read(path).await.map_err(|e| e.to_string()),
+            JwksSource::Url(url) => {
+                use http_body_util::BodyExt;
+                let request = http::Request::get(url.as_str())
+                    .header(http::header::ACCEPT, "application/jwk-set+json, application/json")
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .map_err(|e| e.to_string())?;
+                let fetch = async {
+                    let response = client.request(request).await.map_err(|e| e.to_string())?;
+                    if !response.status().is_success() {
+                        return Err(format!("status {}", response.status()));
+                    }
+                    http_body_util::Limited::new(response.into_body(), MAX_JWKS_BYTES)
+                        .collect()
+                        .await
+                        .map(|body| body.to_bytes().to_vec())
+                        .map_err(|e| e.to_string())
+                };
+                tokio::time::timeout(Duration::from_secs(10), fetch)
+                    .await
+                    .map_err(|_| "no answer within 10s".to_owned())?
+            }
+        }
+    }
+}
+
+type JwksClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+fn jwks_client() -> Result<JwksClient, String> {
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let tls = hyper_rustls::ConfigBuilderExt::with_native_roots(tls)
+        .map_err(|e| format!("system roots: {e}"))?
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector))
+}
+
+/// Re-reads a route's JWK set (a file, or a URL) every `refresh`, and soon
+/// after a token names an unknown key id (at most once a second for a file,
+/// every 5 seconds for a URL), until the route's auth is dropped. A set that
+/// cannot be read or parsed keeps the previous keys. A URL is fetched at once.
 async fn refresh_jwks(auth: Weak<RouteAuth>) {
-    let (path, refresh, wanted, jwt) = {
+    let (source, refresh, wanted, jwt) = {
         let Some(auth) = auth.upgrade() else { return };
-        let Some((path, refresh)) = auth.jwks.clone() else {
+        let Some((source, refresh)) = auth.jwks.clone() else {
             return;
         };
         let Some(jwt) = auth.jwt.as_ref().map(Arc::downgrade) else {
             return;
         };
-        (path, refresh, auth.jwks_wanted.clone(), jwt)
+        (source, refresh, auth.jwks_wanted.clone(), jwt)
     };
-    let mut last = tokio::fs::read(&path).await.ok();
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(refresh) => {}
-            () = wanted.notified() => {}
+    let client = match jwks_client() {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "cannot make an HTTPS client for JWK sets");
+            return;
         }
+    };
+    let (mut last, pause) = match &source {
+        JwksSource::File(_) => (source.read(&client).await.ok(), Duration::from_secs(1)),
+        JwksSource::Url(_) => (None, Duration::from_secs(5)),
+    };
+    let mut first = matches!(source, JwksSource::Url(_));
+    loop {
+        if !first {
+            tokio::select! {
+                () = tokio::time::sleep(refresh) => {}
+                () = wanted.notified() => {}
+            }
+        }
+        first = false;
         let Some(verifier) = jwt.upgrade() else { return };
-        match tokio::fs::read(&path).await {
+        match source.read(&client).await {
             Ok(json) if last.as_deref() != Some(json.as_slice()) => match KeySet::from_jwks(&json) {
                 Ok(keys) => {
                     let count = keys.by_id.len() + keys.anonymous.len();
                     verifier.set_keys(keys);
-                    tracing::info!(file = %path, keys = count, "JWK set reloaded");
+                    tracing::info!(source = %source, keys = count, "JWK set reloaded");
                     last = Some(json);
                 }
-                Err(error) => tracing::warn!(file = %path, %error, "JWK set not reloaded: keeping the previous keys"),
+                Err(error) => {
+                    tracing::warn!(source = %source, %error, "JWK set not reloaded: keeping the previous keys")
+                }
             },
             Ok(_) => {}
-            Err(error) => tracing::warn!(file = %path, %error, "JWK set not readable: keeping the previous keys"),
+            Err(error) => tracing::warn!(source = %source, %error, "JWK set not readable: keeping the previous keys"),
         }
         drop(verifier);
         // Bound the re-reads an attacker can cause with made-up key ids.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(pause).await;
     }
 }

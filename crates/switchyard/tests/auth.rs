@@ -349,3 +349,62 @@ async fn api_keys_basic_auth_rules_and_identity_rate_limits() {
         "alice has her own bucket"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwk_set_is_fetched_from_a_url_and_refetched_on_rotation() {
+    use std::sync::{Arc, Mutex};
+    let served = Arc::new(Mutex::new(read("jwks-k1.json")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_addr = listener.local_addr().unwrap();
+    let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let (served, fetches) = (served.clone(), fetches.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (served, fetches) = (served.clone(), fetches.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| {
+                        fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let body = served.lock().unwrap().clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(body),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+    }
+    let backend = Backend::start("b").await;
+    let auth = format!(r#"{{ jwt = {{ jwks_url = "http://{jwks_addr}/jwks.json", jwks_refresh = "1h" }} }}"#);
+    let gw = GatewayProcess::start(&config(&backend, &auth, ""));
+    let client = client(Proto::H1);
+    let k1 = sign(Algorithm::RS256, &rsa1(), Some("k1"), &claims());
+    let until_ok = |token: String, what: &'static str| {
+        let (client, url) = (client.clone(), gw.url("/"));
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while get(&client, &url, &[("authorization", &bearer(&token))]).await.status != 200 {
+                assert!(Instant::now() < deadline, "{what}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    until_ok(k1.clone(), "the first fetch made k1 usable").await;
+
+    let rsa2 = EncodingKey::from_rsa_pem(&read("rsa2.key")).unwrap();
+    let k2 = sign(Algorithm::RS256, &rsa2, Some("k2"), &claims());
+    assert_eq!(
+        get(&client, &gw.url("/"), &[("authorization", &bearer(&k2))])
+            .await
+            .status,
+        401
+    );
+    *served.lock().unwrap() = read("jwks-k1-k2.json");
+    until_ok(k2, "the unknown kid made the gateway fetch the rotated set").await;
+    assert!(fetches.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+}
