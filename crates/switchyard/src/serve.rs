@@ -68,6 +68,9 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         Some(path) => tokio::fs::read_to_string(path).await.ok(),
         None => None,
     };
+    // Certificates and keys the configuration names: a change to one (say, a
+    // renewal) reloads, so new connections get the new certificate.
+    let (mut _material_watcher, mut material_changes) = watch_files(&material_files(&gateway.config()));
 
     loop {
         tokio::select! {
@@ -86,7 +89,16 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
                     reload(&gateway, path, "file change", &mut last_text, false).await;
                 }
             }
+            Some(()) = material_changes.recv() => {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                while material_changes.try_recv().is_ok() {}
+                if let Some(path) = &path {
+                    reload(&gateway, path, "certificate change", &mut last_text, true).await;
+                }
+            }
         }
+        // The set of files to watch follows the configuration.
+        (_material_watcher, material_changes) = watch_files(&material_files(&gateway.config()));
     }
 
     let drain_timeout = gateway.config().runtime.drain_timeout;
@@ -149,6 +161,70 @@ async fn reload(gateway: &Gateway, path: &Path, trigger: &str, last_text: &mut O
             tracing::error!(trigger, %error, "reload failed; keeping the running configuration")
         }
     }
+}
+
+/// The TLS and key files a configuration reads at load time.
+fn material_files(config: &Config) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for listener in &config.listeners {
+        if let Some(tls) = &listener.tls {
+            for (cert, key) in &tls.certificates {
+                files.push(PathBuf::from(cert));
+                files.push(PathBuf::from(key));
+            }
+            files.extend(tls.client_ca.iter().map(PathBuf::from));
+        }
+    }
+    for cluster in &config.clusters {
+        if let Some(tls) = &cluster.tls {
+            files.extend(tls.ca.iter().map(PathBuf::from));
+            if let Some((cert, key)) = &tls.client_cert {
+                files.push(PathBuf::from(cert));
+                files.push(PathBuf::from(key));
+            }
+        }
+    }
+    for route in &config.routes {
+        if let Some(switchyard_config::JwtKey::PublicKey { path, .. }) =
+            route.auth.as_ref().and_then(|a| a.jwt.as_ref()).map(|j| &j.key)
+        {
+            files.push(PathBuf::from(path));
+        }
+    }
+    files
+}
+
+/// Watches `files` (through their directories, as for the config file) and
+/// signals when one changes. No files, or a watch that cannot start: a
+/// channel that never yields (SIGHUP still reloads).
+fn watch_files(files: &[PathBuf]) -> (Option<notify::RecommendedWatcher>, mpsc::Receiver<()>) {
+    let (tx, rx) = mpsc::channel(16);
+    let files: Vec<PathBuf> = files.iter().filter_map(|f| f.canonicalize().ok()).collect();
+    if files.is_empty() {
+        return (None, rx);
+    }
+    let wanted = files.clone();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let ours = event.paths.iter().any(|p| wanted.iter().any(|w| w == p));
+            if ours && !event.kind.is_access() {
+                let _ = tx.try_send(());
+            }
+        }
+    });
+    let Ok(mut watcher) = watcher else {
+        tracing::warn!("cannot watch certificate files: renewals need SIGHUP");
+        return (None, rx);
+    };
+    let mut dirs: Vec<&Path> = files.iter().filter_map(|f| f.parent()).collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        if let Err(error) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(%error, dir = %dir.display(), "cannot watch certificate files: renewals need SIGHUP");
+        }
+    }
+    (Some(watcher), rx)
 }
 
 /// Watches the directory holding `path` (editors often replace the file, which

@@ -508,3 +508,40 @@ cluster = "public"
         "the forged header is removed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_certificate_files_are_picked_up_without_a_signal() {
+    let pki = Pki::new();
+    let (old_der, _) = pki.issue("site", "site.test", &["site.test"]);
+    let backend = Backend::start("b").await;
+    let tls = format!(
+        r#"{{ certificates = [{{ cert = "{}", key = "{}" }}] }}"#,
+        pki.path("site.pem"),
+        pki.path("site.key")
+    );
+    let gw = GatewayProcess::start(&config(&backend, &tls));
+    let client = connector(&pki, None, &[b"http/1.1"]);
+    assert_eq!(
+        served_cert(&handshake(&client, gw.addr(), "site.test").await.unwrap()),
+        old_der
+    );
+    let (new_der, _) = pki.issue("site", "site.test", &["site.test"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stream = handshake(&client, gw.addr(), "site.test").await.unwrap();
+        if served_cert(&stream) == new_der {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed files were not picked up:\n{}",
+            gw.dump_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gw.count_logs(|v| v["trigger"] == "certificate change") >= 1,
+        "{}",
+        gw.dump_logs()
+    );
+}
