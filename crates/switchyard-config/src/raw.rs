@@ -104,6 +104,8 @@ pub struct RawListener {
     pub min_body_rate: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body_rate_grace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<bool>,
 }
 
 /// `tls = { certificates = [{ cert, key }], client_ca, client_auth }`.

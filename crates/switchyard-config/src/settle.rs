@@ -312,6 +312,12 @@ impl Settler {
                     }
                     (rate, grace)
                 });
+            if l.proxy_protocol == Some(true) && l.trusted_proxies.is_empty() {
+                self.error(
+                    at.key("proxy_protocol"),
+                    "PROXY headers are accepted from trusted peers only: list them in `trusted_proxies`",
+                );
+            }
             if l.body_rate_grace.is_some() && l.min_body_rate.is_none() {
                 self.error(at.key("body_rate_grace"), "only applies with `min_body_rate`");
             }
@@ -353,6 +359,7 @@ impl Settler {
                     max_connections_per_ip: l.max_connections_per_ip.filter(|&n| n > 0),
                     tls,
                     min_body_rate,
+                    proxy_protocol: l.proxy_protocol.unwrap_or(false),
                 });
             }
         }

@@ -99,6 +99,9 @@ pub struct Listener {
     /// (bytes per second, grace): a request body slower than this on average,
     /// once the grace period has passed, is cut (slowloris bodies).
     pub min_body_rate: Option<(u64, Duration)>,
+    /// Trusted peers start each connection with a PROXY protocol header
+    /// naming the real client.
+    pub proxy_protocol: bool,
 }
 
 /// TLS settings of an `https` listener, as files; loaded and checked when

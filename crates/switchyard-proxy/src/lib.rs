@@ -17,6 +17,7 @@ mod global_limit;
 pub mod headers;
 mod health;
 pub mod pipeline;
+mod proxy_protocol;
 pub mod request_id;
 pub mod router;
 mod server;

@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::{handle, ConnectionInfo, TlsInfo};
+use crate::proxy_protocol;
 use crate::snapshot::ListenerRuntime;
 use crate::Shared;
 
@@ -158,8 +159,8 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: T
 async fn serve_connection(
     shared: Arc<Shared>,
     listener: Arc<str>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: TcpStream,
+    mut peer: SocketAddr,
     closing: CancellationToken,
 ) {
     // TCP_NODELAY is inherited from the listening socket (see `bind`): no
@@ -168,6 +169,18 @@ async fn serve_connection(
     let Some(runtime) = snapshot.listeners.get(&*listener) else {
         return;
     };
+    // A trusted load balancer speaking the PROXY protocol names the client
+    // first; from then on that client is the peer.
+    if runtime.config.proxy_protocol && runtime.trusts(peer.ip()) {
+        match proxy_protocol::read_header(&mut stream, runtime.config.header_read_timeout).await {
+            Ok(Some(client)) => peer = client,
+            Ok(None) => {}
+            Err(error) => {
+                tracing::debug!(%error, %peer, "connection closed: bad PROXY header");
+                return;
+            }
+        }
+    }
     let trusted = runtime.trusts(peer.ip());
     match &runtime.tls {
         None => {

@@ -386,3 +386,32 @@ async fn a_crawling_request_body_is_cut_with_408() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("client_timeout"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_from_a_trusted_balancer_names_the_client() {
+    let backend = Backend::start("b").await;
+    let gw = GatewayProcess::start(&config(
+        &backend,
+        "trusted_proxies = [\"127.0.0.1\"]\nproxy_protocol = true",
+        "[[routes]]\ncluster = \"api\"\nip_filter = { deny = [\"203.0.113.0/24\"] }\n",
+    ));
+    let raw = |bytes: Vec<u8>| support::client::raw(gw.addr(), &bytes.leak()[..], Duration::from_secs(3));
+    let request = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+
+    let v1_denied = raw([b"PROXY TCP4 203.0.113.7 127.0.0.1 5000 80\r\n".as_slice(), request].concat()).await;
+    assert!(v1_denied.starts_with("HTTP/1.1 403"), "{v1_denied}");
+    let v1_ok = raw([b"PROXY TCP4 198.51.100.7 127.0.0.1 5000 80\r\n".as_slice(), request].concat()).await;
+    assert!(v1_ok.starts_with("HTTP/1.1 200"), "{v1_ok}");
+    assert_eq!(backend.seen().pop().unwrap().headers["x-forwarded-for"], "198.51.100.7");
+
+    // Version 2 (binary): TCP over IPv4, 198.51.100.9:4000 -> 127.0.0.1:80.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[0x21, 0x11, 0, 12, 198, 51, 100, 9, 127, 0, 0, 1, 0x0f, 0xa0, 0, 80]);
+    let v2_ok = raw([v2.as_slice(), request].concat()).await;
+    assert!(v2_ok.starts_with("HTTP/1.1 200"), "{v2_ok}");
+    assert_eq!(backend.seen().pop().unwrap().headers["x-forwarded-for"], "198.51.100.9");
+
+    // A trusted peer that sends no valid header is cut off without an answer.
+    let garbage = raw(request.to_vec()).await;
+    assert!(garbage.is_empty(), "{garbage}");
+}
