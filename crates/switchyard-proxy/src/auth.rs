@@ -328,9 +328,13 @@ async fn refresh_jwks(auth: Weak<RouteAuth>) {
             return;
         }
     };
-    let (mut last, pause) = match &source {
-        JwksSource::File(_) => (source.read(&client).await.ok(), Duration::from_secs(1)),
-        JwksSource::Url(_) => (None, Duration::from_secs(5)),
+    // What the verifier holds is not known here (a file may have changed
+    // between its first read and this task's start): the first read after a
+    // wake-up is always applied.
+    let mut last: Option<Vec<u8>> = None;
+    let pause = match &source {
+        JwksSource::File(_) => Duration::from_secs(1),
+        JwksSource::Url(_) => Duration::from_secs(5),
     };
     let mut first = matches!(source, JwksSource::Url(_));
     loop {
