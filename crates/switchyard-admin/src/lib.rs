@@ -8,6 +8,10 @@
 //! | GET    | `/api/config` | the running configuration as JSON                 |
 //! | PUT    | `/api/config` | validate and apply a new configuration atomically |
 //! | GET    | `/api/clusters` | clusters and the live state of every endpoint   |
+//! | GET    | `/api/routes` | routes in order, their action and filters         |
+//!
+//! `PUT /api/config?dry_run=true` validates without applying and answers with
+//! what would change.
 //!
 //! Errors are `{"error": {"code", "message"}}`; an invalid configuration also
 //! carries `details`, one entry per problem.
@@ -149,7 +153,8 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         (&Method::GET, "/api/clusters") => {
             json_response(StatusCode::OK, &json!({"clusters": state.gateway.cluster_status()}))
         }
-        (_, "/live" | "/ready" | "/api/config" | "/api/clusters") => error(
+        (&Method::GET, "/api/routes") => json_response(StatusCode::OK, &routes(&state.gateway.config())),
+        (_, "/live" | "/ready" | "/api/config" | "/api/clusters" | "/api/routes") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             &format!("{} is not allowed on {path}", req.method()),
@@ -162,7 +167,115 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
     }
 }
 
+/// Every route in precedence order as configured, with what it does and the
+/// filters it applies.
+fn routes(config: &switchyard_config::Config) -> Value {
+    let routes: Vec<Value> = config
+        .routes
+        .iter()
+        .zip(&config.raw.routes)
+        .map(|(route, raw)| {
+            let action = match &route.action {
+                switchyard_config::RouteAction::Forward { cluster } => json!({"cluster": cluster}),
+                switchyard_config::RouteAction::Redirect(_) => json!({"redirect": raw.redirect}),
+                switchyard_config::RouteAction::Direct(_) => {
+                    json!({"direct": {"status": raw.direct.as_ref().and_then(|d| d.status)}})
+                }
+            };
+            let mut filters = Vec::new();
+            if route.ip_filter.is_some() {
+                filters.push("ip_filter");
+            }
+            if route.auth.is_some() {
+                filters.push("auth");
+            }
+            if !route.rate_limits.is_empty() {
+                filters.push("rate_limit");
+            }
+            if route.cors.is_some() {
+                filters.push("cors");
+            }
+            if route.idempotency.is_some() {
+                filters.push("idempotency");
+            }
+            if route.fault.is_some() {
+                filters.push("fault");
+            }
+            json!({
+                "name": route.name,
+                "listener": route.listener,
+                "match": raw.matcher,
+                "action": action,
+                "timeout_ms": route.timeout.as_millis() as u64,
+                "idle_timeout_ms": route.idle_timeout.as_millis() as u64,
+                "max_duration_ms": route.max_duration.map(|d| d.as_millis() as u64),
+                "retry_attempts": route.retry.as_ref().map_or(1, |r| r.attempts),
+                "filters": filters,
+            })
+        })
+        .collect();
+    json!({"routes": routes})
+}
+
+/// What changes between two configurations, section by section: the names
+/// of listeners, routes and clusters added, removed and changed, and the
+/// other top-level sections that differ.
+fn diff(running: &Value, proposed: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for section in ["listeners", "routes", "clusters"] {
+        let named = |v: &Value| -> Vec<(String, Value)> {
+            v.get(section)
+                .and_then(Value::as_array)
+                .map(|items| {
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, item)| {
+                            let name = item
+                                .get("name")
+                                .and_then(Value::as_str)
+                                .map_or_else(|| format!("route-{i}"), str::to_owned);
+                            (name, item.clone())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let (old, new) = (named(running), named(proposed));
+        let find = |list: &[(String, Value)], name: &str| list.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let added: Vec<&String> = new
+            .iter()
+            .filter(|(n, _)| find(&old, n).is_none())
+            .map(|(n, _)| n)
+            .collect();
+        let removed: Vec<&String> = old
+            .iter()
+            .filter(|(n, _)| find(&new, n).is_none())
+            .map(|(n, _)| n)
+            .collect();
+        let changed: Vec<&String> = new
+            .iter()
+            .filter(|(n, v)| find(&old, n).is_some_and(|o| o != *v))
+            .map(|(n, _)| n)
+            .collect();
+        out.insert(
+            section.to_owned(),
+            json!({"added": added, "removed": removed, "changed": changed}),
+        );
+    }
+    let others: Vec<&str> = ["runtime", "admin", "access_log", "cluster"]
+        .into_iter()
+        .filter(|k| running.get(k) != proposed.get(k))
+        .collect();
+    out.insert("other_sections_changed".to_owned(), json!(others));
+    Value::Object(out)
+}
+
 async fn put_config(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let dry_run = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "dry_run" || p == "dry_run=true" || p == "dry_run=1")
+    });
     let body = match Limited::new(req.into_body(), MAX_CONFIG_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
@@ -200,6 +313,7 @@ async fn put_config(state: &AdminState, req: Request<Incoming>) -> Response<Full
                 "error": {
                     "code": "invalid_config",
                     "message": format!("the configuration has {} error(s); the running configuration is unchanged", diagnostics.len()),
+                    "dry_run": dry_run,
                     "details": details,
                 }
             });
@@ -207,6 +321,14 @@ async fn put_config(state: &AdminState, req: Request<Incoming>) -> Response<Full
         }
     };
     let running = state.gateway.config();
+    if dry_run {
+        let running_raw = serde_json::to_value(&running.raw).unwrap_or_default();
+        let proposed_raw = serde_json::to_value(&config.raw).unwrap_or_default();
+        return json_response(
+            StatusCode::OK,
+            &json!({"status": "valid", "dry_run": true, "diff": diff(&running_raw, &proposed_raw)}),
+        );
+    }
     if config.admin.as_ref().map(|a| (a.listen, &a.token)) != running.admin.as_ref().map(|a| (a.listen, &a.token)) {
         tracing::warn!("admin API: changes to [admin] take effect on restart only");
     }

@@ -105,3 +105,51 @@ async fn the_token_guards_everything_but_probes_and_is_never_echoed() {
     let again = get(&c, &gw.admin_url("/api/config"), &[("authorization", &bearer)]).await;
     assert_eq!(again.status, 200, "the token still works after the round trip");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_are_listed_and_a_dry_run_shows_the_diff_without_applying() {
+    let (_backend, gw) = gateway("").await;
+    let c = client(Proto::H1);
+    let routes = get(&c, &gw.admin_url("/api/routes"), &[]).await.json();
+    assert_eq!(routes["routes"][0]["name"], "all");
+    assert_eq!(routes["routes"][0]["action"]["cluster"], "up");
+    assert_eq!(routes["routes"][0]["timeout_ms"], 30_000);
+
+    let mut proposed = get(&c, &gw.admin_url("/api/config"), &[]).await.json();
+    proposed["routes"][0]["timeout"] = "5s".into();
+    proposed["routes"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "extra", "match": {"path_prefix": "/x"}, "direct": {"status": 204}}));
+    let put = |body: serde_json::Value, query: &'static str| {
+        let (c, url) = (c.clone(), gw.admin_url(&format!("/api/config{query}")));
+        async move {
+            use http_body_util::BodyExt;
+            let body = http_body_util::Full::new(bytes::Bytes::from(body.to_string()))
+                .map_err(|never| match never {})
+                .boxed();
+            send(&c, Request::put(url).body(body).unwrap()).await
+        }
+    };
+    let dry = put(proposed.clone(), "?dry_run=true").await;
+    assert_eq!(dry.status, 200);
+    let answer = dry.json();
+    assert_eq!(answer["status"], "valid");
+    assert_eq!(answer["diff"]["routes"]["added"], serde_json::json!(["extra"]));
+    assert_eq!(answer["diff"]["routes"]["changed"], serde_json::json!(["all"]));
+    assert_eq!(answer["diff"]["clusters"]["changed"], serde_json::json!([]));
+    // Nothing was applied.
+    let still = get(&c, &gw.admin_url("/api/routes"), &[]).await.json();
+    assert_eq!(still["routes"].as_array().unwrap().len(), 1);
+    assert_eq!(still["routes"][0]["timeout_ms"], 30_000);
+
+    let mut broken = proposed.clone();
+    broken["routes"][1]["direct"]["status"] = 99.into();
+    let refused = put(broken, "?dry_run=true").await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"]["dry_run"], true);
+
+    assert_eq!(put(proposed, "").await.status, 200);
+    let applied = get(&c, &gw.admin_url("/api/routes"), &[]).await.json();
+    assert_eq!(applied["routes"].as_array().unwrap().len(), 2);
+}
