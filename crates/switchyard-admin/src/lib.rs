@@ -154,7 +154,15 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             json_response(StatusCode::OK, &json!({"clusters": state.gateway.cluster_status()}))
         }
         (&Method::GET, "/api/routes") => json_response(StatusCode::OK, &routes(&state.gateway.config())),
-        (_, "/live" | "/ready" | "/api/config" | "/api/clusters" | "/api/routes") => error(
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(Full::new(Bytes::from(state.gateway.metrics_text())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        (_, "/live" | "/ready" | "/api/config" | "/api/clusters" | "/api/routes" | "/metrics") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             &format!("{} is not allowed on {path}", req.method()),
@@ -297,6 +305,9 @@ async fn put_config(state: &AdminState, req: Request<Incoming>) -> Response<Full
                 errors = diagnostics.len(),
                 "admin API: configuration rejected, keeping the running one"
             );
+            if !dry_run {
+                state.gateway.count_rejected_reload();
+            }
             let details: Vec<Value> = diagnostics
                 .iter()
                 .map(|d| {

@@ -65,6 +65,8 @@ pin_project! {
         inner: B,
         record: Option<Box<AccessRecord>>,
         bytes: u64,
+        // The route's response-bytes counter (/metrics).
+        counter: Option<prometheus::IntCounter>,
         // An empty body may never be polled; its drop is a normal end.
         empty: bool,
     }
@@ -87,8 +89,15 @@ impl<B: Body> Logged<B> {
             inner,
             record,
             bytes: 0,
+            counter: None,
             empty,
         }
+    }
+
+    /// Also adds the body's bytes to `counter` as they are sent.
+    pub fn counting(mut self, counter: prometheus::IntCounter) -> Self {
+        self.counter = Some(counter);
+        self
     }
 }
 
@@ -99,6 +108,11 @@ impl<B: Body<Data = Bytes, Error = BodyError>> Body for Logged<B> {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
+        if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (this.counter.as_ref(), &polled) {
+            if let Some(data) = frame.data_ref() {
+                counter.inc_by(data.len() as u64);
+            }
+        }
         if this.record.is_some() {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {

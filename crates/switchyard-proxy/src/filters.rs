@@ -17,6 +17,7 @@ use switchyard_security::ratelimit::{Decision, RateLimiter};
 
 use crate::error::ProxyError;
 use crate::global_limit::GlobalBucket;
+use crate::metrics::RouteMetrics;
 use crate::pipeline::ConnectionInfo;
 use crate::snapshot::ListenerRuntime;
 
@@ -91,7 +92,11 @@ pub async fn check_limits(
     headers: &HeaderMap,
     principal: Option<&Principal>,
     now: Instant,
+    metrics: &RouteMetrics,
 ) -> Result<Quota, ProxyError> {
+    if limits.is_empty() {
+        return Ok(Quota::default());
+    }
     let mut quota = Quota::default();
     let mut key = Vec::new();
     for limit in limits {
@@ -101,19 +106,24 @@ pub async fn check_limits(
             None => limit.limiter.check(&key, now),
             Some(bucket) => match bucket.check(&key).await {
                 Some(decision) => decision,
-                None => match bucket.on_error {
-                    OnRedisError::Allow => continue,
-                    OnRedisError::Deny => return Err(ProxyError::RateLimitUnavailable),
-                },
+                None => {
+                    metrics.unavailable.inc();
+                    match bucket.on_error {
+                        OnRedisError::Allow => continue,
+                        OnRedisError::Deny => return Err(ProxyError::RateLimitUnavailable),
+                    }
+                }
             },
         };
         if !decision.allowed {
+            metrics.limited.inc();
             return Err(ProxyError::RateLimited { decision });
         }
         if limit.config.headers && quota.tightest.is_none_or(|t| decision.remaining < t.remaining) {
             quota.tightest = Some(decision);
         }
     }
+    metrics.allowed.inc();
     Ok(quota)
 }
 

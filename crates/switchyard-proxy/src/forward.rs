@@ -213,6 +213,7 @@ pub(crate) async fn forward<'s>(
     let endpoint = &cluster.endpoints[index];
     outcome.upstream = Some(endpoint.address());
     outcome.upstream_time = Some(done.rtt);
+    cluster.metrics.upstream.observe(done.rtt.as_secs_f64());
 
     // 6. The response.
     let (mut parts, body) = done.response.into_parts();
@@ -381,6 +382,7 @@ impl<'s> Exchange<'s, '_> {
                 return finish(attempt);
             }
             if !self.budget_allows(now) {
+                self.cluster.metrics.budget_exhausted.inc();
                 tracing::info!(
                     cluster = %self.cluster.config.name,
                     route = %self.route.name,
@@ -397,6 +399,7 @@ impl<'s> Exchange<'s, '_> {
                 wait_ms = wait.as_millis() as u64,
                 "retrying"
             );
+            self.cluster.metrics.retries.inc();
             tokio::time::sleep(wait).await;
             // No endpoint for the retry (breaker open, none available): the
             // last attempt's answer stands.
@@ -420,12 +423,14 @@ impl<'s> Exchange<'s, '_> {
             () = tokio::time::sleep(delay) => {}
         }
         if !self.budget_allows(Instant::now()) {
+            self.cluster.metrics.budget_exhausted.inc();
             return finish(first.await);
         }
         let Ok(prepared) = self.prepare() else {
             return finish(first.await);
         };
         tracing::debug!(route = %self.route.name, after_ms = delay.as_millis() as u64, "hedging");
+        self.cluster.metrics.retries.inc();
         let second = self.send(prepared, headers_deadline);
         tokio::pin!(second);
         let (winner, other) = tokio::select! {
@@ -646,7 +651,7 @@ impl<'s> Exchange<'s, '_> {
                 record_outcome(cluster, endpoint, failure);
                 if let Some(permit) = permit {
                     let transition = permit.finish(failure.is_none(), received);
-                    log_breaker(&cluster.config.name, Some(endpoint.address()), transition);
+                    log_breaker(cluster, Some(endpoint.address()), transition);
                 }
             }
             Attempt {
@@ -800,13 +805,20 @@ fn record_outcome(cluster: &ClusterRuntime, endpoint: &Arc<EndpointState>, failu
 
 fn log_transition(cluster: &ClusterRuntime, endpoint: Option<usize>, transition: Option<Transition>) {
     let address = endpoint.map(|i| cluster.endpoints[i].address());
-    log_breaker(&cluster.config.name, address, transition);
+    log_breaker(cluster, address, transition);
 }
 
-/// Logs a breaker's state change.
-fn log_breaker(cluster: &str, endpoint: Option<&str>, transition: Option<Transition>) {
+/// Logs and counts a breaker's state change.
+fn log_breaker(runtime: &ClusterRuntime, endpoint: Option<&str>, transition: Option<Transition>) {
     let Some(transition) = transition else { return };
+    let cluster = &runtime.config.name;
     let endpoint = endpoint.unwrap_or("-");
+    let counter = match &transition {
+        Transition::Opened { .. } | Transition::Reopened => &runtime.metrics.opened,
+        Transition::HalfOpened => &runtime.metrics.half_opened,
+        Transition::Closed => &runtime.metrics.closed,
+    };
+    counter.inc();
     match transition {
         Transition::Opened { reason } => {
             tracing::warn!(%cluster, endpoint, %reason, state = "open", "circuit breaker opened")

@@ -16,6 +16,7 @@ mod forward;
 mod global_limit;
 pub mod headers;
 mod health;
+pub mod metrics;
 pub mod pipeline;
 mod proxy_protocol;
 pub mod request_id;
@@ -48,6 +49,8 @@ pub struct Shared {
     registry: Mutex<Registry>,
     /// Active health check tasks, matched to each new snapshot.
     checkers: Mutex<HealthCheckers>,
+    /// Counters and histograms for `/metrics`; they outlive reloads.
+    pub(crate) metrics: Arc<metrics::Metrics>,
     /// Bound listeners by name. The async lock also serialises reloads.
     listeners: tokio::sync::Mutex<HashMap<String, BoundListener>>,
     /// Every connection task, so shutdown can wait for them.
@@ -80,11 +83,13 @@ impl Gateway {
     /// Binds the listeners of `config` and starts serving.
     pub async fn start(config: Config) -> Result<Gateway, ApplyError> {
         let mut registry = Registry::default();
-        let snapshot = registry.build(Arc::new(config.clone()));
+        let metrics = Arc::new(metrics::Metrics::new());
+        let snapshot = registry.build(Arc::new(config.clone()), &metrics);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry: Mutex::new(registry),
             checkers: Mutex::new(HealthCheckers::default()),
+            metrics,
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             drain: CancellationToken::new(),
@@ -130,7 +135,10 @@ impl Gateway {
         for (name, address) in to_bind {
             match bind(address) {
                 Ok(socket) => fresh.push((name, address, socket)),
-                Err(source) => return Err(ApplyError::Bind { name, address, source }),
+                Err(source) => {
+                    shared.metrics.reload(false);
+                    return Err(ApplyError::Bind { name, address, source });
+                }
             }
         }
 
@@ -139,8 +147,9 @@ impl Gateway {
             .registry
             .lock()
             .expect("registry lock is never poisoned")
-            .build(Arc::new(config));
+            .build(Arc::new(config), &shared.metrics);
         let snapshot = Arc::new(snapshot);
+        shared.metrics.reload(true);
         shared.snapshot.store(snapshot.clone());
         shared
             .checkers
@@ -185,6 +194,17 @@ impl Gateway {
     /// The configuration currently serving new requests.
     pub fn config(&self) -> Arc<Config> {
         self.shared.snapshot.load().config.clone()
+    }
+
+    /// The `/metrics` exposition text.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render(&self.shared.snapshot.load())
+    }
+
+    /// Counts a reload that was refused before it reached [`Gateway::apply`]
+    /// (an invalid file or admin request).
+    pub fn count_rejected_reload(&self) {
+        self.shared.metrics.reload(false);
     }
 
     /// Every cluster with the live state of its endpoints (`GET /api/clusters`),

@@ -124,6 +124,8 @@ pub(crate) struct Outcome<'s> {
     /// The route's CORS policy and the request's origin: every answer,
     /// errors included, gets the CORS headers (so scripts can read a 429).
     pub(crate) cors: Option<(&'s CorsPolicy, Option<String>)>,
+    /// The matched route's counters (`None`: no route matched).
+    pub(crate) metrics: Option<&'s crate::metrics::RouteMetrics>,
     pub(crate) upstream: Option<&'s str>,
     pub(crate) upstream_time: Option<std::time::Duration>,
 }
@@ -138,6 +140,7 @@ pub async fn handle(
     let snapshot = shared.snapshot.load_full();
     let request_id = request_id::from_request_or_new(req.headers());
     let version = req.version();
+    let method = req.method().clone();
 
     // Kept for the access log only when it is on: the request moves upstream.
     let log_enabled = snapshot.config.access_log;
@@ -199,7 +202,10 @@ pub async fn handle(
             error,
         })
     });
-    Ok(response.map(|body| Logged::new(body, record)))
+    let metrics = outcome.metrics.unwrap_or(&snapshot.unrouted);
+    metrics.request(&method, response.status(), started.elapsed());
+    let bytes = metrics.bytes.clone();
+    Ok(response.map(|body| Logged::new(body, record).counting(bytes)))
 }
 
 /// Steps 3 to 5: check, route, act.
@@ -248,6 +254,7 @@ async fn serve<'s>(
     };
     let entry = listener.router.find(&view).ok_or_else(|| no_route(&req))?;
     outcome.route = Some(&entry.route.name);
+    outcome.metrics = Some(&entry.metrics);
 
     // CORS: preflights are answered here; an actual request's origin is
     // kept for the response headers.
@@ -290,7 +297,17 @@ async fn serve<'s>(
         None => None,
     };
     let quota = match ip {
-        Some(ip) => filters::check_limits(&entry.limits, ip, req.headers(), principal.as_ref(), started).await?,
+        Some(ip) => {
+            filters::check_limits(
+                &entry.limits,
+                ip,
+                req.headers(),
+                principal.as_ref(),
+                started,
+                &entry.metrics,
+            )
+            .await?
+        }
         None => filters::Quota::default(),
     };
     if let (Some(auth), Some(principal)) = (&entry.auth, &principal) {

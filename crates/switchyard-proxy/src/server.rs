@@ -119,25 +119,30 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: T
         match accepted {
             Ok((stream, peer)) => {
                 // The limits of the current configuration (they may change on reload).
-                let limits = shared
-                    .snapshot
-                    .load()
-                    .listeners
-                    .get(&*name)
-                    .map(|l| (l.config.max_connections, l.config.max_connections_per_ip));
-                let Some((max_total, max_per_ip)) = limits else {
+                let limits = shared.snapshot.load().listeners.get(&*name).map(|l| {
+                    (
+                        l.config.max_connections,
+                        l.config.max_connections_per_ip,
+                        l.metrics.clone(),
+                    )
+                });
+                let Some((max_total, max_per_ip, metrics)) = limits else {
                     continue;
                 };
                 let Some(slot) = connections.admit(peer.ip(), max_total, max_per_ip) else {
                     // Over a limit: close at once, before reading anything.
                     tracing::debug!(listener = %name, %peer, "connection refused: connection limit reached");
+                    metrics.refused.inc();
                     drop(stream);
                     continue;
                 };
+                metrics.accepted.inc();
+                metrics.active.inc();
                 let connection = serve_connection(shared.clone(), name.clone(), stream, peer, stop.clone());
                 shared.tracker.spawn(async move {
                     connection.await;
                     drop(slot);
+                    metrics.active.dec();
                 });
             }
             Err(error) => {
@@ -193,13 +198,16 @@ async fn serve_connection(
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
                     tracing::debug!(%error, %peer, "TLS handshake failed");
+                    runtime.metrics.tls_failed.inc();
                     return;
                 }
                 Err(_) => {
                     tracing::debug!(%peer, "TLS handshake timed out");
+                    runtime.metrics.tls_failed.inc();
                     return;
                 }
             };
+            runtime.metrics.tls_ok.inc();
             let (_, session) = stream.get_ref();
             let tls = TlsInfo::of(session);
             let info = ConnectionInfo::new(peer, listener, trusted).with_tls(tls);

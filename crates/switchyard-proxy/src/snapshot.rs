@@ -26,6 +26,7 @@ use switchyard_security::ratelimit::{Quota, RateLimiter};
 use crate::auth::RouteAuth;
 use crate::filters::Limit;
 use crate::global_limit::{GlobalBucket, RedisStore};
+use crate::metrics::{ClusterMetrics, ListenerMetrics, Metrics, RouteMetrics};
 use crate::router::Router;
 use crate::upstream::{PoolSettings, UpstreamClient};
 
@@ -33,6 +34,8 @@ use crate::upstream::{PoolSettings, UpstreamClient};
 #[derive(Debug)]
 pub struct Snapshot {
     pub config: Arc<Config>,
+    /// Request counters for requests no route matched.
+    pub unrouted: RouteMetrics,
     pub listeners: HashMap<String, ListenerRuntime>,
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
 }
@@ -40,6 +43,7 @@ pub struct Snapshot {
 /// A listener's settings and its router.
 pub struct ListenerRuntime {
     pub config: Listener,
+    pub metrics: ListenerMetrics,
     /// TLS for `https` listeners.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// The listener's `ip_filter`.
@@ -79,6 +83,7 @@ pub struct RouteEntry {
     pub limits: Vec<Limit>,
     pub cors: Option<CorsPolicy>,
     pub auth: Option<Arc<RouteAuth>>,
+    pub metrics: RouteMetrics,
 }
 
 impl AsRef<Route> for RouteEntry {
@@ -109,6 +114,7 @@ pub struct ClusterRuntime {
     pub endpoint_breakers: Vec<Arc<Breaker>>,
     /// `max_concurrent` / `max_pending`.
     pub limit: Option<Arc<ConcurrencyLimit>>,
+    pub metrics: ClusterMetrics,
 }
 
 impl ClusterRuntime {
@@ -238,7 +244,7 @@ pub struct Registry {
 impl Registry {
     /// Builds a snapshot of `config`, reusing state for names seen before and
     /// forgetting state no longer referenced.
-    pub fn build(&mut self, config: Arc<Config>) -> Snapshot {
+    pub fn build(&mut self, config: Arc<Config>, metrics: &Metrics) -> Snapshot {
         let now = Instant::now();
         let mut endpoints_in_use = HashMap::new();
         let mut clients_in_use = HashMap::new();
@@ -358,6 +364,7 @@ impl Registry {
                     breaker,
                     endpoint_breakers,
                     limit,
+                    metrics: metrics.cluster(&cluster.name),
                 }),
             );
         }
@@ -479,6 +486,13 @@ impl Registry {
                             .map(|store| store.clone() as Arc<dyn IdempotencyStore>),
                         fault: route.fault.as_ref().map(fault_settings),
                         budget: self.route_budgets.get(&route.name).cloned(),
+                        metrics: metrics.route(
+                            &route.name,
+                            match &route.action {
+                                RouteAction::Forward { cluster } => cluster,
+                                _ => "-",
+                            },
+                        ),
                         ip_filter: route.ip_filter.as_ref().map(ip_filter),
                         cors: route.cors.as_ref().map(cors_policy),
                         auth: self.auths.get(&route.name).cloned(),
@@ -509,6 +523,7 @@ impl Registry {
                     .collect();
                 let runtime = ListenerRuntime {
                     config: listener.clone(),
+                    metrics: metrics.listener(&listener.name),
                     tls: self
                         .tls
                         .get(&listener.name)
@@ -523,6 +538,7 @@ impl Registry {
             .collect();
         Snapshot {
             config,
+            unrouted: metrics.route("-", "-"),
             listeners,
             clusters,
         }

@@ -127,6 +127,7 @@ async fn reload(gateway: &Gateway, path: &Path, trigger: &str, last_text: &mut O
         Ok(text) => text,
         Err(error) => {
             tracing::error!(trigger, %error, file = %path.display(), "reload failed: cannot read the file; keeping the running configuration");
+            gateway.count_rejected_reload();
             return;
         }
     };
@@ -145,6 +146,7 @@ async fn reload(gateway: &Gateway, path: &Path, trigger: &str, last_text: &mut O
                 errors = diagnostics.len(),
                 "reload rejected; keeping the running configuration"
             );
+            gateway.count_rejected_reload();
             return;
         }
     };

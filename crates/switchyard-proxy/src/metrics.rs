@@ -1,0 +1,386 @@
+//! Prometheus metrics, served by the admin API's `GET /metrics` in the text
+//! exposition format.
+//!
+//! Labels are bounded by the configuration: route, cluster, listener and
+//! endpoint names, methods folded to a fixed set, statuses folded to classes;
+//! never paths or client addresses. The request path only increments handles
+//! resolved ahead of time (an atomic add); label lookups happen when a
+//! snapshot is built, or once for each method and status class a route sees.
+//! Endpoint and cluster state is read from the running snapshot at scrape time.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::snapshot::Snapshot;
+
+/// Methods with their own label value; the rest count as `other`.
+const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Latency buckets, in seconds: 0.5 ms to 30 s.
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ]
+}
+
+/// Every metric family of a gateway. Lives as long as the gateway: counters
+/// keep counting across reloads.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    response_bytes: IntCounterVec,
+    connections_active: IntGaugeVec,
+    connections: IntCounterVec,
+    tls_handshakes: IntCounterVec,
+    retries: IntCounterVec,
+    budget_exhausted: IntCounterVec,
+    breaker_transitions: IntCounterVec,
+    rate_limit_decisions: IntCounterVec,
+    reloads: IntCounterVec,
+    config_version: IntGauge,
+    // Read from the snapshot at scrape time.
+    endpoint_healthy: IntGaugeVec,
+    endpoint_available: IntGaugeVec,
+    endpoint_in_flight: IntGaugeVec,
+    endpoint_latency: prometheus::GaugeVec,
+    endpoint_ejections: IntGaugeVec,
+    cluster_available: IntGaugeVec,
+    cluster_panic_picks: IntGaugeVec,
+    breaker_open: IntGaugeVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry.register(Box::new(vec.clone())).expect("unique metric name");
+    vec
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let vec = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry.register(Box::new(vec.clone())).expect("unique metric name");
+    vec
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let vec = HistogramVec::new(HistogramOpts::new(name, help).buckets(latency_buckets()), labels)
+        .expect("valid metric definition");
+    registry.register(Box::new(vec.clone())).expect("unique metric name");
+    vec
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let config_version = IntGauge::new(
+            "switchyard_config_version",
+            "Configurations applied since start (1 is the first).",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(config_version.clone()))
+            .expect("unique metric name");
+        let endpoint_latency = prometheus::GaugeVec::new(
+            Opts::new(
+                "switchyard_endpoint_latency_ewma_seconds",
+                "Peak-EWMA latency estimate of an endpoint (0 before its first response).",
+            ),
+            &["cluster", "endpoint"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(endpoint_latency.clone()))
+            .expect("unique metric name");
+        Self {
+            requests: counter(
+                &r,
+                "switchyard_requests_total",
+                "Requests answered, by route, cluster, method and status class.",
+                &["route", "cluster", "method", "status_class"],
+            ),
+            request_duration: histogram(
+                &r,
+                "switchyard_request_duration_seconds",
+                "Time from a request's arrival to its response headers, by route.",
+                &["route"],
+            ),
+            upstream_duration: histogram(
+                &r,
+                "switchyard_upstream_response_seconds",
+                "Time from sending to an upstream to its response headers, by cluster.",
+                &["cluster"],
+            ),
+            response_bytes: counter(
+                &r,
+                "switchyard_response_body_bytes_total",
+                "Response body bytes sent to clients, by route.",
+                &["route"],
+            ),
+            connections_active: gauge(
+                &r,
+                "switchyard_connections_active",
+                "Client connections open now, by listener.",
+                &["listener"],
+            ),
+            connections: counter(
+                &r,
+                "switchyard_connections_total",
+                "Client connections accepted (or refused by a connection limit), by listener.",
+                &["listener", "result"],
+            ),
+            tls_handshakes: counter(
+                &r,
+                "switchyard_tls_handshakes_total",
+                "TLS handshakes on https listeners, by listener and result.",
+                &["listener", "result"],
+            ),
+            retries: counter(
+                &r,
+                "switchyard_retries_total",
+                "Retries and hedges sent, by cluster.",
+                &["cluster"],
+            ),
+            budget_exhausted: counter(
+                &r,
+                "switchyard_retry_budget_exhausted_total",
+                "Retries not made because a retry budget was spent, by cluster.",
+                &["cluster"],
+            ),
+            breaker_transitions: counter(
+                &r,
+                "switchyard_circuit_breaker_transitions_total",
+                "Circuit breaker state changes, by cluster and new state.",
+                &["cluster", "state"],
+            ),
+            rate_limit_decisions: counter(
+                &r,
+                "switchyard_rate_limit_decisions_total",
+                "Rate-limit decisions, by route and decision (allowed, limited, store_unavailable).",
+                &["route", "decision"],
+            ),
+            reloads: counter(
+                &r,
+                "switchyard_config_reloads_total",
+                "Configuration reloads, by result (success, failure).",
+                &["result"],
+            ),
+            config_version,
+            endpoint_healthy: gauge(
+                &r,
+                "switchyard_endpoint_healthy",
+                "1 when the endpoint passes its health checks (always 1 without checks).",
+                &["cluster", "endpoint"],
+            ),
+            endpoint_available: gauge(
+                &r,
+                "switchyard_endpoint_available",
+                "1 when the endpoint may be picked (healthy and not ejected).",
+                &["cluster", "endpoint"],
+            ),
+            endpoint_in_flight: gauge(
+                &r,
+                "switchyard_endpoint_in_flight",
+                "Requests being served by the endpoint now.",
+                &["cluster", "endpoint"],
+            ),
+            endpoint_latency,
+            endpoint_ejections: gauge(
+                &r,
+                "switchyard_endpoint_ejections",
+                "Ejections counted toward the endpoint's growing ejection time.",
+                &["cluster", "endpoint"],
+            ),
+            cluster_available: gauge(
+                &r,
+                "switchyard_cluster_endpoints_available",
+                "Endpoints of the cluster that may be picked.",
+                &["cluster"],
+            ),
+            cluster_panic_picks: gauge(
+                &r,
+                "switchyard_cluster_panic_picks",
+                "Picks made in panic mode since start (too few endpoints available).",
+                &["cluster"],
+            ),
+            breaker_open: gauge(
+                &r,
+                "switchyard_circuit_breaker_open",
+                "1 while the cluster's circuit breaker is open or half-open.",
+                &["cluster"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The handles one route's requests use.
+    pub fn route(&self, route: &str, cluster: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.to_owned(),
+            cluster: cluster.to_owned(),
+            family: self.requests.clone(),
+            requests: Default::default(),
+            duration: self.request_duration.with_label_values(&[route]),
+            bytes: self.response_bytes.with_label_values(&[route]),
+            allowed: self.rate_limit_decisions.with_label_values(&[route, "allowed"]),
+            limited: self.rate_limit_decisions.with_label_values(&[route, "limited"]),
+            unavailable: self
+                .rate_limit_decisions
+                .with_label_values(&[route, "store_unavailable"]),
+        }
+    }
+
+    /// The handles one cluster's requests use.
+    pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
+        ClusterMetrics {
+            upstream: self.upstream_duration.with_label_values(&[cluster]),
+            retries: self.retries.with_label_values(&[cluster]),
+            budget_exhausted: self.budget_exhausted.with_label_values(&[cluster]),
+            opened: self.breaker_transitions.with_label_values(&[cluster, "open"]),
+            half_opened: self.breaker_transitions.with_label_values(&[cluster, "half_open"]),
+            closed: self.breaker_transitions.with_label_values(&[cluster, "closed"]),
+        }
+    }
+
+    /// A listener's connection gauge and counters.
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            active: self.connections_active.with_label_values(&[listener]),
+            accepted: self.connections.with_label_values(&[listener, "accepted"]),
+            refused: self.connections.with_label_values(&[listener, "refused"]),
+            tls_ok: self.tls_handshakes.with_label_values(&[listener, "success"]),
+            tls_failed: self.tls_handshakes.with_label_values(&[listener, "failure"]),
+        }
+    }
+
+    /// Counts a reload attempt.
+    pub fn reload(&self, applied: bool) {
+        let result = if applied { "success" } else { "failure" };
+        self.reloads.with_label_values(&[result]).inc();
+        if applied {
+            self.config_version.inc();
+        }
+    }
+
+    /// The exposition text, with endpoint and cluster state read from `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        self.refresh_state(snapshot);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    fn refresh_state(&self, snapshot: &Snapshot) {
+        let now = std::time::Instant::now();
+        for family in [
+            &self.endpoint_healthy,
+            &self.endpoint_available,
+            &self.endpoint_in_flight,
+            &self.endpoint_ejections,
+            &self.cluster_available,
+            &self.cluster_panic_picks,
+            &self.breaker_open,
+        ] {
+            family.reset();
+        }
+        self.endpoint_latency.reset();
+        for (name, cluster) in &snapshot.clusters {
+            for endpoint in &cluster.endpoints {
+                let labels = [name.as_str(), endpoint.address()];
+                self.endpoint_healthy
+                    .with_label_values(&labels)
+                    .set(i64::from(endpoint.is_healthy()));
+                self.endpoint_available
+                    .with_label_values(&labels)
+                    .set(i64::from(endpoint.is_available()));
+                self.endpoint_in_flight
+                    .with_label_values(&labels)
+                    .set(endpoint.in_flight() as i64);
+                self.endpoint_ejections
+                    .with_label_values(&labels)
+                    .set(i64::from(endpoint.ejections()));
+                self.endpoint_latency
+                    .with_label_values(&labels)
+                    .set(endpoint.latency_estimate(now) / 1e9);
+            }
+            self.cluster_available
+                .with_label_values(&[name])
+                .set(cluster.health.available() as i64);
+            self.cluster_panic_picks
+                .with_label_values(&[name])
+                .set(cluster.health.panic_picks() as i64);
+            if let Some(breaker) = &cluster.breaker {
+                let open = breaker.state() != switchyard_resilience::BreakerState::Closed;
+                self.breaker_open.with_label_values(&[name]).set(i64::from(open));
+            }
+        }
+    }
+}
+
+/// A route's request handles.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: String,
+    cluster: String,
+    family: IntCounterVec,
+    /// Resolved on first use of each method and status class.
+    requests: [[OnceLock<IntCounter>; 5]; 8],
+    duration: Histogram,
+    pub bytes: IntCounter,
+    pub allowed: IntCounter,
+    pub limited: IntCounter,
+    pub unavailable: IntCounter,
+}
+
+impl RouteMetrics {
+    /// Counts an answered request and how long its head took.
+    pub fn request(&self, method: &Method, status: StatusCode, elapsed: Duration) {
+        let m = METHODS
+            .iter()
+            .position(|known| *known == method.as_str())
+            .unwrap_or(METHODS.len() - 1);
+        let c = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.requests[m][c]
+            .get_or_init(|| {
+                self.family
+                    .with_label_values(&[&self.route, &self.cluster, METHODS[m], CLASSES[c]])
+            })
+            .inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// A cluster's handles.
+#[derive(Debug, Clone)]
+pub struct ClusterMetrics {
+    pub upstream: Histogram,
+    pub retries: IntCounter,
+    pub budget_exhausted: IntCounter,
+    pub opened: IntCounter,
+    pub half_opened: IntCounter,
+    pub closed: IntCounter,
+}
+
+/// A listener's handles.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    pub active: IntGauge,
+    pub accepted: IntCounter,
+    pub refused: IntCounter,
+    pub tls_ok: IntCounter,
+    pub tls_failed: IntCounter,
+}
