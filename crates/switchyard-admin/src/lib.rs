@@ -39,6 +39,18 @@ use tokio_util::sync::CancellationToken;
 /// back keeps the running token.
 const REDACTED: &str = "<redacted>";
 
+/// Replaces the process's log filter (`RUST_LOG` syntax); `Err` says why not.
+pub type LogLevelControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// The process's log filter control and its current value, set once by the
+/// binary when logging starts (the subscriber is process-wide too).
+static LOG_LEVEL: std::sync::OnceLock<(LogLevelControl, std::sync::Mutex<String>)> = std::sync::OnceLock::new();
+
+/// Lets `PUT /api/log-level` change the log filter.
+pub fn set_log_level_control(control: LogLevelControl, current: String) {
+    let _ = LOG_LEVEL.set((control, std::sync::Mutex::new(current)));
+}
+
 /// Largest configuration document `PUT /api/config` accepts.
 const MAX_CONFIG_BODY: usize = 4 << 20;
 
@@ -154,6 +166,18 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             json_response(StatusCode::OK, &json!({"clusters": state.gateway.cluster_status()}))
         }
         (&Method::GET, "/api/routes") => json_response(StatusCode::OK, &routes(&state.gateway.config())),
+        (&Method::GET, "/api/log-level") => match LOG_LEVEL.get() {
+            Some((_, current)) => json_response(
+                StatusCode::OK,
+                &json!({"level": *current.lock().expect("log level lock is never poisoned")}),
+            ),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "log levels are not adjustable in this process",
+            ),
+        },
+        (&Method::PUT, "/api/log-level") => put_log_level(req).await,
         (&Method::GET, "/metrics") => {
             let mut response = Response::new(Full::new(Bytes::from(state.gateway.metrics_text())));
             response.headers_mut().insert(
@@ -162,15 +186,60 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             );
             response
         }
-        (_, "/live" | "/ready" | "/api/config" | "/api/clusters" | "/api/routes" | "/metrics") => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            &format!("{} is not allowed on {path}", req.method()),
-        ),
+        (_, "/live" | "/ready" | "/api/config" | "/api/clusters" | "/api/routes" | "/metrics" | "/api/log-level") => {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                &format!("{} is not allowed on {path}", req.method()),
+            )
+        }
         _ => error(
             StatusCode::NOT_FOUND,
             "not_found",
             &format!("no admin endpoint at {path}"),
+        ),
+    }
+}
+
+/// `PUT /api/log-level` with `{"level": "info,switchyard_proxy=debug"}`.
+async fn put_log_level(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some((control, current)) = LOG_LEVEL.get() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "log levels are not adjustable in this process",
+        );
+    };
+    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("the body could not be read: {e}"),
+            )
+        }
+    };
+    let level = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("level").and_then(Value::as_str).map(str::to_owned));
+    let Some(level) = level else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected {\"level\": \"...\"} with a filter such as \"debug\" or \"info,switchyard_proxy=debug\"",
+        );
+    };
+    match control(&level) {
+        Ok(()) => {
+            *current.lock().expect("log level lock is never poisoned") = level.clone();
+            tracing::info!(%level, "admin API: log level changed");
+            json_response(StatusCode::OK, &json!({"level": level}))
+        }
+        Err(why) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_log_level",
+            &format!("invalid log filter {level:?}: {why}"),
         ),
     }
 }

@@ -153,3 +153,45 @@ async fn routes_are_listed_and_a_dry_run_shows_the_diff_without_applying() {
     let applied = get(&c, &gw.admin_url("/api/routes"), &[]).await.json();
     assert_eq!(applied["routes"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_level_changes_at_run_time() {
+    let (_backend, gw) = gateway("").await;
+    let c = client(Proto::H1);
+    let put = |body: &'static str| {
+        let (c, url) = (c.clone(), gw.admin_url("/api/log-level"));
+        async move {
+            use http_body_util::BodyExt;
+            let body = http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes()))
+                .map_err(|never| match never {})
+                .boxed();
+            send(&c, Request::put(url).body(body).unwrap()).await
+        }
+    };
+    // A request with two Host headers is refused and logged at debug level.
+    let two_hosts = b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n";
+    let rejected = |v: &serde_json::Value| v["message"] == "request rejected";
+
+    assert_eq!(
+        get(&c, &gw.admin_url("/api/log-level"), &[]).await.json()["level"],
+        "info"
+    );
+    support::client::raw(gw.addr(), two_hosts, std::time::Duration::from_secs(2)).await;
+    assert_eq!(gw.count_logs(rejected), 0, "debug lines are off at info");
+
+    let bad = put(r#"{"level": "info,=="}"#).await;
+    assert_eq!(
+        (bad.status.as_u16(), bad.json()["error"]["code"].as_str()),
+        (400, Some("invalid_log_level"))
+    );
+    assert_eq!(put(r#"{"level": "debug"}"#).await.status, 200);
+    assert_eq!(
+        get(&c, &gw.admin_url("/api/log-level"), &[]).await.json()["level"],
+        "debug"
+    );
+    support::client::raw(gw.addr(), two_hosts, std::time::Duration::from_secs(2)).await;
+    assert!(
+        gw.wait_log(std::time::Duration::from_secs(5), rejected).await,
+        "debug lines appear after the change"
+    );
+}
