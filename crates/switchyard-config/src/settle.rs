@@ -92,6 +92,30 @@ impl Settler {
         }
     }
 
+    /// Like [`Settler::duration`], where zero is a meaningful value.
+    fn duration_or_zero(&mut self, value: &Option<String>, path: KeyPath, default: Duration) -> Duration {
+        let Some(text) = value else { return default };
+        parse_duration(text).unwrap_or_else(|message| {
+            self.error(path, message);
+            default
+        })
+    }
+
+    /// A list of networks (`10.0.0.0/8`, `2001:db8::/32`, or single addresses).
+    fn networks(&mut self, entries: &[String], path: KeyPath) -> Vec<IpNet> {
+        let mut nets = Vec::new();
+        for (i, cidr) in entries.iter().enumerate() {
+            match parse_cidr(cidr) {
+                Some(net) => nets.push(net),
+                None => self.error(
+                    path.index(i),
+                    format!("invalid CIDR \"{cidr}\": expected an address or network such as \"10.0.0.0/8\" or \"2001:db8::/32\""),
+                ),
+            }
+        }
+        nets
+    }
+
     fn size(&mut self, value: &Option<String>, path: KeyPath, default: u64) -> u64 {
         let Some(text) = value else { return default };
         parse_size(text).unwrap_or_else(|message| {
@@ -254,16 +278,7 @@ impl Settler {
                     None
                 }
             };
-            let mut trusted_proxies = Vec::new();
-            for (j, cidr) in l.trusted_proxies.iter().enumerate() {
-                match parse_cidr(cidr) {
-                    Some(net) => trusted_proxies.push(net),
-                    None => self.error(
-                        at.key("trusted_proxies").index(j),
-                        format!("invalid CIDR \"{cidr}\": expected an address or network such as \"10.0.0.0/8\""),
-                    ),
-                }
-            }
+            let trusted_proxies = self.networks(&l.trusted_proxies, at.key("trusted_proxies"));
             let header_read_timeout = self.duration(
                 &l.header_read_timeout,
                 at.key("header_read_timeout"),
@@ -553,16 +568,7 @@ impl Settler {
 
     fn health_check(&mut self, raw: &RawHealthCheck, at: &KeyPath) -> HealthCheck {
         let interval = self.duration(&raw.interval, at.key("interval"), defaults::HEALTH_INTERVAL);
-        let jitter = match &raw.jitter {
-            Some(text) => match parse_duration(text) {
-                Ok(d) => d,
-                Err(message) => {
-                    self.error(at.key("jitter"), message);
-                    Duration::ZERO
-                }
-            },
-            None => interval / 10,
-        };
+        let jitter = self.duration_or_zero(&raw.jitter, at.key("jitter"), interval / 10);
         let timeout = self.duration(&raw.timeout, at.key("timeout"), defaults::HEALTH_TIMEOUT);
         if timeout > interval {
             self.error(
@@ -1240,13 +1246,7 @@ impl Settler {
         if raw.jwks_refresh.is_some() && raw.jwks_file.is_none() && raw.jwks_url.is_none() {
             self.error(at.key("jwks_refresh"), "only applies with `jwks_file` or `jwks_url`");
         }
-        let leeway = match &raw.leeway {
-            Some(text) => parse_duration(text).unwrap_or_else(|message| {
-                self.error(at.key("leeway"), message);
-                Duration::from_secs(30)
-            }),
-            None => Duration::from_secs(30),
-        };
+        let leeway = self.duration_or_zero(&raw.leeway, at.key("leeway"), Duration::from_secs(30));
         let mut forward_claims = Vec::new();
         for (claim, header) in &raw.forward_claims {
             if let Some(name) = self.header_name(header, at.key("forward_claims").key(claim)) {
@@ -1354,21 +1354,8 @@ impl Settler {
     }
 
     fn ip_filter(&mut self, raw: &RawIpFilter, at: &KeyPath) -> IpFilter {
-        let mut list = |entries: &[String], key: &str| -> Vec<IpNet> {
-            let mut nets = Vec::new();
-            for (i, cidr) in entries.iter().enumerate() {
-                match parse_cidr(cidr) {
-                    Some(net) => nets.push(net),
-                    None => self.error(
-                        at.key(key).index(i),
-                        format!("invalid CIDR \"{cidr}\": expected an address or network such as \"10.0.0.0/8\" or \"2001:db8::/32\""),
-                    ),
-                }
-            }
-            nets
-        };
-        let allow = list(&raw.allow, "allow");
-        let deny = list(&raw.deny, "deny");
+        let allow = self.networks(&raw.allow, at.key("allow"));
+        let deny = self.networks(&raw.deny, at.key("deny"));
         if raw.allow.is_empty() && raw.deny.is_empty() {
             self.error(
                 at.clone(),

@@ -292,12 +292,7 @@ type JwksClient = hyper_util::client::legacy::Client<
 >;
 
 fn jwks_client() -> Result<JwksClient, String> {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let tls = hyper_rustls::ConfigBuilderExt::with_native_roots(tls)
-        .map_err(|e| format!("system roots: {e}"))?
-        .with_no_client_auth();
+    let tls = crate::upstream::client_config(None, None)?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()

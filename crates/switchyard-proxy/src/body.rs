@@ -290,20 +290,26 @@ impl Body for UpstreamRequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let buffered: u64 = self.prefix.iter().map(|c| c.len() as u64).sum();
         match &self.rest {
-            None => SizeHint::with_exact(buffered),
-            Some(rest) => {
-                let inner = rest.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower() + buffered);
-                if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper + buffered);
-                }
-                hint
-            }
+            None => SizeHint::with_exact(prefix_len(&self.prefix)),
+            Some(rest) => prefixed_hint(&self.prefix, rest.size_hint()),
         }
     }
+}
+
+fn prefix_len(prefix: &VecDeque<Bytes>) -> u64 {
+    prefix.iter().map(|c| c.len() as u64).sum()
+}
+
+/// The size of chunks read ahead followed by a body of size `inner`.
+fn prefixed_hint(prefix: &VecDeque<Bytes>, inner: SizeHint) -> SizeHint {
+    let buffered = prefix_len(prefix);
+    let mut hint = SizeHint::new();
+    hint.set_lower(inner.lower() + buffered);
+    if let Some(upper) = inner.upper() {
+        hint.set_upper(upper + buffered);
+    }
+    hint
 }
 
 /// What [`read_ahead`] got of a body.
@@ -433,16 +439,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Self::Upstream { prefix, body, .. } => {
-                let buffered: u64 = prefix.iter().map(|c| c.len() as u64).sum();
-                let inner = body.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower() + buffered);
-                if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper + buffered);
-                }
-                hint
-            }
+            Self::Upstream { prefix, body, .. } => prefixed_hint(prefix, body.size_hint()),
         }
     }
 }

@@ -33,20 +33,23 @@ pub fn client_ip(conn: &ConnectionInfo, headers: &HeaderMap, listener: &Listener
         return peer;
     }
     // Right to left: each trusted proxy appended the address it received
-    // from; the first one not in the trusted set is the client.
-    let hops: Vec<IpAddr> = headers
+    // from; the first one not in the trusted set is the client (or, when all
+    // are trusted, the leftmost).
+    let hops = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|hop| hop.trim().parse().ok())
-        .collect();
-    hops.iter()
         .rev()
-        .find(|ip| !listener.trusts(**ip))
-        .or(hops.first())
-        .copied()
-        .unwrap_or(peer)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.rsplit(','))
+        .filter_map(|hop| hop.trim().parse::<IpAddr>().ok());
+    let mut leftmost = peer;
+    for hop in hops {
+        if !listener.trusts(hop) {
+            return hop;
+        }
+        leftmost = hop;
+    }
+    leftmost
 }
 
 /// Checks `ip` against a filter, as the client's error.

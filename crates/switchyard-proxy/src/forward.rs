@@ -128,7 +128,8 @@ pub(crate) async fn forward<'s>(
         // A chunked body's first chunk is read before anything goes upstream,
         // so that broken framing (a bad chunk size) never reaches it.
         None if chunked => match read_ahead(timed, 0).await.map_err(client_body_error)? {
-            ReadAhead::Complete(chunks) => Plan::Complete(Some(chunks)),
+            // Whole already (an empty chunked body): nothing more to stream.
+            ReadAhead::Complete(chunks) => Plan::Replay(chunks),
             ReadAhead::TooLarge { prefix, rest } => Plan::Prefixed(Some((prefix, rest))),
         },
         None => Plan::Once(Some(timed)),
@@ -249,8 +250,6 @@ enum Plan {
     Replay(Vec<Bytes>),
     /// Too big to keep: the chunks read so far, then the stream; one attempt.
     Prefixed(Option<(Vec<Bytes>, TimedBody<Incoming>)>),
-    /// Read whole while its framing was checked, not kept: one attempt.
-    Complete(Option<Vec<Bytes>>),
 }
 
 impl Plan {
@@ -273,7 +272,6 @@ impl Plan {
             Plan::Prefixed(parts) => parts
                 .take()
                 .map(|(prefix, rest)| (UpstreamRequestBody::prefixed(prefix, rest), None)),
-            Plan::Complete(chunks) => chunks.take().map(|chunks| (UpstreamRequestBody::replay(&chunks), None)),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! applies its `on_redis_error` policy (allow or deny), logs it (at most every
 //! 10 seconds) and counts it.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -145,7 +146,11 @@ impl GlobalBucket {
     pub async fn check(&self, key: &[u8]) -> Option<Decision> {
         // Keys are hashed: client-chosen bytes never become Redis key syntax.
         let digest = Sha256::digest(key);
-        let redis_key = format!("{}{}", self.prefix, hex_prefix(&digest));
+        let mut redis_key = String::with_capacity(self.prefix.len() + 32);
+        redis_key.push_str(&self.prefix);
+        for byte in &digest[..16] {
+            let _ = write!(redis_key, "{byte:02x}");
+        }
         let mut connection = self.store.manager.clone();
         let mut invocation = GCRA.key(redis_key);
         invocation.arg(self.interval_us).arg(self.tolerance_us);
@@ -177,8 +182,4 @@ impl GlobalBucket {
             retry_after: Duration::from_micros(retry.max(0) as u64),
         })
     }
-}
-
-fn hex_prefix(digest: &[u8]) -> String {
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }

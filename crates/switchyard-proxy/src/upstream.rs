@@ -7,14 +7,13 @@
 
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use hyper_rustls::{ConfigBuilderExt, FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
 use switchyard_config::{Cluster, UpstreamProtocol, UpstreamTls};
+use switchyard_security::tls::crypto_provider;
 
 use crate::body::UpstreamRequestBody;
 
@@ -51,7 +50,7 @@ impl PoolSettings {
         connector.set_nodelay(true);
         connector.enforce_http(false);
         let tls = self.tls.as_ref().map_or_else(cleartext_only, |tls| {
-            client_config(tls).unwrap_or_else(|error| {
+            client_config(tls.ca.as_deref(), tls.client_cert.as_ref()).unwrap_or_else(|error| {
                 // The files were checked when the configuration loaded; if they
                 // broke since, fail the connections, not the reload.
                 tracing::error!(%error, "upstream TLS settings cannot be loaded: TLS connections will fail");
@@ -80,31 +79,31 @@ impl PoolSettings {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// A TLS client configuration trusting nothing: for clusters without `tls`,
 /// whose targets are always `http://`.
 fn cleartext_only() -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(provider())
+    rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
         .expect("the ring provider supports the default versions")
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth()
 }
 
-/// The TLS client settings of a cluster: its CA (or the system's roots) and
-/// its client certificate (mTLS to upstreams).
-fn client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, String> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
+/// TLS client settings: verifying against `ca` (or the system's roots), and
+/// presenting `client_cert` (mTLS to upstreams) when given. Used for
+/// clusters' endpoints and for JWK-set URLs.
+pub(crate) fn client_config(
+    ca: Option<&str>,
+    client_cert: Option<&(String, String)>,
+) -> Result<rustls::ClientConfig, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let builder = match &tls.ca {
+    let builder = match ca {
         Some(ca) => builder.with_root_certificates(switchyard_security::tls::load_roots(ca)?),
         None => builder.with_native_roots().map_err(|e| format!("system roots: {e}"))?,
     };
-    match &tls.client_cert {
+    match client_cert {
         Some((cert, key)) => {
             let (chain, key) = switchyard_security::tls::load_chain(cert, key)?;
             builder.with_client_auth_cert(chain, key).map_err(|e| e.to_string())

@@ -24,18 +24,15 @@ pub struct LoadedCert {
     pub names: Vec<String>,
 }
 
+/// The crypto provider every TLS configuration of the gateway uses.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(provider::default_provider())
+}
+
 /// Loads a PEM certificate chain and its PEM private key; errors say which
 /// file and what is wrong.
 pub fn load_cert(cert_path: &str, key_path: &str) -> Result<LoadedCert, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .map_err(|e| format!("{cert_path}: {e}"))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{cert_path}: {e}"))?;
-    if chain.is_empty() {
-        return Err(format!("{cert_path}: no PEM certificate in the file"));
-    }
-    let key =
-        PrivateKeyDer::from_pem_file(key_path).map_err(|e| format!("{key_path}: no usable PEM private key ({e})"))?;
+    let (chain, key) = load_chain(cert_path, key_path)?;
     let names = names_of(&chain[0]).map_err(|e| format!("{cert_path}: {e}"))?;
     let certified = CertifiedKey::from_der(chain, key, &provider::default_provider())
         .map_err(|e| format!("{key_path} does not match {cert_path} ({e})"))?;
@@ -45,18 +42,22 @@ pub fn load_cert(cert_path: &str, key_path: &str) -> Result<LoadedCert, String> 
     })
 }
 
-/// Loads a PEM certificate chain and key as rustls takes them for client
-/// authentication (checked for a match by [`load_cert`] first).
+/// Reads a PEM certificate chain and key as rustls takes them for client
+/// authentication (whether they match is checked by [`load_cert`], at load
+/// time, and by rustls when the configuration is built).
 pub fn load_chain(
     cert_path: &str,
     key_path: &str,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-    load_cert(cert_path, key_path)?;
-    let chain = CertificateDer::pem_file_iter(cert_path)
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
         .map_err(|e| format!("{cert_path}: {e}"))?
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{cert_path}: {e}"))?;
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| format!("{key_path}: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!("{cert_path}: no PEM certificate in the file"));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key_path).map_err(|e| format!("{key_path}: no usable PEM private key ({e})"))?;
     Ok((chain, key))
 }
 
@@ -182,7 +183,7 @@ pub enum ClientAuth {
 /// The rustls settings of an `https` listener.
 pub fn server_config(certs: &[LoadedCert], client_auth: &ClientAuth) -> Result<ServerConfig, String> {
     let resolver = SniResolver::new(certs).ok_or("no certificate")?;
-    let provider = Arc::new(provider::default_provider());
+    let provider = crypto_provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?;
