@@ -24,7 +24,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -51,6 +53,13 @@ pub fn set_log_level_control(control: LogLevelControl, current: String) {
     let _ = LOG_LEVEL.set((control, std::sync::Mutex::new(current)));
 }
 
+/// Every admin response body: whole documents, or the dashboard's event stream.
+type AdminBody = BoxBody<Bytes, Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> AdminBody {
+    Full::new(bytes.into()).boxed()
+}
+
 /// Largest configuration document `PUT /api/config` accepts.
 const MAX_CONFIG_BODY: usize = 4 << 20;
 
@@ -59,6 +68,8 @@ const MAX_CONFIG_BODY: usize = 4 << 20;
 struct AdminState {
     gateway: Gateway,
     token: Option<Arc<str>>,
+    /// Fires when the admin listener stops; ends event streams.
+    stop: CancellationToken,
 }
 
 /// A running admin listener.
@@ -80,11 +91,12 @@ impl AdminServer {
 pub async fn start(settings: &Admin, gateway: Gateway) -> std::io::Result<AdminServer> {
     let listener = TcpListener::bind(settings.listen).await?;
     let local_addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
     let state = AdminState {
         gateway,
         token: settings.token.as_deref().map(Arc::from),
+        stop: stop.clone(),
     };
-    let stop = CancellationToken::new();
     tokio::spawn(accept_loop(listener, state, stop.clone()));
     tracing::info!(address = %local_addr, "admin listening");
     Ok(AdminServer { local_addr, stop })
@@ -124,7 +136,7 @@ async fn accept_loop(listener: TcpListener, state: AdminState, stop: Cancellatio
     }
 }
 
-async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(state: &AdminState, req: Request<Incoming>) -> Response<AdminBody> {
     // Probes stay open so orchestrators need no secret; everything else needs it.
     let is_probe = matches!(req.uri().path(), "/live" | "/ready");
     if let Some(expected) = state.token.as_ref().filter(|_| !is_probe) {
@@ -133,15 +145,29 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), expected.as_bytes())) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid `Authorization: Bearer` token is required",
-            );
+        // A browser opening the dashboard cannot send a header: the page
+        // takes `?token=` once, drops it from the address bar, keeps it in a
+        // same-site session cookie for reloads of the page, and sends the
+        // header on every data call it makes. Only the page itself (no data)
+        // accepts the query or the cookie.
+        let page_token = || page_token(&req);
+        let accepted = match presented {
+            Some(p) => constant_time_eq(p.as_bytes(), expected.as_bytes()),
+            None => page_token().is_some_and(|p| constant_time_eq(p.as_bytes(), expected.as_bytes())),
+        };
+        if !accepted {
+            let message = if req.uri().path() == "/" {
+                "a valid token is required: open the dashboard as /?token=YOUR_ADMIN_TOKEN"
+            } else {
+                "a valid `Authorization: Bearer` token is required"
+            };
+            return error(StatusCode::UNAUTHORIZED, "unauthorized", message);
         }
     }
     let path = req.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix("/api/registry/") {
+        return registry_call(state, req, rest).await;
+    }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/live") => json_response(StatusCode::OK, &json!({"status": "live"})),
         (&Method::GET, "/ready") => {
@@ -151,16 +177,21 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
                 json_response(StatusCode::OK, &json!({"status": "ready"}))
             }
         }
-        (&Method::GET, "/api/config") => match serde_json::to_value(&state.gateway.config().raw) {
-            Ok(mut config) => {
-                // The admin token is a secret: never echo it.
-                if let Some(token) = config.pointer_mut("/admin/token") {
-                    *token = Value::String(REDACTED.into());
+        (&Method::GET, "/api/config") => {
+            let (config, version) = state.gateway.versioned_config();
+            match serde_json::to_value(&config.raw) {
+                Ok(mut config) => {
+                    // The admin token is a secret: never echo it.
+                    if let Some(token) = config.pointer_mut("/admin/token") {
+                        *token = Value::String(REDACTED.into());
+                    }
+                    let mut response = json_response(StatusCode::OK, &config);
+                    response.headers_mut().insert(header::ETAG, etag(version));
+                    response
                 }
-                json_response(StatusCode::OK, &config)
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
             }
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
-        },
+        }
         (&Method::PUT, "/api/config") => put_config(state, req).await,
         (&Method::GET, "/api/clusters") => {
             json_response(StatusCode::OK, &json!({"clusters": state.gateway.cluster_status()}))
@@ -178,21 +209,27 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             ),
         },
         (&Method::PUT, "/api/log-level") => put_log_level(req).await,
+        (&Method::GET, "/") => static_document(DASHBOARD, "text/html; charset=utf-8"),
+        (&Method::GET, "/api/openapi.json") => static_document(OPENAPI, "application/json"),
+        (&Method::GET, "/api/registry") => json_response(
+            StatusCode::OK,
+            &state.gateway.service_registry().describe_all(std::time::Instant::now()),
+        ),
+        (&Method::GET, "/api/stats") => json_response(StatusCode::OK, &state.gateway.dashboard_summary()),
+        (&Method::GET, "/api/stream") => stats_stream(state),
         (&Method::GET, "/metrics") => {
-            let mut response = Response::new(Full::new(Bytes::from(state.gateway.metrics_text())));
+            let mut response = Response::new(full(state.gateway.metrics_text()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             response
         }
-        (_, "/live" | "/ready" | "/api/config" | "/api/clusters" | "/api/routes" | "/metrics" | "/api/log-level") => {
-            error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                &format!("{} is not allowed on {path}", req.method()),
-            )
-        }
+        (_, path) if ENDPOINTS.iter().any(|(_, known)| *known == path) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("{} is not allowed on {path}", req.method()),
+        ),
         _ => error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -201,8 +238,150 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
     }
 }
 
+/// Every fixed admin path with its methods, as `/api/openapi.json` lists them.
+pub const ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/live"),
+    ("GET", "/ready"),
+    ("GET", "/metrics"),
+    ("GET", "/api/openapi.json"),
+    ("GET", "/api/config"),
+    ("PUT", "/api/config"),
+    ("GET", "/api/clusters"),
+    ("GET", "/api/routes"),
+    ("GET", "/api/registry"),
+    ("POST", "/api/registry/{service}"),
+    ("PUT", "/api/registry/{service}/{id}/heartbeat"),
+    ("DELETE", "/api/registry/{service}/{id}"),
+    ("GET", "/api/stats"),
+    ("GET", "/api/stream"),
+    ("GET", "/api/log-level"),
+    ("PUT", "/api/log-level"),
+];
+
+/// The dashboard: one self-contained page (no outside scripts, styles or fonts).
+const DASHBOARD: &str = include_str!("dashboard.html");
+/// The OpenAPI 3 description of this API.
+const OPENAPI: &str = include_str!("openapi.json");
+/// How often `/api/stream` sends the figures.
+const STREAM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn static_document(body: &'static str, content_type: &'static str) -> Response<AdminBody> {
+    let mut response = Response::new(full(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    // The page may talk to this listener only: nothing loads from elsewhere.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+        ),
+    );
+    response
+}
+
+/// `GET /api/stream`: the dashboard figures as server-sent events, one
+/// `stats` event at once and then every second, until the client leaves or
+/// the admin listener stops.
+fn stats_stream(state: &AdminState) -> Response<AdminBody> {
+    let events = futures_util::stream::unfold(
+        (state.gateway.clone(), state.stop.clone(), true),
+        |(gateway, stop, first)| async move {
+            if !first {
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(STREAM_INTERVAL) => {}
+                }
+            }
+            let event = format!("event: stats\ndata: {}\n\n", gateway.dashboard_summary());
+            Some((Ok(Frame::data(Bytes::from(event))), (gateway, stop, false)))
+        },
+    );
+    let mut response = Response::new(StreamBody::new(events).boxed());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// `POST /api/registry/{service}`, `PUT /api/registry/{service}/{id}/heartbeat`
+/// and `DELETE /api/registry/{service}/{id}`; `rest` is the path after
+/// `/api/registry/`.
+async fn registry_call(state: &AdminState, req: Request<Incoming>, rest: &str) -> Response<AdminBody> {
+    use switchyard_proxy::discovery::{Registration, RegistryError};
+    let registry = state.gateway.service_registry();
+    let now = std::time::Instant::now();
+    let segments: Vec<&str> = rest.split('/').collect();
+    let refused = |e: RegistryError| match e {
+        RegistryError::Invalid(message) => error(StatusCode::BAD_REQUEST, "invalid_registration", &message),
+        e @ RegistryError::NotFound { .. } => error(StatusCode::NOT_FOUND, "unknown_instance", &e.to_string()),
+        e @ RegistryError::Full(_) => error(StatusCode::CONFLICT, "service_full", &e.to_string()),
+    };
+    match (req.method().clone(), segments.as_slice()) {
+        (Method::POST, [service]) => {
+            let service = (*service).to_owned();
+            let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        &format!("the registration could not be read: {e}"),
+                    )
+                }
+            };
+            let registration: Registration = match serde_json::from_slice(&body) {
+                Ok(registration) => registration,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_registration",
+                        &format!(
+                            "expected {{\"address\": \"10.0.0.5:8080\", \"id\"?, \"port\"?, \"weight\"?, \"ttl\"?: \"10s\", \"metadata\"?: {{}}}}: {e}"
+                        ),
+                    )
+                }
+            };
+            match registry.register(&service, registration, now) {
+                Ok(instance) => {
+                    tracing::info!(%service, id = %instance["id"], address = %instance["address"], "registry: instance registered");
+                    json_response(StatusCode::CREATED, &json!({"service": service, "instance": instance}))
+                }
+                Err(e) => refused(e),
+            }
+        }
+        (Method::PUT, [service, id, "heartbeat"]) => match registry.heartbeat(service, id, now) {
+            Ok(instance) => json_response(StatusCode::OK, &json!({"service": service, "instance": instance})),
+            Err(e) => refused(e),
+        },
+        (Method::DELETE, [service, id]) => match registry.deregister(service, id) {
+            Ok(()) => {
+                tracing::info!(%service, %id, "registry: instance deregistered");
+                json_response(
+                    StatusCode::OK,
+                    &json!({"service": service, "id": id, "status": "deregistered"}),
+                )
+            }
+            Err(e) => refused(e),
+        },
+        (method, [_] | [_, _] | [_, _, "heartbeat"]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("{method} is not allowed on /api/registry/{rest}"),
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no admin endpoint at /api/registry/{rest}"),
+        ),
+    }
+}
+
 /// `PUT /api/log-level` with `{"level": "info,switchyard_proxy=debug"}`.
-async fn put_log_level(req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn put_log_level(req: Request<Incoming>) -> Response<AdminBody> {
     let Some((control, current)) = LOG_LEVEL.get() else {
         return error(
             StatusCode::NOT_FOUND,
@@ -348,7 +527,19 @@ fn diff(running: &Value, proposed: &Value) -> Value {
     Value::Object(out)
 }
 
-async fn put_config(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn put_config(state: &AdminState, req: Request<Incoming>) -> Response<AdminBody> {
+    // `If-Match: "7"` applies only over version 7 (compare-and-set).
+    let expected = match req.headers().get(header::IF_MATCH).map(parse_etag) {
+        None => None,
+        Some(Ok(version)) => Some(version),
+        Some(Err(())) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "If-Match must be a configuration version as GET /api/config's ETag gives it, such as \"7\"",
+            )
+        }
+    };
     let dry_run = req.uri().query().is_some_and(|q| {
         q.split('&')
             .any(|p| p == "dry_run" || p == "dry_run=true" || p == "dry_run=1")
@@ -375,7 +566,9 @@ async fn put_config(state: &AdminState, req: Request<Incoming>) -> Response<Full
                 "admin API: configuration rejected, keeping the running one"
             );
             if !dry_run {
-                state.gateway.count_rejected_reload();
+                state
+                    .gateway
+                    .count_rejected_reload(format!("admin API: {} error(s)", diagnostics.len()));
             }
             let details: Vec<Value> = diagnostics
                 .iter()
@@ -400,28 +593,75 @@ async fn put_config(state: &AdminState, req: Request<Incoming>) -> Response<Full
             return json_response(StatusCode::BAD_REQUEST, &body);
         }
     };
-    let running = state.gateway.config();
+    let (running, version) = state.gateway.versioned_config();
     if dry_run {
         let running_raw = serde_json::to_value(&running.raw).unwrap_or_default();
         let proposed_raw = serde_json::to_value(&config.raw).unwrap_or_default();
         return json_response(
             StatusCode::OK,
-            &json!({"status": "valid", "dry_run": true, "diff": diff(&running_raw, &proposed_raw)}),
+            &json!({
+                "status": "valid",
+                "dry_run": true,
+                "running_version": version,
+                "diff": diff(&running_raw, &proposed_raw),
+            }),
         );
     }
     if config.admin.as_ref().map(|a| (a.listen, &a.token)) != running.admin.as_ref().map(|a| (a.listen, &a.token)) {
         tracing::warn!("admin API: changes to [admin] take effect on restart only");
     }
-    match state.gateway.apply(config).await {
-        Ok(()) => {
-            tracing::info!("admin API: configuration applied");
-            json_response(StatusCode::OK, &json!({"status": "applied"}))
+    match state.gateway.apply_versioned(config, expected, "admin API").await {
+        Ok(version) => {
+            tracing::info!(version, "admin API: configuration applied");
+            let mut response = json_response(StatusCode::OK, &json!({"status": "applied", "version": version}));
+            response.headers_mut().insert(header::ETAG, etag(version));
+            response
+        }
+        Err(e @ switchyard_proxy::ApplyError::VersionConflict { .. }) => {
+            tracing::warn!(error = %e, "admin API: configuration not applied");
+            error(StatusCode::PRECONDITION_FAILED, "version_conflict", &e.to_string())
         }
         Err(e) => {
             tracing::warn!(error = %e, "admin API: configuration could not be applied, keeping the running one");
             error(StatusCode::CONFLICT, "apply_failed", &e.to_string())
         }
     }
+}
+
+/// The token a browser presents for the dashboard page (`GET /` only): the
+/// `token` query parameter or the page's `switchyard_admin_token` cookie,
+/// percent-decoded.
+fn page_token(req: &Request<Incoming>) -> Option<String> {
+    if req.method() != Method::GET || req.uri().path() != "/" {
+        return None;
+    }
+    let decoded = |pairs: &str, key: &str| {
+        form_urlencoded::parse(pairs.as_bytes())
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    };
+    let from_query = req.uri().query().and_then(|q| decoded(q, "token"));
+    from_query.or_else(|| {
+        req.headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| decoded(pair.trim(), "switchyard_admin_token"))
+    })
+}
+
+/// A configuration version as an entity tag: `"7"`.
+fn etag(version: u64) -> header::HeaderValue {
+    header::HeaderValue::from_str(&format!("\"{version}\"")).expect("digits and quotes are a valid header value")
+}
+
+/// The version an `If-Match` names (quoted, or bare digits).
+fn parse_etag(value: &header::HeaderValue) -> Result<u64, ()> {
+    let text = value.to_str().map_err(|_| ())?.trim();
+    let text = text.strip_prefix("W/").unwrap_or(text);
+    let text = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
+    text.parse().map_err(|_| ())
 }
 
 /// Puts the running token back where a client sent the redacted placeholder.
@@ -438,8 +678,8 @@ fn restore_token(body: &Bytes, running: Option<&str>) -> Bytes {
     }
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+fn json_response(status: StatusCode, body: &Value) -> Response<AdminBody> {
+    let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -448,7 +688,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     response
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+fn error(status: StatusCode, code: &str, message: &str) -> Response<AdminBody> {
     json_response(status, &json!({"error": {"code": code, "message": message}}))
 }
 

@@ -500,6 +500,8 @@ pub struct RawCluster {
     pub balancer: Option<String>,
     pub endpoints: Vec<RawEndpoint>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoints_from: Option<RawEndpointsFrom>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<String>,
@@ -658,6 +660,33 @@ pub struct RawHashKey {
 pub struct RawEndpoint {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+/// `endpoints_from = { registry = "users" }` or
+/// `{ dns = "users.internal", port = 8080 }`: endpoints discovered at run time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawEndpointsFrom {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `"a"` (A and AAAA, the default) or `"srv"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    /// A nameserver `ip:port` to ask instead of the system's resolvers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<String>,
+    /// Bounds on the re-resolution interval the records' TTL gives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_refresh: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_refresh: Option<String>,
+    /// Endpoint weight of discovered addresses (SRV records carry their own).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
 }

@@ -435,8 +435,20 @@ impl Settler {
                     "HTTP health checks speak cleartext: use `type = \"tcp\"` for a cluster with `tls`",
                 );
             }
-            if c.endpoints.is_empty() {
-                self.error(at.key("endpoints"), "a cluster needs at least one endpoint");
+            let endpoints_from = c
+                .endpoints_from
+                .as_ref()
+                .and_then(|raw| self.endpoints_from(raw, &at.key("endpoints_from")));
+            match (c.endpoints.is_empty(), &c.endpoints_from) {
+                (true, None) => self.error(
+                    at.key("endpoints"),
+                    "a cluster needs at least one endpoint, or `endpoints_from` to discover them",
+                ),
+                (false, Some(_)) => self.error(
+                    at.key("endpoints_from"),
+                    "a cluster takes `endpoints` or `endpoints_from`, not both",
+                ),
+                _ => {}
             }
             let mut endpoints = Vec::new();
             let mut seen = HashSet::new();
@@ -494,6 +506,7 @@ impl Settler {
                     name,
                     balancer,
                     endpoints,
+                    endpoints_from,
                     protocol,
                     connect_timeout,
                     pool_max_idle_per_endpoint: pool.max_idle_per_endpoint.unwrap_or(defaults::POOL_MAX_IDLE),
@@ -511,6 +524,107 @@ impl Settler {
             }
         }
         out
+    }
+
+    fn endpoints_from(&mut self, raw: &RawEndpointsFrom, at: &KeyPath) -> Option<EndpointSource> {
+        match (&raw.registry, &raw.dns) {
+            (Some(service), None) => {
+                for (key, set) in [
+                    ("port", raw.port.is_some()),
+                    ("record", raw.record.is_some()),
+                    ("resolver", raw.resolver.is_some()),
+                    ("min_refresh", raw.min_refresh.is_some()),
+                    ("max_refresh", raw.max_refresh.is_some()),
+                    ("weight", raw.weight.is_some()),
+                ] {
+                    if set {
+                        self.error(
+                            at.key(key),
+                            format!("`{key}` applies to DNS discovery; registry instances carry their own"),
+                        );
+                    }
+                }
+                if service.is_empty() {
+                    self.error(at.key("registry"), "the registry service name is empty");
+                    return None;
+                }
+                Some(EndpointSource::Registry {
+                    service: service.clone(),
+                })
+            }
+            (None, Some(name)) => {
+                let record = match raw.record.as_deref().unwrap_or("a") {
+                    "a" => DnsRecord::Address,
+                    "srv" => DnsRecord::Srv,
+                    other => {
+                        let hint = did_you_mean(other, ["a", "srv"]);
+                        self.error_with_hint(
+                            at.key("record"),
+                            format!("unknown DNS record kind \"{other}\" (expected \"a\" for A/AAAA or \"srv\")"),
+                            hint,
+                        );
+                        return None;
+                    }
+                };
+                let port = match (record, raw.port) {
+                    (DnsRecord::Address, Some(0)) | (DnsRecord::Address, None) => {
+                        self.error(
+                            at.key("port"),
+                            "DNS discovery by A/AAAA records needs the endpoints' `port` (1-65535)",
+                        );
+                        0
+                    }
+                    (DnsRecord::Address, Some(port)) => port,
+                    (DnsRecord::Srv, None) => 0,
+                    (DnsRecord::Srv, Some(_)) => {
+                        self.error(at.key("port"), "SRV records carry their own ports: remove `port`");
+                        0
+                    }
+                };
+                if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') {
+                    self.error(at.key("dns"), format!("\"{name}\" is not a DNS name"));
+                }
+                let resolver = raw.resolver.as_ref().and_then(|text| match text.parse::<SocketAddr>() {
+                    Ok(address) => Some(address),
+                    Err(_) => {
+                        self.error(
+                            at.key("resolver"),
+                            format!("\"{text}\" is not a nameserver address such as \"10.0.0.2:53\""),
+                        );
+                        None
+                    }
+                });
+                let min_refresh = self.duration(&raw.min_refresh, at.key("min_refresh"), defaults::DNS_MIN_REFRESH);
+                let max_refresh = self.duration(&raw.max_refresh, at.key("max_refresh"), defaults::DNS_MAX_REFRESH);
+                if min_refresh > max_refresh {
+                    self.error(at.key("min_refresh"), "min_refresh is longer than max_refresh");
+                }
+                let weight = raw.weight.unwrap_or(1);
+                if weight == 0 {
+                    self.error(at.key("weight"), "weight must be at least 1");
+                }
+                Some(EndpointSource::Dns(DnsDiscovery {
+                    name: name.clone(),
+                    record,
+                    port,
+                    resolver,
+                    min_refresh,
+                    max_refresh,
+                    weight: weight.max(1),
+                }))
+            }
+            (Some(_), Some(_)) => {
+                self.error(at.key("dns"), "`endpoints_from` takes `registry` or `dns`, not both");
+                None
+            }
+            (None, None) => {
+                self.error(
+                    at.clone(),
+                    "`endpoints_from` needs `registry = \"service\"` or `dns = \"name\"`",
+                );
+                None
+            }
+        }
     }
 
     fn hash_key(&mut self, raw: &RawHashKey, at: &KeyPath, balancer: Option<BalancerKind>) -> HashKey {

@@ -534,7 +534,10 @@ pub enum UpstreamProtocol {
 pub struct Cluster {
     pub name: String,
     pub balancer: BalancerKind,
+    /// The configured endpoints; empty with `endpoints_from`.
     pub endpoints: Vec<Endpoint>,
+    /// Where endpoints are discovered at run time; `None`: `endpoints` only.
+    pub endpoints_from: Option<EndpointSource>,
     pub protocol: UpstreamProtocol,
     pub connect_timeout: Duration,
     /// Idle keep-alive connections kept per endpoint.
@@ -560,6 +563,40 @@ pub struct Cluster {
     pub circuit_breaker: Option<CircuitBreaker>,
     /// TLS to the endpoints; `None`: cleartext.
     pub tls: Option<UpstreamTls>,
+}
+
+/// Where a cluster finds its endpoints at run time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EndpointSource {
+    /// Instances registered under this service name in the service registry.
+    Registry { service: String },
+    /// Addresses a DNS name resolves to.
+    Dns(DnsDiscovery),
+}
+
+/// `endpoints_from = { dns = ... }`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DnsDiscovery {
+    pub name: String,
+    pub record: DnsRecord,
+    /// The port of every address (A/AAAA); SRV records carry their own.
+    pub port: u16,
+    /// A nameserver to ask; `None`: the system's (`/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
+    /// The records' TTL, clamped to these bounds, sets when to look again.
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+    /// Weight of each address (A/AAAA); SRV records carry their own.
+    pub weight: u32,
+}
+
+/// Which records name the endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DnsRecord {
+    /// A and AAAA.
+    Address,
+    /// SRV: target, port and weight per record.
+    Srv,
 }
 
 /// How the gateway speaks TLS to a cluster's endpoints.
@@ -669,6 +706,9 @@ pub mod defaults {
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Bounds on how often DNS discovery looks again (the records' TTL, clamped).
+    pub const DNS_MIN_REFRESH: Duration = Duration::from_secs(1);
+    pub const DNS_MAX_REFRESH: Duration = Duration::from_secs(60);
     pub const LISTENER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const MAX_HEADER_SIZE: u64 = 64 * 1024;
     pub const MAX_HEADERS: usize = 100;

@@ -10,6 +10,7 @@
 pub mod access_log;
 mod auth;
 pub mod body;
+pub mod discovery;
 pub mod error;
 mod filters;
 mod forward;
@@ -49,6 +50,8 @@ pub struct Shared {
     registry: Mutex<Registry>,
     /// Active health check tasks, matched to each new snapshot.
     checkers: Mutex<HealthCheckers>,
+    /// Endpoints found at run time (service registry, DNS).
+    pub(crate) discovery: Arc<discovery::Discovery>,
     /// Counters and histograms for `/metrics`; they outlive reloads.
     pub(crate) metrics: Arc<metrics::Metrics>,
     /// Bound listeners by name. The async lock also serialises reloads.
@@ -71,6 +74,53 @@ pub enum ApplyError {
     },
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    #[error("the configuration changed meanwhile: expected version {expected}, running version {running}")]
+    VersionConflict { expected: u64, running: u64 },
+}
+
+/// How long a burst of discovery changes (instances registering together)
+/// is gathered into one new snapshot.
+const DISCOVERY_SETTLE: Duration = Duration::from_millis(50);
+/// How often lapsed registry instances are swept out.
+const REGISTRY_SWEEP: Duration = Duration::from_millis(250);
+
+/// Rebuilds the snapshot, same configuration and version, each time a
+/// discovered endpoint set changes; sweeps out lapsed registry instances.
+/// Runs until the gateway drains.
+async fn follow_discovery(shared: Arc<Shared>) {
+    let (mut registry, mut dns) = shared.discovery.subscribe();
+    let mut sweep = tokio::time::interval(REGISTRY_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.drain.cancelled() => return,
+            _ = sweep.tick() => {
+                shared.discovery.registry.expire(std::time::Instant::now());
+                continue;
+            }
+            changed = registry.changed() => if changed.is_err() { return },
+            changed = dns.changed() => if changed.is_err() { return },
+        }
+        tokio::time::sleep(DISCOVERY_SETTLE).await;
+        registry.mark_unchanged();
+        dns.mark_unchanged();
+        let _serialised = shared.listeners.lock().await;
+        let running = shared.snapshot.load_full();
+        let snapshot = shared.registry.lock().expect("registry lock is never poisoned").build(
+            running.config.clone(),
+            running.version,
+            &shared.discovery,
+            &shared.metrics,
+        );
+        let snapshot = Arc::new(snapshot);
+        shared.snapshot.store(snapshot.clone());
+        shared
+            .checkers
+            .lock()
+            .expect("checkers lock is never poisoned")
+            .reconcile(&snapshot, &shared.drain);
+        tracing::debug!("discovered endpoints changed: snapshot rebuilt");
+    }
 }
 
 /// A running gateway. Cheap to clone; all clones control the same gateway.
@@ -84,10 +134,13 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, ApplyError> {
         let mut registry = Registry::default();
         let metrics = Arc::new(metrics::Metrics::new());
-        let snapshot = registry.build(Arc::new(config.clone()), &metrics);
+        let discovery = Arc::new(discovery::Discovery::default());
+        // A placeholder until `apply` below builds version 1.
+        let snapshot = registry.build(Arc::new(config.clone()), 0, &discovery, &metrics);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry: Mutex::new(registry),
+            discovery,
             checkers: Mutex::new(HealthCheckers::default()),
             metrics,
             listeners: tokio::sync::Mutex::new(HashMap::new()),
@@ -96,19 +149,41 @@ impl Gateway {
             draining: AtomicBool::new(false),
         });
         let gateway = Gateway { shared };
-        gateway.apply(config).await?;
+        gateway.apply_versioned(config, None, "start").await?;
+        tokio::spawn(follow_discovery(gateway.shared.clone()));
         Ok(gateway)
     }
 
     /// Applies a validated configuration: binds any new listener addresses,
     /// swaps the snapshot (new requests use it; requests in flight finish on
     /// theirs), then stops listeners that are gone. On error nothing changes.
-    pub async fn apply(&self, config: Config) -> Result<(), ApplyError> {
+    pub async fn apply(&self, config: Config) -> Result<u64, ApplyError> {
+        self.apply_versioned(config, None, "reload").await
+    }
+
+    /// [`Gateway::apply`] that refuses unless the running configuration is
+    /// still `expected` (compare-and-set), so that two writers cannot
+    /// silently undo each other. Returns the new version; `source` names the
+    /// trigger in the reload log.
+    pub async fn apply_versioned(
+        &self,
+        config: Config,
+        expected: Option<u64>,
+        source: &str,
+    ) -> Result<u64, ApplyError> {
         let shared = &self.shared;
         let mut bound = shared.listeners.lock().await;
         if shared.draining.load(Ordering::SeqCst) {
             return Err(ApplyError::ShuttingDown);
         }
+        let running = shared.snapshot.load().version;
+        if let Some(expected) = expected.filter(|e| *e != running) {
+            shared
+                .metrics
+                .reload(false, running, format!("{source}: version conflict"));
+            return Err(ApplyError::VersionConflict { expected, running });
+        }
+        let version = running + 1;
         let wanted: HashMap<String, SocketAddr> = config.listeners.iter().map(|l| (l.name.clone(), l.listen)).collect();
         let unchanged = |name: &str, b: &BoundListener| wanted.get(name) == Some(&b.configured);
 
@@ -135,21 +210,28 @@ impl Gateway {
         for (name, address) in to_bind {
             match bind(address) {
                 Ok(socket) => fresh.push((name, address, socket)),
-                Err(source) => {
-                    shared.metrics.reload(false);
-                    return Err(ApplyError::Bind { name, address, source });
+                Err(error) => {
+                    shared
+                        .metrics
+                        .reload(false, running, format!("{source}: cannot listen on {address}: {error}"));
+                    return Err(ApplyError::Bind {
+                        name,
+                        address,
+                        source: error,
+                    });
                 }
             }
         }
 
+        shared.discovery.prepare(&config, &shared.drain).await;
         let snapshot = self
             .shared
             .registry
             .lock()
             .expect("registry lock is never poisoned")
-            .build(Arc::new(config), &shared.metrics);
+            .build(Arc::new(config), version, &shared.discovery, &shared.metrics);
         let snapshot = Arc::new(snapshot);
-        shared.metrics.reload(true);
+        shared.metrics.reload(true, version, source.to_owned());
         shared.snapshot.store(snapshot.clone());
         shared
             .checkers
@@ -188,12 +270,43 @@ impl Gateway {
                 },
             );
         }
-        Ok(())
+        Ok(version)
     }
 
     /// The configuration currently serving new requests.
     pub fn config(&self) -> Arc<Config> {
         self.shared.snapshot.load().config.clone()
+    }
+
+    /// The running configuration and its version (1 for the first applied,
+    /// one more for each successful apply), read together.
+    pub fn versioned_config(&self) -> (Arc<Config>, u64) {
+        let snapshot = self.shared.snapshot.load();
+        (snapshot.config.clone(), snapshot.version)
+    }
+
+    /// Figures for the dashboard: per-route counts and latency histograms,
+    /// cluster state and recent reloads.
+    pub fn dashboard_summary(&self) -> serde_json::Value {
+        let snapshot = self.shared.snapshot.load();
+        let mut summary = self.shared.metrics.summary();
+        summary["version"] = snapshot.version.into();
+        summary["clusters"] = self.cluster_status();
+        summary["reloads"] = self
+            .shared
+            .metrics
+            .recent_reloads()
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "at": humantime::format_rfc3339_millis(r.at).to_string(),
+                    "applied": r.applied,
+                    "version": r.version,
+                    "detail": r.detail,
+                })
+            })
+            .collect();
+        summary
     }
 
     /// The `/metrics` exposition text.
@@ -202,9 +315,10 @@ impl Gateway {
     }
 
     /// Counts a reload that was refused before it reached [`Gateway::apply`]
-    /// (an invalid file or admin request).
-    pub fn count_rejected_reload(&self) {
-        self.shared.metrics.reload(false);
+    /// (an invalid file or admin request), with why.
+    pub fn count_rejected_reload(&self, detail: String) {
+        let running = self.shared.snapshot.load().version;
+        self.shared.metrics.reload(false, running, detail);
     }
 
     /// Every cluster with the live state of its endpoints (`GET /api/clusters`),
@@ -225,6 +339,11 @@ impl Gateway {
             .iter()
             .map(|(n, b)| (n.clone(), b.local))
             .collect()
+    }
+
+    /// The service registry (`/api/registry`).
+    pub fn service_registry(&self) -> &discovery::ServiceRegistry {
+        &self.shared.discovery.registry
     }
 
     /// Whether a graceful shutdown has begun.

@@ -8,16 +8,32 @@
 //! snapshot is built, or once for each method and status class a route sees.
 //! Endpoint and cluster state is read from the running snapshot at scrape time.
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use http::{Method, StatusCode};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
 use crate::snapshot::Snapshot;
+
+/// Reload outcomes kept for the dashboard and `GET /api/reloads`.
+const RECENT_RELOADS: usize = 20;
+
+/// One configuration reload attempt.
+#[derive(Debug, Clone)]
+pub struct ReloadEvent {
+    pub at: SystemTime,
+    pub applied: bool,
+    /// The version serving after the attempt.
+    pub version: u64,
+    /// What triggered it and, for a failure, why.
+    pub detail: String,
+}
 
 /// Methods with their own label value; the rest count as `other`.
 const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"];
@@ -57,6 +73,8 @@ pub struct Metrics {
     cluster_available: IntGaugeVec,
     cluster_panic_picks: IntGaugeVec,
     breaker_open: IntGaugeVec,
+    /// The latest reload attempts, newest last; touched only on reload.
+    recent_reloads: Mutex<VecDeque<ReloadEvent>>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -222,6 +240,7 @@ impl Metrics {
                 &["cluster"],
             ),
             registry: r,
+            recent_reloads: Mutex::new(VecDeque::with_capacity(RECENT_RELOADS)),
         }
     }
 
@@ -265,13 +284,79 @@ impl Metrics {
         }
     }
 
-    /// Counts a reload attempt.
-    pub fn reload(&self, applied: bool) {
+    /// Counts a reload attempt; `version` is the one serving afterwards.
+    pub fn reload(&self, applied: bool, version: u64, detail: String) {
         let result = if applied { "success" } else { "failure" };
         self.reloads.with_label_values(&[result]).inc();
-        if applied {
-            self.config_version.inc();
+        self.config_version.set(version as i64);
+        let mut recent = self.recent_reloads.lock().expect("reload log lock is never poisoned");
+        if recent.len() == RECENT_RELOADS {
+            recent.pop_front();
         }
+        recent.push_back(ReloadEvent {
+            at: SystemTime::now(),
+            applied,
+            version,
+            detail,
+        });
+    }
+
+    /// The latest reload attempts, oldest first.
+    pub fn recent_reloads(&self) -> Vec<ReloadEvent> {
+        let recent = self.recent_reloads.lock().expect("reload log lock is never poisoned");
+        recent.iter().cloned().collect()
+    }
+
+    /// Cumulative per-route and per-cluster figures for the dashboard: request
+    /// counts by status class, and latency histograms (bucket bounds in
+    /// seconds with cumulative counts) from which a viewer takes rates and
+    /// quantiles over any interval.
+    pub fn summary(&self) -> serde_json::Value {
+        use serde_json::{json, Map, Value};
+        let families = self.registry.gather();
+        let family = |name: &str| families.iter().find(|f| f.name() == name);
+        let label = |m: &prometheus::proto::Metric, key: &str| -> String {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == key)
+                .map(|l| l.value().to_owned())
+                .unwrap_or_default()
+        };
+        let mut routes: Map<String, Value> = Map::new();
+        if let Some(requests) = family("switchyard_requests_total") {
+            for m in requests.get_metric() {
+                let entry = routes.entry(label(m, "route")).or_insert_with(|| {
+                    json!({"cluster": label(m, "cluster"), "requests": 0, "status": {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0}})
+                });
+                let count = m.get_counter().get_value() as u64;
+                let class = label(m, "status_class");
+                entry["requests"] = json!(entry["requests"].as_u64().unwrap_or(0) + count);
+                entry["status"][&class] = json!(entry["status"][&class].as_u64().unwrap_or(0) + count);
+            }
+        }
+        let histograms = |family: Option<&MetricFamily>, key: &str| -> Map<String, Value> {
+            let mut out = Map::new();
+            for m in family.map(|f| f.get_metric()).unwrap_or_default() {
+                let h = m.get_histogram();
+                let buckets: Vec<Value> = h
+                    .get_bucket()
+                    .iter()
+                    .map(|b| json!([b.upper_bound(), b.cumulative_count()]))
+                    .collect();
+                out.insert(
+                    label(m, key),
+                    json!({"count": h.get_sample_count(), "sum_seconds": h.get_sample_sum(), "buckets": buckets}),
+                );
+            }
+            out
+        };
+        for (route, latency) in histograms(family("switchyard_request_duration_seconds"), "route") {
+            if let Some(entry) = routes.get_mut(&route) {
+                entry["latency"] = latency;
+            }
+        }
+        let upstream = histograms(family("switchyard_upstream_response_seconds"), "cluster");
+        json!({"routes": routes, "upstream_latency": upstream})
     }
 
     /// The exposition text, with endpoint and cluster state read from `snapshot`.

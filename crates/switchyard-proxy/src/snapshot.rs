@@ -24,6 +24,7 @@ use switchyard_security::ipfilter::IpFilter;
 use switchyard_security::ratelimit::{Quota, RateLimiter};
 
 use crate::auth::RouteAuth;
+use crate::discovery::Discovery;
 use crate::filters::Limit;
 use crate::global_limit::{GlobalBucket, RedisStore};
 use crate::metrics::{ClusterMetrics, ListenerMetrics, Metrics, RouteMetrics};
@@ -34,6 +35,9 @@ use crate::upstream::{PoolSettings, UpstreamClient};
 #[derive(Debug)]
 pub struct Snapshot {
     pub config: Arc<Config>,
+    /// The configuration's version: 0 before the first apply, then one more
+    /// for each configuration applied.
+    pub version: u64,
     /// Request counters for requests no route matched.
     pub unrouted: RouteMetrics,
     pub listeners: HashMap<String, ListenerRuntime>,
@@ -244,7 +248,7 @@ pub struct Registry {
 impl Registry {
     /// Builds a snapshot of `config`, reusing state for names seen before and
     /// forgetting state no longer referenced.
-    pub fn build(&mut self, config: Arc<Config>, metrics: &Metrics) -> Snapshot {
+    pub fn build(&mut self, config: Arc<Config>, version: u64, discovery: &Discovery, metrics: &Metrics) -> Snapshot {
         let now = Instant::now();
         let mut endpoints_in_use = HashMap::new();
         let mut clients_in_use = HashMap::new();
@@ -259,9 +263,11 @@ impl Registry {
             let settings = PoolSettings::of(cluster);
             let client = self.clients.get(&settings).cloned().unwrap_or_else(|| settings.build());
             clients_in_use.insert(settings, client.clone());
-            let mut endpoints = Vec::with_capacity(cluster.endpoints.len());
-            let mut authorities = Vec::with_capacity(cluster.endpoints.len());
-            for ep in &cluster.endpoints {
+            let discovered = discovery.endpoints(cluster);
+            let listed = discovered.as_deref().unwrap_or(&cluster.endpoints);
+            let mut endpoints = Vec::with_capacity(listed.len());
+            let mut authorities = Vec::with_capacity(listed.len());
+            for ep in listed {
                 let key = (cluster.name.clone(), ep.address.clone());
                 let state = self.endpoints.get(&key).cloned().unwrap_or_else(|| {
                     let state = EndpointState::new(ep.address.clone(), ep.weight);
@@ -538,6 +544,7 @@ impl Registry {
             .collect();
         Snapshot {
             config,
+            version,
             unrouted: metrics.route("-", "-"),
             listeners,
             clusters,

@@ -127,7 +127,7 @@ async fn reload(gateway: &Gateway, path: &Path, trigger: &str, last_text: &mut O
         Ok(text) => text,
         Err(error) => {
             tracing::error!(trigger, %error, file = %path.display(), "reload failed: cannot read the file; keeping the running configuration");
-            gateway.count_rejected_reload();
+            gateway.count_rejected_reload(format!("{trigger}: cannot read {}: {error}", path.display()));
             return;
         }
     };
@@ -146,7 +146,12 @@ async fn reload(gateway: &Gateway, path: &Path, trigger: &str, last_text: &mut O
                 errors = diagnostics.len(),
                 "reload rejected; keeping the running configuration"
             );
-            gateway.count_rejected_reload();
+            let first = diagnostics.iter().next().map(ToString::to_string).unwrap_or_default();
+            gateway.count_rejected_reload(format!(
+                "{trigger}: {} error(s) in {}; first: {first}",
+                diagnostics.len(),
+                path.display()
+            ));
             return;
         }
     };
@@ -157,8 +162,8 @@ async fn reload(gateway: &Gateway, path: &Path, trigger: &str, last_text: &mut O
     if config.admin.as_ref().map(|a| a.listen) != running.admin.as_ref().map(|a| a.listen) {
         tracing::warn!("admin.listen changed: takes effect on restart only");
     }
-    match gateway.apply(config).await {
-        Ok(()) => tracing::info!(trigger, "configuration reloaded"),
+    match gateway.apply_versioned(config, None, trigger).await {
+        Ok(version) => tracing::info!(trigger, version, "configuration reloaded"),
         Err(error) => {
             tracing::error!(trigger, %error, "reload failed; keeping the running configuration")
         }

@@ -104,6 +104,19 @@ async fn the_token_guards_everything_but_probes_and_is_never_echoed() {
     assert_eq!(send(&c, put).await.status, 200);
     let again = get(&c, &gw.admin_url("/api/config"), &[("authorization", &bearer)]).await;
     assert_eq!(again.status, 200, "the token still works after the round trip");
+
+    // The dashboard page (no data) also takes the token from its query or
+    // its cookie, so a browser can open it; data paths never do.
+    assert_eq!(get(&c, &gw.admin_url("/"), &[]).await.status, 401);
+    let page = get(&c, &gw.admin_url(&format!("/?token={TOKEN}")), &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    let cookie = format!("theme=dark; switchyard_admin_token={TOKEN}");
+    assert_eq!(get(&c, &gw.admin_url("/"), &[("cookie", &cookie)]).await.status, 200);
+    let by_cookie = get(&c, &gw.admin_url("/api/config"), &[("cookie", &cookie)]).await;
+    assert_eq!(by_cookie.status, 401, "data paths need the header");
+    let by_query = get(&c, &gw.admin_url(&format!("/api/config?token={TOKEN}")), &[]).await;
+    assert_eq!(by_query.status, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,4 +207,124 @@ async fn the_log_level_changes_at_run_time() {
         gw.wait_log(std::time::Duration::from_secs(5), rejected).await,
         "debug lines appear after the change"
     );
+}
+
+/// `PUT /api/config` with `If-Match`.
+async fn put_config(
+    c: &support::client::HttpClient,
+    url: String,
+    body: &serde_json::Value,
+    if_match: Option<&str>,
+) -> support::client::Reply {
+    let mut request = Request::put(url);
+    if let Some(version) = if_match {
+        request = request.header("if-match", version);
+    }
+    send(c, request.body(support::client::full(body.to_string())).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configuration_is_versioned_and_writes_can_be_conditional() {
+    let (_backend, gw) = gateway("").await;
+    let c = client(Proto::H1);
+    let current = get(&c, &gw.admin_url("/api/config"), &[]).await;
+    assert_eq!(current.header("etag"), Some("\"1\""));
+    let mut proposed = current.json();
+    proposed["routes"][0]["timeout"] = "5s".into();
+
+    // Two writers read version 1; the first to write wins, the second is told.
+    let first = put_config(&c, gw.admin_url("/api/config"), &proposed, Some("\"1\"")).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.json()["version"], 2);
+    assert_eq!(first.header("etag"), Some("\"2\""));
+    proposed["routes"][0]["timeout"] = "7s".into();
+    let second = put_config(&c, gw.admin_url("/api/config"), &proposed, Some("\"1\"")).await;
+    assert_eq!(second.status, 412, "{}", second.text());
+    assert_eq!(second.json()["error"]["code"], "version_conflict");
+    let routes = get(&c, &gw.admin_url("/api/routes"), &[]).await.json();
+    assert_eq!(
+        routes["routes"][0]["timeout_ms"], 5_000,
+        "the conflicting write changed nothing"
+    );
+
+    // Unconditional writes still apply; a malformed If-Match is refused.
+    let third = put_config(&c, gw.admin_url("/api/config"), &proposed, None).await;
+    assert_eq!(third.json()["version"], 3);
+    let bad = put_config(&c, gw.admin_url("/api/config"), &proposed, Some("soon")).await;
+    assert_eq!(bad.status, 400);
+    let metrics = get(&c, &gw.admin_url("/metrics"), &[]).await.text();
+    assert!(metrics.contains("switchyard_config_version 3"), "{metrics}");
+    // The dashboard figures list the reloads, the refused one included.
+    let stats = get(&c, &gw.admin_url("/api/stats"), &[]).await.json();
+    let reloads = stats["reloads"].as_array().unwrap();
+    assert_eq!(reloads.len(), 4, "{reloads:?}");
+    assert_eq!(reloads[2]["applied"], false);
+    assert!(reloads[2]["detail"].as_str().unwrap().contains("version conflict"));
+    assert_eq!(stats["version"], 3);
+}
+
+/// Every path and method the OpenAPI document lists answers (not 404 or
+/// 405), and every path the admin API serves is in the document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_api() {
+    let (_backend, gw) = gateway("").await;
+    let c = client(Proto::H1);
+    let doc = get(&c, &gw.admin_url("/api/openapi.json"), &[]).await;
+    assert_eq!(doc.status, 200);
+    let doc = doc.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut documented = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if method == "parameters" {
+                continue;
+            }
+            assert!(
+                operation["responses"].is_object(),
+                "{method} {path} documents its responses"
+            );
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut served: Vec<(String, String)> = switchyard_admin::ENDPOINTS
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    served.sort();
+    assert_eq!(documented, served, "the OpenAPI paths are the admin API's");
+
+    // Each documented operation answers with a status it documents.
+    for (method, path) in &documented {
+        let concrete = path.replace("{service}", "users").replace("{id}", "users-1");
+        let body = match (method.as_str(), path.as_str()) {
+            ("PUT", "/api/config") => get(&c, &gw.admin_url("/api/config"), &[]).await.text(),
+            ("PUT", "/api/log-level") => r#"{"level": "info"}"#.to_owned(),
+            ("POST", _) => r#"{"id": "users-1", "address": "127.0.0.1:9", "ttl": "30s"}"#.to_owned(),
+            _ => String::new(),
+        };
+        let request = Request::builder().method(method.as_str()).uri(gw.admin_url(&concrete));
+        let reply = if path == "/api/stream" {
+            // An endless stream: its head is enough.
+            let request = request.body(support::client::empty()).unwrap();
+            let response = tokio::time::timeout(std::time::Duration::from_secs(5), c.request(request))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(response.headers()["content-type"], "text/event-stream");
+            response.status().as_u16()
+        } else {
+            send(&c, request.body(support::client::full(body)).unwrap())
+                .await
+                .status
+                .as_u16()
+        };
+        let responses = &doc["paths"][path][method.to_lowercase()]["responses"];
+        assert!(
+            responses.get(reply.to_string()).is_some(),
+            "{method} {concrete} answered {reply}, which the document does not list: {responses}"
+        );
+        assert!(reply != 404 || path.contains("{id}"), "{method} {concrete} is served");
+        assert_ne!(reply, 405, "{method} {concrete} is allowed");
+    }
 }

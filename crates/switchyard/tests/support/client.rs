@@ -33,6 +33,14 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
+/// A request body of `bytes`.
+#[allow(dead_code)]
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 /// A response, fully read.
 #[derive(Debug)]
 pub struct Reply {
