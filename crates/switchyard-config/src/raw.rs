@@ -24,6 +24,36 @@ pub struct RawConfig {
     /// `[cluster]`: shared state for several gateway nodes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<RawClusterMode>,
+    /// `[tracing]`: span export over OTLP/HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<RawTracing>,
+}
+
+/// `[tracing] otlp_endpoint = "http://collector:4318/v1/traces"`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawTracing {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces recorded, 0 to 1 (a caller's sampled flag wins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// Spans per export request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    /// Longest a span waits for its batch to fill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_timeout: Option<String>,
+    /// Spans held while exports are slow; more are dropped (and counted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export_timeout: Option<String>,
+    /// Extra headers on export requests (a collector's API key).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// `[cluster] redis = "redis://..."`.

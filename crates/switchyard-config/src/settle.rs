@@ -62,6 +62,7 @@ impl Settler {
             .as_ref()
             .and_then(|c| self.cluster_mode(c, &root.key("cluster")));
         self.cluster_mode_present = cluster_mode.is_some();
+        let tracing = raw.tracing.as_ref().and_then(|t| self.tracing(t, &root.key("tracing")));
         let routes = self.routes(&raw.routes, &root.key("routes"), &listener_names, &cluster_names);
         Config {
             runtime,
@@ -71,8 +72,71 @@ impl Settler {
             routes,
             clusters,
             cluster_mode,
+            tracing,
             raw: RawConfig::default(),
         }
+    }
+
+    fn tracing(&mut self, raw: &RawTracing, at: &KeyPath) -> Option<Tracing> {
+        let endpoint = match &raw.otlp_endpoint {
+            None => {
+                self.error(
+                    at.key("otlp_endpoint"),
+                    "[tracing] needs `otlp_endpoint`, such as \"http://127.0.0.1:4318/v1/traces\"",
+                );
+                None
+            }
+            Some(text) => match text.parse::<http::Uri>() {
+                Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => Some(uri),
+                _ => {
+                    self.error(
+                        at.key("otlp_endpoint"),
+                        format!("\"{text}\" is not an http:// or https:// URL of an OTLP/HTTP collector"),
+                    );
+                    None
+                }
+            },
+        };
+        let sample_ratio = raw.sample_ratio.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&sample_ratio) {
+            self.error(at.key("sample_ratio"), "sample_ratio must be between 0 and 1");
+        }
+        let batch_size = raw.batch_size.unwrap_or(defaults::TRACE_BATCH_SIZE);
+        if batch_size == 0 {
+            self.error(at.key("batch_size"), "batch_size must be at least 1");
+        }
+        let queue_size = raw.queue_size.unwrap_or(defaults::TRACE_QUEUE_SIZE);
+        if queue_size < batch_size {
+            self.error(at.key("queue_size"), "queue_size must be at least batch_size");
+        }
+        let batch_timeout = self.duration(
+            &raw.batch_timeout,
+            at.key("batch_timeout"),
+            defaults::TRACE_BATCH_TIMEOUT,
+        );
+        let export_timeout = self.duration(
+            &raw.export_timeout,
+            at.key("export_timeout"),
+            defaults::TRACE_EXPORT_TIMEOUT,
+        );
+        let mut headers = Vec::new();
+        for (name, value) in &raw.headers {
+            match (HeaderName::from_str(name), HeaderValue::from_str(value)) {
+                (Ok(name), Ok(value)) => headers.push((name, value)),
+                (Err(_), _) => self.error(at.key("headers").key(name), format!("\"{name}\" is not a header name")),
+                (_, Err(_)) => self.error(at.key("headers").key(name), "not a valid header value"),
+            }
+        }
+        Some(Tracing {
+            otlp_endpoint: endpoint?,
+            sample_ratio: sample_ratio.clamp(0.0, 1.0),
+            service_name: raw.service_name.clone().unwrap_or_else(|| "switchyard".to_owned()),
+            batch_size: batch_size.max(1),
+            batch_timeout,
+            queue_size: queue_size.max(batch_size.max(1)),
+            export_timeout,
+            headers,
+        })
     }
 
     // ----- shared value checks -------------------------------------------------

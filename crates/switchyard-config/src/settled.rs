@@ -27,6 +27,9 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
     /// Shared state for several nodes (`[cluster]`); `None`: a single node.
     pub cluster_mode: Option<ClusterMode>,
+    /// Span export (`[tracing]`); `None`: trace context is still propagated
+    /// and logged, but no spans are recorded.
+    pub tracing: Option<Tracing>,
     /// The document this was settled from, served back by `GET /api/config`.
     pub raw: RawConfig,
 }
@@ -38,6 +41,20 @@ pub struct ClusterMode {
     pub redis: String,
     /// Longest wait for one Redis answer before the failure policy applies.
     pub redis_timeout: Duration,
+}
+
+/// `[tracing]`: where and how spans are exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// OTLP/HTTP traces URL (`http://` or `https://`, JSON encoding).
+    pub otlp_endpoint: http::Uri,
+    pub sample_ratio: f64,
+    pub service_name: String,
+    pub batch_size: usize,
+    pub batch_timeout: Duration,
+    pub queue_size: usize,
+    pub export_timeout: Duration,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// Process-wide settings.
@@ -707,6 +724,11 @@ pub mod defaults {
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
     /// Bounds on how often DNS discovery looks again (the records' TTL, clamped).
+    /// Span export.
+    pub const TRACE_BATCH_SIZE: usize = 512;
+    pub const TRACE_QUEUE_SIZE: usize = 4096;
+    pub const TRACE_BATCH_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const TRACE_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const DNS_MIN_REFRESH: Duration = Duration::from_secs(1);
     pub const DNS_MAX_REFRESH: Duration = Duration::from_secs(60);
     pub const LISTENER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -20,6 +20,8 @@ use crate::body::BodyError;
 pub struct AccessRecord {
     pub started: Instant,
     pub request_id: String,
+    /// The W3C trace id (32 hex digits), continued or started here.
+    pub trace_id: String,
     pub client: IpAddr,
     pub listener: String,
     pub method: Method,
@@ -39,6 +41,7 @@ impl AccessRecord {
         tracing::info!(
             target: "access",
             request_id = %self.request_id,
+            trace_id = %self.trace_id,
             client = %self.client,
             listener = %self.listener,
             method = %self.method,
@@ -58,12 +61,44 @@ impl AccessRecord {
     }
 }
 
+/// A request's server span, waiting for the response body to end.
+#[derive(Debug)]
+pub struct PendingSpan {
+    pub tracer: std::sync::Arc<crate::trace::Tracer>,
+    pub span: crate::trace::SpanData,
+}
+
+impl PendingSpan {
+    fn end(self, outcome: &str) {
+        let mut this = self;
+        this.span.end = std::time::SystemTime::now();
+        if outcome != "complete" {
+            this.span
+                .attributes
+                .push(("switchyard.outcome", crate::trace::Attribute::Str(outcome.to_owned())));
+            this.span.error.get_or_insert_with(|| outcome.to_owned());
+        }
+        this.tracer.record(this.span);
+    }
+}
+
+/// Ends what waits for the body's end: the access log line and the span.
+fn finish(record: &mut Option<Box<AccessRecord>>, span: &mut Option<Box<PendingSpan>>, bytes: u64, outcome: &str) {
+    if let Some(record) = record.take() {
+        record.emit(bytes, outcome);
+    }
+    if let Some(span) = span.take() {
+        (*span).end(outcome);
+    }
+}
+
 pin_project! {
     /// A response body that logs its request when it ends (or is dropped early).
     pub struct Logged<B> {
         #[pin]
         inner: B,
         record: Option<Box<AccessRecord>>,
+        span: Option<Box<PendingSpan>>,
         bytes: u64,
         // The route's response-bytes counter (/metrics).
         counter: Option<prometheus::IntCounter>,
@@ -74,9 +109,8 @@ pin_project! {
     impl<B> PinnedDrop for Logged<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(record) = this.record.take() {
-                record.emit(*this.bytes, if *this.empty { "complete" } else { "client_gone" });
-            }
+            let outcome = if *this.empty { "complete" } else { "client_gone" };
+            finish(this.record, this.span, *this.bytes, outcome);
         }
     }
 }
@@ -88,10 +122,17 @@ impl<B: Body> Logged<B> {
         Self {
             inner,
             record,
+            span: None,
             bytes: 0,
             counter: None,
             empty,
         }
+    }
+
+    /// Also ends `span` when the body ends.
+    pub fn with_span(mut self, span: Option<Box<PendingSpan>>) -> Self {
+        self.span = span;
+        self
     }
 
     /// Also adds the body's bytes to `counter` as they are sent.
@@ -113,33 +154,25 @@ impl<B: Body<Data = Bytes, Error = BodyError>> Body for Logged<B> {
                 counter.inc_by(data.len() as u64);
             }
         }
-        if this.record.is_some() {
+        if this.record.is_some() || this.span.is_some() {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     *this.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
                     // A body of known length is not polled past its last frame.
                     if this.inner.is_end_stream() {
-                        if let Some(record) = this.record.take() {
-                            record.emit(*this.bytes, "complete");
-                        }
+                        finish(this.record, this.span, *this.bytes, "complete");
                     }
                 }
-                Poll::Ready(None) => {
-                    if let Some(record) = this.record.take() {
-                        record.emit(*this.bytes, "complete");
-                    }
-                }
+                Poll::Ready(None) => finish(this.record, this.span, *this.bytes, "complete"),
                 Poll::Ready(Some(Err(e))) => {
-                    if let Some(record) = this.record.take() {
-                        let outcome = if e.is_idle() {
-                            "body_idle_timeout"
-                        } else if e.is_deadline() {
-                            "max_duration"
-                        } else {
-                            "body_error"
-                        };
-                        record.emit(*this.bytes, outcome);
-                    }
+                    let outcome = if e.is_idle() {
+                        "body_idle_timeout"
+                    } else if e.is_deadline() {
+                        "max_duration"
+                    } else {
+                        "body_error"
+                    };
+                    finish(this.record, this.span, *this.bytes, outcome);
                 }
                 Poll::Pending => {}
             }

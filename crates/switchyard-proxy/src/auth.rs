@@ -286,19 +286,10 @@ impl JwksSource {
     }
 }
 
-type JwksClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    http_body_util::Empty<bytes::Bytes>,
->;
+type JwksClient = crate::upstream::WebClient<http_body_util::Empty<bytes::Bytes>>;
 
 fn jwks_client() -> Result<JwksClient, String> {
-    let tls = crate::upstream::client_config(None, None)?;
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector))
+    crate::upstream::web_client()
 }
 
 /// Re-reads a route's JWK set (a file, or a URL) every `refresh`, and soon

@@ -82,6 +82,8 @@ pin_project! {
         // since the first frame was asked for, and when that was.
         min_rate: Option<(u64, Duration)>,
         started: Option<Instant>,
+        // Adds each frame's bytes as they come (/metrics).
+        counter: Option<prometheus::IntCounter>,
     }
 }
 
@@ -100,7 +102,14 @@ impl<B: Body> TimedBody<B> {
             received: 0,
             min_rate: None,
             started: None,
+            counter: None,
         }
+    }
+
+    /// Adds the body's bytes to `counter` as they come.
+    pub fn counting(mut self, counter: prometheus::IntCounter) -> Self {
+        self.counter = Some(counter);
+        self
     }
 
     /// Fails the body when, `grace` after it started, it has averaged fewer
@@ -164,6 +173,9 @@ where
                 *this.progressed = true;
                 if let Some(data) = frame.data_ref() {
                     *this.received += data.len() as u64;
+                    if let Some(counter) = this.counter {
+                        counter.inc_by(data.len() as u64);
+                    }
                 }
                 if let Some(max) = *this.max {
                     if *this.received > max {

@@ -14,7 +14,7 @@
 //!    kept for replay when the request claimed an idempotency key.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -33,9 +33,11 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::body::{read_ahead, ProxyBody, ReadAhead, TimedBody, UpstreamRequestBody};
 use crate::error::{ProxyError, Side};
 use crate::headers::{apply_ops, set_forwarding, strip_hop_by_hop, Forwarding};
-use crate::pipeline::{rewritten_path_and_query, ConnectionInfo, Outcome};
+use crate::pipeline::{rewritten_path_and_query, ConnectionInfo, Outcome, RequestIds};
 use crate::request_id::X_REQUEST_ID;
 use crate::snapshot::{ClusterRuntime, RouteEntry};
+use crate::trace::context::{new_span_id, SpanId};
+use crate::trace::{Attribute, RequestTrace, SpanData, SpanKind, TraceContext, TRACEPARENT, TRACESTATE};
 
 /// The request header carrying an idempotency key.
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -48,10 +50,11 @@ pub(crate) async fn forward<'s>(
     listener: &switchyard_config::Listener,
     conn: &ConnectionInfo,
     req: Request<Incoming>,
-    request_id: &HeaderValue,
+    ids: RequestIds<'_>,
     started: Instant,
     outcome: &mut Outcome<'s>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let RequestIds { request_id, trace } = ids;
     let route = &entry.route;
     let cluster: &'s ClusterRuntime = entry
         .cluster
@@ -88,6 +91,10 @@ pub(crate) async fn forward<'s>(
         _ => None,
     };
     let path_and_query = prepare_head(&mut head, entry, conn, request_id);
+    // The caller's tracestate belongs to its traceparent: dropped with it.
+    if trace.context.restarted {
+        head.headers.remove(&TRACESTATE);
+    }
 
     // 3. The body.
     let method_retriable = route
@@ -121,6 +128,7 @@ pub(crate) async fn forward<'s>(
         }
     }
     let timed = TimedBody::new(body, route.idle_timeout, Side::Downstream)
+        .counting(entry.metrics.request_bytes.clone())
         .with_limit(max_body)
         .with_min_rate(listener.min_body_rate);
     let chunked = head.headers.contains_key(header::TRANSFER_ENCODING);
@@ -205,6 +213,8 @@ pub(crate) async fn forward<'s>(
         started,
         tried: Vec::new(),
         method_retriable,
+        trace,
+        attempts: 0,
     };
     let done = match hedge {
         Some(hedge) => exchange.hedged(hedge.delay).await?,
@@ -296,6 +306,9 @@ struct Prepared {
     /// Resolves when a streamed body has been sent (the route timeout counts
     /// from there); `None` for a body read ahead.
     body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// The attempt's span id (its `traceparent` parent id) and number.
+    span_id: SpanId,
+    number: u32,
 }
 
 /// A finished attempt that produced the answer.
@@ -333,6 +346,9 @@ struct Exchange<'s, 'r> {
     /// Whether the method (or the route, or an idempotency key) allows
     /// retrying after the request may have reached the upstream.
     method_retriable: bool,
+    trace: &'r RequestTrace,
+    /// Attempts prepared so far.
+    attempts: u32,
 }
 
 impl<'s> Exchange<'s, '_> {
@@ -464,12 +480,19 @@ impl<'s> Exchange<'s, '_> {
         if matches!(self.body, Plan::Replay(_)) {
             self.tried.push(index);
         }
-        let request = self.request_for(index, body)?;
+        let mut request = self.request_for(index, body)?;
+        let span_id = new_span_id();
+        if let Some(traceparent) = self.trace.upstream_header(&span_id) {
+            request.headers_mut().insert(TRACEPARENT.clone(), traceparent);
+        }
+        self.attempts += 1;
         Ok(Prepared {
             request,
             index,
             permit,
             body_sent,
+            span_id,
+            number: self.attempts,
         })
     }
 
@@ -587,7 +610,14 @@ impl<'s> Exchange<'s, '_> {
             index,
             permit,
             body_sent,
+            span_id,
+            number,
         } = prepared;
+        // What the attempt's span needs, taken only for a recorded trace.
+        let span = self.trace.recorder.clone().map(|tracer| {
+            let method = request.method().clone();
+            (tracer, self.trace.context.clone(), method, SystemTime::now())
+        });
         // Only what lives as long as the snapshot is captured, not `self`:
         // a hedge runs two of these while the exchange prepares the second.
         let cluster: &'s ClusterRuntime = self.cluster;
@@ -635,6 +665,17 @@ impl<'s> Exchange<'s, '_> {
             };
             let received = Instant::now();
             let rtt = received - sent;
+            if let Some((tracer, context, method, start)) = span {
+                tracer.record(attempt_span(
+                    &context,
+                    span_id,
+                    number,
+                    &method,
+                    endpoint.address(),
+                    (start, start + rtt),
+                    &result,
+                ));
+            }
             let failure = match &result {
                 Ok(response) if response.status().is_server_error() => Some(Failure::ServerError),
                 Ok(_) => None,
@@ -665,6 +706,47 @@ impl<'s> Exchange<'s, '_> {
 enum Either {
     First,
     Second,
+}
+
+/// The client span of one upstream attempt, a child of the request's span.
+fn attempt_span(
+    context: &TraceContext,
+    span_id: SpanId,
+    number: u32,
+    method: &Method,
+    endpoint: &str,
+    (start, end): (SystemTime, SystemTime),
+    result: &Result<Response<Incoming>, ProxyError>,
+) -> SpanData {
+    let mut attributes = vec![
+        ("http.request.method", Attribute::Str(method.to_string())),
+        ("server.address", Attribute::Str(endpoint.to_owned())),
+        ("switchyard.attempt", Attribute::Int(i64::from(number))),
+    ];
+    let error = match result {
+        Ok(response) => {
+            let status = response.status();
+            attributes.push(("http.response.status_code", Attribute::Int(i64::from(status.as_u16()))));
+            status
+                .is_server_error()
+                .then(|| format!("upstream answered {}", status.as_u16()))
+        }
+        Err(error) => {
+            attributes.push(("error.type", Attribute::Str(error.code().to_owned())));
+            Some(error.to_string())
+        }
+    };
+    SpanData {
+        trace_id: context.trace_id,
+        span_id,
+        parent: Some(context.span_id),
+        name: format!("{method} upstream"),
+        kind: SpanKind::Client,
+        start,
+        end,
+        attributes,
+        error,
+    }
 }
 
 /// The answer of a finished attempt, or its error.

@@ -24,6 +24,7 @@ pub mod request_id;
 pub mod router;
 mod server;
 pub mod snapshot;
+pub mod trace;
 pub mod upstream;
 
 use std::collections::HashMap;

@@ -55,6 +55,8 @@ pub struct Metrics {
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     response_bytes: IntCounterVec,
+    request_bytes: IntCounterVec,
+    trace_spans: IntCounterVec,
     connections_active: IntGaugeVec,
     connections: IntCounterVec,
     tls_handshakes: IntCounterVec,
@@ -146,6 +148,18 @@ impl Metrics {
                 "switchyard_response_body_bytes_total",
                 "Response body bytes sent to clients, by route.",
                 &["route"],
+            ),
+            request_bytes: counter(
+                &r,
+                "switchyard_request_body_bytes_total",
+                "Request body bytes received from clients, by route.",
+                &["route"],
+            ),
+            trace_spans: counter(
+                &r,
+                "switchyard_trace_spans_total",
+                "Sampled spans, by result (exported, dropped: the export queue was full, failed: the collector refused or was unreachable).",
+                &["result"],
             ),
             connections_active: gauge(
                 &r,
@@ -253,6 +267,7 @@ impl Metrics {
             requests: Default::default(),
             duration: self.request_duration.with_label_values(&[route]),
             bytes: self.response_bytes.with_label_values(&[route]),
+            request_bytes: self.request_bytes.with_label_values(&[route]),
             allowed: self.rate_limit_decisions.with_label_values(&[route, "allowed"]),
             limited: self.rate_limit_decisions.with_label_values(&[route, "limited"]),
             unavailable: self
@@ -281,6 +296,15 @@ impl Metrics {
             refused: self.connections.with_label_values(&[listener, "refused"]),
             tls_ok: self.tls_handshakes.with_label_values(&[listener, "success"]),
             tls_failed: self.tls_handshakes.with_label_values(&[listener, "failure"]),
+        }
+    }
+
+    /// The span counters of a tracer.
+    pub fn trace(&self) -> crate::trace::TraceMetrics {
+        crate::trace::TraceMetrics {
+            exported: self.trace_spans.with_label_values(&["exported"]),
+            dropped: self.trace_spans.with_label_values(&["dropped"]),
+            failed: self.trace_spans.with_label_values(&["failed"]),
         }
     }
 
@@ -426,6 +450,7 @@ pub struct RouteMetrics {
     requests: [[OnceLock<IntCounter>; 5]; 8],
     duration: Histogram,
     pub bytes: IntCounter,
+    pub request_bytes: IntCounter,
     pub allowed: IntCounter,
     pub limited: IntCounter,
     pub unavailable: IntCounter,

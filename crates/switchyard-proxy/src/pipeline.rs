@@ -28,9 +28,10 @@ use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use switchyard_config::{Direct, PathMatch, Redirect, RouteAction};
 
-use crate::access_log::{AccessRecord, Logged};
+use crate::access_log::{AccessRecord, Logged, PendingSpan};
 use crate::body::ProxyBody;
 use crate::error::{ProxyError, Side};
+use crate::trace::{Attribute, RequestTrace, SpanData, SpanKind};
 use switchyard_security::cors::{CorsPolicy, Preflight};
 
 use crate::filters;
@@ -116,6 +117,13 @@ impl ConnectionInfo {
     }
 }
 
+/// What names a request to logs, traces and upstreams.
+#[derive(Clone, Copy)]
+pub(crate) struct RequestIds<'a> {
+    pub(crate) request_id: &'a HeaderValue,
+    pub(crate) trace: &'a RequestTrace,
+}
+
 /// What the access log learns while the request is handled; borrowed from
 /// the snapshot so that nothing is copied unless the log is on.
 #[derive(Default)]
@@ -139,12 +147,13 @@ pub async fn handle(
     let started = Instant::now();
     let snapshot = shared.snapshot.load_full();
     let request_id = request_id::from_request_or_new(req.headers());
+    let trace = RequestTrace::new(req.headers(), snapshot.tracer.as_ref());
     let version = req.version();
     let method = req.method().clone();
 
     // Kept for the access log only when it is on: the request moves upstream.
     let log_enabled = snapshot.config.access_log;
-    let logged_head = log_enabled.then(|| {
+    let logged_head = (log_enabled || trace.recorder.is_some()).then(|| {
         (
             req.method().clone(),
             req.version(),
@@ -154,7 +163,7 @@ pub async fn handle(
     });
 
     let mut outcome = Outcome::default();
-    let result = serve(&snapshot, &conn, req, &request_id, started, &mut outcome).await;
+    let result = serve(&snapshot, &conn, req, &request_id, &trace, started, &mut outcome).await;
     let (mut response, error) = match result {
         Ok(response) => (response, None),
         Err(error) => {
@@ -185,27 +194,103 @@ pub async fn handle(
         cors.apply(origin.as_deref(), response.headers_mut());
     }
 
-    let record = logged_head.map(|(method, version, host, path)| {
-        Box::new(AccessRecord {
-            started,
-            request_id: request_id.to_str().unwrap_or_default().to_owned(),
-            client: conn.peer.ip(),
-            listener: conn.listener.to_string(),
-            method,
-            version,
-            host,
-            path,
-            route: outcome.route.map(str::to_owned),
-            status: response.status(),
-            upstream: outcome.upstream.map(str::to_owned),
-            upstream_time: outcome.upstream_time,
-            error,
-        })
-    });
+    let span = match (&trace.recorder, &logged_head) {
+        (Some(tracer), Some((method, version, host, path))) => Some(Box::new(PendingSpan {
+            tracer: tracer.clone(),
+            span: request_span(
+                &trace,
+                &conn,
+                &outcome,
+                &request_id,
+                (method, *version, host, path),
+                response.status(),
+                error,
+            ),
+        })),
+        _ => None,
+    };
+    let record = logged_head
+        .filter(|_| log_enabled)
+        .map(|(method, version, host, path)| {
+            Box::new(AccessRecord {
+                started,
+                request_id: request_id.to_str().unwrap_or_default().to_owned(),
+                trace_id: trace.context.trace_id_hex(),
+                client: conn.peer.ip(),
+                listener: conn.listener.to_string(),
+                method,
+                version,
+                host,
+                path,
+                route: outcome.route.map(str::to_owned),
+                status: response.status(),
+                upstream: outcome.upstream.map(str::to_owned),
+                upstream_time: outcome.upstream_time,
+                error,
+            })
+        });
     let metrics = outcome.metrics.unwrap_or(&snapshot.unrouted);
     metrics.request(&method, response.status(), started.elapsed());
     let bytes = metrics.bytes.clone();
-    Ok(response.map(|body| Logged::new(body, record).counting(bytes)))
+    Ok(response.map(|body| Logged::new(body, record).with_span(span).counting(bytes)))
+}
+
+/// The request's server span, ended when its response body ends.
+fn request_span(
+    trace: &RequestTrace,
+    conn: &ConnectionInfo,
+    outcome: &Outcome<'_>,
+    request_id: &HeaderValue,
+    (method, version, host, path): (&http::Method, Version, &str, &str),
+    status: http::StatusCode,
+    error: Option<&'static str>,
+) -> SpanData {
+    let route = outcome.route.unwrap_or("-");
+    let mut attributes = vec![
+        ("http.request.method", Attribute::Str(method.to_string())),
+        ("url.path", Attribute::Str(path.to_owned())),
+        ("server.address", Attribute::Str(host.to_owned())),
+        (
+            "network.protocol.version",
+            Attribute::Str(protocol_version(version).to_owned()),
+        ),
+        ("client.address", Attribute::Str(conn.peer.ip().to_string())),
+        ("http.response.status_code", Attribute::Int(i64::from(status.as_u16()))),
+        ("switchyard.listener", Attribute::Str(conn.listener.to_string())),
+        ("switchyard.route", Attribute::Str(route.to_owned())),
+        (
+            "switchyard.request_id",
+            Attribute::Str(request_id.to_str().unwrap_or_default().to_owned()),
+        ),
+    ];
+    if let Some(upstream) = outcome.upstream {
+        attributes.push(("switchyard.upstream", Attribute::Str(upstream.to_owned())));
+    }
+    SpanData {
+        trace_id: trace.context.trace_id,
+        span_id: trace.context.span_id,
+        parent: trace.context.parent,
+        name: format!("{method} {route}"),
+        kind: SpanKind::Server,
+        start: trace.started_at,
+        end: trace.started_at,
+        attributes,
+        error: match error {
+            Some(code) => Some(format!("{} {code}", status.as_u16())),
+            None if status.is_server_error() => Some(format!("upstream answered {}", status.as_u16())),
+            None => None,
+        },
+    }
+}
+
+fn protocol_version(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
 }
 
 /// Steps 3 to 5: check, route, act.
@@ -214,6 +299,7 @@ async fn serve<'s>(
     conn: &ConnectionInfo,
     mut req: Request<Incoming>,
     request_id: &HeaderValue,
+    trace: &RequestTrace,
     started: Instant,
     outcome: &mut Outcome<'s>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -318,7 +404,8 @@ async fn serve<'s>(
         RouteAction::Direct(direct) => direct_response(direct),
         RouteAction::Redirect(redirect) => redirect_response(redirect, entry, &req),
         RouteAction::Forward { .. } => {
-            forward(entry, &listener.config, conn, req, request_id, started, outcome).await?
+            let ids = RequestIds { request_id, trace };
+            forward(entry, &listener.config, conn, req, ids, started, outcome).await?
         }
     };
     quota.apply(response.headers_mut());

@@ -29,6 +29,7 @@ use crate::filters::Limit;
 use crate::global_limit::{GlobalBucket, RedisStore};
 use crate::metrics::{ClusterMetrics, ListenerMetrics, Metrics, RouteMetrics};
 use crate::router::Router;
+use crate::trace::Tracer;
 use crate::upstream::{PoolSettings, UpstreamClient};
 
 /// An immutable view of the running configuration.
@@ -42,6 +43,8 @@ pub struct Snapshot {
     pub unrouted: RouteMetrics,
     pub listeners: HashMap<String, ListenerRuntime>,
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
+    /// Span export (`[tracing]`).
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// A listener's settings and its router.
@@ -241,6 +244,8 @@ pub struct Registry {
     /// The TLS settings each https listener serves with, kept so that a
     /// certificate that cannot be read at reload leaves the previous one.
     tls: HashMap<String, Arc<rustls::ServerConfig>>,
+    /// The span exporter, kept while `[tracing]` stays the same.
+    tracer: Option<Arc<Tracer>>,
     /// Whether a snapshot was built before (endpoints added later slow-start).
     built: bool,
 }
@@ -542,7 +547,19 @@ impl Registry {
                 (listener.name.clone(), runtime)
             })
             .collect();
+        self.tracer = match (&config.tracing, self.tracer.take()) {
+            (Some(wanted), Some(kept)) if kept.settings == *wanted => Some(kept),
+            (Some(wanted), _) => match Tracer::start(wanted.clone(), metrics.trace()) {
+                Ok(tracer) => Some(tracer),
+                Err(error) => {
+                    tracing::error!(%error, "cannot start span export: no spans are recorded");
+                    None
+                }
+            },
+            (None, _) => None,
+        };
         Snapshot {
+            tracer: self.tracer.clone(),
             config,
             version,
             unrouted: metrics.route("-", "-"),

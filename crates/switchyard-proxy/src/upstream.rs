@@ -92,6 +92,24 @@ fn cleartext_only() -> rustls::ClientConfig {
 /// TLS client settings: verifying against `ca` (or the system's roots), and
 /// presenting `client_cert` (mTLS to upstreams) when given. Used for
 /// clusters' endpoints and for JWK-set URLs.
+/// An HTTP/1.1 client for the gateway's own calls (JWK sets, span export):
+/// `http://` or `https://` verified against the system's roots.
+pub(crate) type WebClient<B> =
+    hyper_util::client::legacy::Client<HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, B>;
+
+pub(crate) fn web_client<B>() -> Result<WebClient<B>, String>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(client_config(None, None)?)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector))
+}
+
 pub(crate) fn client_config(
     ca: Option<&str>,
     client_cert: Option<&(String, String)>,

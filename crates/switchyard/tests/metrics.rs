@@ -55,7 +55,9 @@ cluster = "api"
         assert_eq!(get(&c, &gw.url("/status/503"), &[]).await.status, 503);
     }
     for _ in 0..2 {
-        let post = Request::post(gw.url("/ok")).body(support::client::empty()).unwrap();
+        let post = Request::post(gw.url("/ok"))
+            .body(support::client::full(vec![b'x'; 100]))
+            .unwrap();
         assert_eq!(send(&c, post).await.status, 200);
     }
     assert_eq!(get(&c, &gw.url("/nowhere"), &[]).await.status, 404);
@@ -121,6 +123,11 @@ cluster = "api"
     assert!(
         sample(&text, "switchyard_response_body_bytes_total{route=\"ok\"}").unwrap() > 0.0,
         "body bytes are counted"
+    );
+    assert_eq!(
+        sample(&text, "switchyard_request_body_bytes_total{route=\"ok\"}"),
+        Some(200.0),
+        "request body bytes are counted"
     );
     assert!(
         !text.contains("/nowhere") && !text.contains("127.0.0.1\",method"),
