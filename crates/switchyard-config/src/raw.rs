@@ -136,6 +136,29 @@ pub struct RawListener {
     pub body_rate_grace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<bool>,
+    /// `tcp` and `udp` listeners: the cluster connections go to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// `tcp` listeners: clusters chosen by the TLS ClientHello's server name
+    /// (TLS passthrough); `cluster` takes the rest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sni_routes: Vec<RawSniRoute>,
+    /// `tcp` listeners: endpoints tried before a connection is given up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_attempts: Option<u32>,
+    /// `udp` listeners: client sessions kept at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<usize>,
+}
+
+/// `sni_routes = [{ server_names = ["a.example", "*.b.example"], cluster = "a" }]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawSniRoute {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub server_names: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// `tls = { certificates = [{ cert, key }], client_ca, client_auth }`.
@@ -247,6 +270,22 @@ pub struct RawRoute {
     pub cors: Option<RawCors>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<RawAuth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<RawWebSocket>,
+}
+
+/// `websocket = { enabled, idle_timeout, max_lifetime, max_connections }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawWebSocket {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_lifetime: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 /// `auth = { jwt, api_keys, basic, require, identity_header }`.
@@ -555,6 +594,10 @@ pub struct RawCluster {
     pub circuit_breaker: Option<RawCircuitBreaker>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawUpstreamTls>,
+    /// `"v1"` or `"v2"`: a PROXY protocol header naming the client starts
+    /// each connection to an endpoint (`tcp` listeners).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
 }
 
 /// `tls = { ca, server_name, client_cert, client_key }` of a cluster.

@@ -51,19 +51,30 @@ impl Settler {
         let root = KeyPath::root();
         let runtime = self.runtime(&raw.runtime, &root.key("runtime"));
         let admin = raw.admin.as_ref().map(|a| self.admin(a, &root.key("admin")));
-        let listeners = self.listeners(&raw.listeners, &root.key("listeners"));
-        let clusters = self.clusters(&raw.clusters, &root.key("clusters"));
         // Names come from the raw document so that a cluster with an unrelated
         // error does not also make every route naming it fail.
         let listener_names: Vec<&str> = raw.listeners.iter().filter_map(|l| l.name.as_deref()).collect();
         let cluster_names: Vec<&str> = raw.clusters.iter().filter_map(|c| c.name.as_deref()).collect();
+        let listeners = self.listeners(&raw.listeners, &root.key("listeners"), &cluster_names);
+        let clusters = self.clusters(&raw.clusters, &root.key("clusters"));
         let cluster_mode = raw
             .cluster
             .as_ref()
             .and_then(|c| self.cluster_mode(c, &root.key("cluster")));
         self.cluster_mode_present = cluster_mode.is_some();
         let tracing = raw.tracing.as_ref().and_then(|t| self.tracing(t, &root.key("tracing")));
-        let routes = self.routes(&raw.routes, &root.key("routes"), &listener_names, &cluster_names);
+        let l4_listener_names: Vec<&str> = raw
+            .listeners
+            .iter()
+            .filter(|l| matches!(l.protocol.as_deref(), Some("tcp" | "udp")))
+            .filter_map(|l| l.name.as_deref())
+            .collect();
+        let routes = self.routes(
+            &raw.routes,
+            &root.key("routes"),
+            (&listener_names, &l4_listener_names),
+            &cluster_names,
+        );
         Config {
             runtime,
             admin,
@@ -299,7 +310,7 @@ impl Settler {
         }
     }
 
-    fn listeners(&mut self, raw: &[RawListener], path: &KeyPath) -> Vec<Listener> {
+    fn listeners(&mut self, raw: &[RawListener], path: &KeyPath, clusters: &[&str]) -> Vec<Listener> {
         let mut names = HashSet::new();
         let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
         let mut out = Vec::new();
@@ -329,13 +340,8 @@ impl Settler {
             let protocol = match l.protocol.as_deref().unwrap_or("http") {
                 "http" => Some(ListenerProtocol::Http),
                 "https" => Some(ListenerProtocol::Https),
-                p @ ("tcp" | "udp") => {
-                    self.error(
-                        at.key("protocol"),
-                        format!("protocol \"{p}\" is not available in this version yet; use \"http\" or \"https\""),
-                    );
-                    None
-                }
+                "tcp" => Some(ListenerProtocol::Tcp),
+                "udp" => Some(ListenerProtocol::Udp),
                 other => {
                     let hint = did_you_mean(other, ["http", "https", "tcp", "udp"]);
                     self.error_with_hint(at.key("protocol"), format!("unknown protocol \"{other}\""), hint);
@@ -348,7 +354,13 @@ impl Settler {
                 at.key("header_read_timeout"),
                 defaults::HEADER_READ_TIMEOUT,
             );
-            let idle_timeout = self.duration(&l.idle_timeout, at.key("idle_timeout"), defaults::LISTENER_IDLE_TIMEOUT);
+            let idle_default = match protocol {
+                Some(ListenerProtocol::Tcp) => defaults::TCP_IDLE_TIMEOUT,
+                Some(ListenerProtocol::Udp) => defaults::UDP_IDLE_TIMEOUT,
+                _ => defaults::LISTENER_IDLE_TIMEOUT,
+            };
+            let idle_timeout = self.duration(&l.idle_timeout, at.key("idle_timeout"), idle_default);
+            let sni_routes = protocol.map_or_else(Vec::new, |p| self.l4_listener(l, p, &at, clusters));
             let max_header_size = self.size(&l.max_header_size, at.key("max_header_size"), defaults::MAX_HEADER_SIZE);
             // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
             if !(8192..=(16 << 20)).contains(&max_header_size) {
@@ -439,10 +451,145 @@ impl Settler {
                     tls,
                     min_body_rate,
                     proxy_protocol: l.proxy_protocol.unwrap_or(false),
+                    cluster: l.cluster.clone(),
+                    sni_routes,
+                    connect_attempts: l.connect_attempts.unwrap_or(defaults::TCP_CONNECT_ATTEMPTS).max(1),
+                    max_sessions: l.max_sessions.unwrap_or(defaults::UDP_MAX_SESSIONS),
                 });
             }
         }
         out
+    }
+
+    /// Checks the keys of `tcp` and `udp` listeners (and that HTTP listeners
+    /// have none of them); returns the TLS passthrough rules.
+    fn l4_listener(
+        &mut self,
+        l: &RawListener,
+        protocol: ListenerProtocol,
+        at: &KeyPath,
+        clusters: &[&str],
+    ) -> Vec<SniRoute> {
+        let name = match protocol {
+            ListenerProtocol::Http => "http",
+            ListenerProtocol::Https => "https",
+            ListenerProtocol::Tcp => "tcp",
+            ListenerProtocol::Udp => "udp",
+        };
+        let only = |key: &str, allowed: &[ListenerProtocol]| {
+            (!allowed.contains(&protocol)).then(|| {
+                let kinds: Vec<String> = allowed
+                    .iter()
+                    .map(|p| format!("\"{}\"", if *p == ListenerProtocol::Tcp { "tcp" } else { "udp" }))
+                    .collect();
+                (
+                    key.to_owned(),
+                    format!(
+                        "`{key}` is for `protocol = {}` listeners, not \"{name}\"",
+                        kinds.join(" or ")
+                    ),
+                )
+            })
+        };
+        use ListenerProtocol::{Tcp, Udp};
+        let misplaced = [
+            l.cluster.as_ref().and_then(|_| only("cluster", &[Tcp, Udp])),
+            (!l.sni_routes.is_empty()).then(|| only("sni_routes", &[Tcp])).flatten(),
+            l.connect_attempts.and_then(|_| only("connect_attempts", &[Tcp])),
+            l.max_sessions.and_then(|_| only("max_sessions", &[Udp])),
+        ];
+        for (key, message) in misplaced.into_iter().flatten() {
+            self.error(at.key(&key), message);
+        }
+        if protocol == Udp && l.proxy_protocol == Some(true) {
+            self.error(
+                at.key("proxy_protocol"),
+                "UDP datagrams carry no PROXY header: remove it from this udp listener",
+            );
+        }
+        if !protocol.is_http() {
+            for (key, present) in [
+                ("max_header_size", l.max_header_size.is_some()),
+                ("max_headers", l.max_headers.is_some()),
+                ("max_concurrent_streams", l.max_concurrent_streams.is_some()),
+                ("max_body_size", l.max_body_size.is_some()),
+                ("max_uri_length", l.max_uri_length.is_some()),
+                ("min_body_rate", l.min_body_rate.is_some()),
+            ] {
+                if present {
+                    self.error(
+                        at.key(key),
+                        format!("`{key}` is an HTTP setting; a {name} listener has no use for it"),
+                    );
+                }
+            }
+        }
+        if l.connect_attempts == Some(0) {
+            self.error(at.key("connect_attempts"), "must be at least 1");
+        }
+        if l.max_sessions == Some(0) {
+            self.error(at.key("max_sessions"), "must be at least 1");
+        }
+        let check_cluster = |this: &mut Self, cluster: &str, key: KeyPath| {
+            if !clusters.contains(&cluster) {
+                let hint = did_you_mean(cluster, clusters.iter().copied());
+                this.error_with_hint(key, format!("no cluster named \"{cluster}\""), hint);
+            }
+        };
+        if let Some(cluster) = &l.cluster {
+            check_cluster(self, cluster, at.key("cluster"));
+        }
+        let mut rules = Vec::new();
+        for (i, raw) in l.sni_routes.iter().enumerate() {
+            let at = at.key("sni_routes").index(i);
+            if raw.server_names.is_empty() {
+                self.error(
+                    at.key("server_names"),
+                    "list at least one server name, such as \"db.example.com\"",
+                );
+            }
+            let mut server_names = Vec::new();
+            for (j, name) in raw.server_names.iter().enumerate() {
+                let lower = name.to_ascii_lowercase();
+                let host = lower.strip_prefix("*.").unwrap_or(&lower);
+                let valid = !host.is_empty()
+                    && host.split('.').all(|label| {
+                        !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    });
+                if !valid {
+                    self.error(
+                        at.key("server_names").index(j),
+                        format!("\"{name}\" is not a host name or a `*.domain` wildcard"),
+                    );
+                }
+                server_names.push(lower);
+            }
+            match &raw.cluster {
+                Some(cluster) => {
+                    check_cluster(self, cluster, at.key("cluster"));
+                    rules.push(SniRoute {
+                        server_names,
+                        cluster: cluster.clone(),
+                    });
+                }
+                None => self.error(
+                    at.key("cluster"),
+                    "each SNI rule needs the `cluster` its connections go to",
+                ),
+            }
+        }
+        if !protocol.is_http() && l.cluster.is_none() && rules.is_empty() && l.sni_routes.is_empty() {
+            let example = if protocol == Tcp {
+                "`cluster = \"db\"` (or `sni_routes`)"
+            } else {
+                "`cluster = \"dns\"`"
+            };
+            self.error(
+                at.key("cluster"),
+                format!("a {name} listener forwards to a cluster: add {example}"),
+            );
+        }
+        rules
     }
 
     fn clusters(&mut self, raw: &[RawCluster], path: &KeyPath) -> Vec<Cluster> {
@@ -493,6 +640,18 @@ impl Settler {
                 .as_ref()
                 .map(|raw| self.circuit_breaker(raw, &at.key("circuit_breaker")));
             let tls = c.tls.as_ref().map(|raw| self.upstream_tls(raw, &at.key("tls")));
+            let proxy_protocol = match c.proxy_protocol.as_deref() {
+                None => None,
+                Some("v1") => Some(ProxyProtocolVersion::V1),
+                Some("v2") => Some(ProxyProtocolVersion::V2),
+                Some(other) => {
+                    self.error(
+                        at.key("proxy_protocol"),
+                        format!("unknown PROXY protocol version \"{other}\": use \"v1\" or \"v2\""),
+                    );
+                    None
+                }
+            };
             if tls.is_some() && matches!(&health_check, Some(check) if check.kind != HealthCheckKind::Tcp) {
                 self.error(
                     at.key("health_check").key("type"),
@@ -584,6 +743,7 @@ impl Settler {
                     retry_budget,
                     circuit_breaker,
                     tls,
+                    proxy_protocol,
                 });
             }
         }
@@ -896,7 +1056,14 @@ impl Settler {
         Sticky { cookie, ttl }
     }
 
-    fn routes(&mut self, raw: &[RawRoute], path: &KeyPath, listeners: &[&str], clusters: &[&str]) -> Vec<Route> {
+    /// `listeners` are the HTTP listeners' names, `l4_listeners` the others'.
+    fn routes(
+        &mut self,
+        raw: &[RawRoute],
+        path: &KeyPath,
+        (listeners, l4_listeners): (&[&str], &[&str]),
+        clusters: &[&str],
+    ) -> Vec<Route> {
         let mut names = HashSet::new();
         let mut out = Vec::new();
         for (i, r) in raw.iter().enumerate() {
@@ -914,6 +1081,12 @@ impl Settler {
                 );
             }
             if let Some(listener) = &r.listener {
+                if l4_listeners.contains(&listener.as_str()) {
+                    self.error(
+                        at.key("listener"),
+                        format!("\"{listener}\" is a tcp/udp listener: it forwards to its `cluster` and takes no HTTP routes"),
+                    );
+                }
                 if !listeners.contains(&listener.as_str()) {
                     let hint = did_you_mean(listener, listeners.iter().copied());
                     self.error_with_hint(at.key("listener"), format!("no listener named \"{listener}\""), hint);
@@ -968,6 +1141,15 @@ impl Settler {
             let max_body_size = self.optional_size(&r.max_body_size, at.key("max_body_size"));
             let cors = r.cors.as_ref().map(|raw| self.cors(raw, &at.key("cors")));
             let auth = r.auth.as_ref().map(|raw| self.auth(raw, &at.key("auth")));
+            let websocket = match &r.websocket {
+                Some(raw) => {
+                    if !forwards {
+                        self.error(at.key("websocket"), "only routes with a `cluster` take `websocket`");
+                    }
+                    self.websocket(raw, &at.key("websocket"))
+                }
+                None => WebSocket::default(),
+            };
             if let (Some(name), Some(action)) = (name, action) {
                 out.push(Route {
                     name,
@@ -989,10 +1171,32 @@ impl Settler {
                     max_body_size,
                     cors,
                     auth,
+                    websocket,
                 });
             }
         }
         out
+    }
+
+    fn websocket(&mut self, raw: &RawWebSocket, at: &KeyPath) -> WebSocket {
+        let defaults = WebSocket::default();
+        let idle_timeout = self.duration(&raw.idle_timeout, at.key("idle_timeout"), defaults.idle_timeout);
+        let max_lifetime = raw
+            .max_lifetime
+            .is_some()
+            .then(|| self.duration(&raw.max_lifetime, at.key("max_lifetime"), Duration::MAX));
+        if raw.max_connections == Some(0) {
+            self.error(
+                at.key("max_connections"),
+                "must be at least 1 (leave it out for no limit)",
+            );
+        }
+        WebSocket {
+            enabled: raw.enabled.unwrap_or(true),
+            idle_timeout,
+            max_lifetime,
+            max_connections: raw.max_connections,
+        }
     }
 
     fn retry(&mut self, raw: &RawRetry, at: &KeyPath, route_timeout: Duration) -> Retry {

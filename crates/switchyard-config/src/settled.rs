@@ -81,6 +81,17 @@ pub enum ListenerProtocol {
     Http,
     /// HTTP/1.1 and HTTP/2 over TLS (ALPN).
     Https,
+    /// Raw TCP, forwarded byte for byte to a cluster (L4).
+    Tcp,
+    /// UDP datagrams, forwarded per client session to a cluster (L4).
+    Udp,
+}
+
+impl ListenerProtocol {
+    /// Whether HTTP routes apply to the listener.
+    pub fn is_http(self) -> bool {
+        matches!(self, Self::Http | Self::Https)
+    }
 }
 
 /// A socket the gateway accepts client connections on.
@@ -119,6 +130,40 @@ pub struct Listener {
     /// Trusted peers start each connection with a PROXY protocol header
     /// naming the real client.
     pub proxy_protocol: bool,
+    /// `tcp`/`udp`: the cluster connections go to (for `tcp` with
+    /// `sni_routes`: those no server name matched); `None` on HTTP listeners.
+    pub cluster: Option<String>,
+    /// `tcp`: clusters chosen by the ClientHello's server name, first match wins.
+    pub sni_routes: Vec<SniRoute>,
+    /// `tcp`: endpoints tried (each under the cluster's connect timeout)
+    /// before the client's connection is closed.
+    pub connect_attempts: u32,
+    /// `udp`: client sessions kept at once; datagrams of new clients beyond
+    /// it are dropped.
+    pub max_sessions: usize,
+}
+
+/// One rule of a `tcp` listener's TLS passthrough.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniRoute {
+    /// Lower-case names, exact (`a.example`) or one-label wildcards (`*.example`).
+    pub server_names: Vec<String>,
+    pub cluster: String,
+}
+
+impl SniRoute {
+    /// Whether `name` (lower-case) is one of this rule's names.
+    pub fn matches(&self, name: &str) -> bool {
+        self.server_names
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(suffix) => name
+                    .strip_suffix(suffix)
+                    .and_then(|head| head.strip_suffix('.'))
+                    .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+                None => pattern == name,
+            })
+    }
 }
 
 /// TLS settings of an `https` listener, as files; loaded and checked when
@@ -220,6 +265,32 @@ pub struct Route {
     pub cors: Option<Cors>,
     /// Authentication and authorization; `None`: anyone may pass.
     pub auth: Option<Auth>,
+    /// WebSocket upgrades (HTTP/1.1 `Upgrade`, HTTP/2 extended CONNECT).
+    pub websocket: WebSocket,
+}
+
+/// How a route treats WebSocket connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebSocket {
+    /// Whether upgrades are proxied (else refused with 400).
+    pub enabled: bool,
+    /// A connection with no byte either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// A connection open this long is closed; `None`: no limit.
+    pub max_lifetime: Option<Duration>,
+    /// Open connections through the route at once; `None`: no limit.
+    pub max_connections: Option<usize>,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            idle_timeout: defaults::WEBSOCKET_IDLE_TIMEOUT,
+            max_lifetime: None,
+            max_connections: None,
+        }
+    }
 }
 
 /// A route's authentication: any configured method may authenticate a
@@ -580,6 +651,18 @@ pub struct Cluster {
     pub circuit_breaker: Option<CircuitBreaker>,
     /// TLS to the endpoints; `None`: cleartext.
     pub tls: Option<UpstreamTls>,
+    /// A PROXY protocol header starts each `tcp` listener connection to an
+    /// endpoint; `None`: none.
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+}
+
+/// PROXY protocol versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProxyProtocolVersion {
+    /// The text header.
+    V1,
+    /// The binary header.
+    V2,
 }
 
 /// Where a cluster finds its endpoints at run time.
@@ -732,6 +815,12 @@ pub mod defaults {
     pub const DNS_MIN_REFRESH: Duration = Duration::from_secs(1);
     pub const DNS_MAX_REFRESH: Duration = Duration::from_secs(60);
     pub const LISTENER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// L4 listeners: a TCP connection or UDP session with no traffic this long ends.
+    pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+    pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const TCP_CONNECT_ATTEMPTS: u32 = 3;
+    pub const UDP_MAX_SESSIONS: usize = 10_000;
+    pub const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     pub const MAX_HEADER_SIZE: u64 = 64 * 1024;
     pub const MAX_HEADERS: usize = 100;
     pub const MAX_CONCURRENT_STREAMS: u32 = 256;

@@ -79,6 +79,10 @@ pub enum ProxyError {
     Forbidden { reason: String },
     #[error("the request target is longer than {limit} bytes")]
     UriTooLong { limit: usize },
+    #[error("route {route} has {limit} WebSocket connections open already")]
+    WebSocketLimit { route: String, limit: usize },
+    #[error("cluster {cluster} speaks HTTP/2 upstream; WebSocket needs an HTTP/1.1 cluster")]
+    WebSocketUpstream { cluster: String },
 }
 
 impl ProxyError {
@@ -99,7 +103,11 @@ impl ProxyError {
             | Self::Unauthorized { .. }
             | Self::Forbidden { .. }
             | Self::UriTooLong { .. } => Side::Downstream,
-            Self::FaultInjected { .. } | Self::IdempotencyStoreFull | Self::RateLimitUnavailable => Side::Internal,
+            Self::WebSocketLimit { .. } => Side::Upstream,
+            Self::FaultInjected { .. }
+            | Self::IdempotencyStoreFull
+            | Self::RateLimitUnavailable
+            | Self::WebSocketUpstream { .. } => Side::Internal,
             Self::CircuitOpen { .. }
             | Self::Overloaded { .. }
             | Self::NoHealthyEndpoint { .. }
@@ -145,7 +153,8 @@ impl ProxyError {
             | Self::CircuitOpen { .. }
             | Self::Overloaded { .. }
             | Self::IdempotencyStoreFull
-            | Self::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::RateLimitUnavailable
+            | Self::WebSocketLimit { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::FaultInjected { status } => *status,
             Self::IdempotencyInProgress => StatusCode::CONFLICT,
             Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
@@ -155,7 +164,9 @@ impl ProxyError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
-            Self::UpstreamConnect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamConnect { .. } | Self::Upstream { .. } | Self::WebSocketUpstream { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::UpstreamConnectTimeout { .. } | Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -187,6 +198,8 @@ impl ProxyError {
             Self::RateLimitUnavailable => "rate_limit_unavailable",
             Self::Forbidden { .. } => "forbidden",
             Self::UriTooLong { .. } => "uri_too_long",
+            Self::WebSocketLimit { .. } => "websocket_limit",
+            Self::WebSocketUpstream { .. } => "websocket_unsupported_upstream",
         }
     }
 
@@ -291,6 +304,10 @@ impl ProxyError {
             Self::Forbidden { reason } => format!("not allowed: {reason}"),
             Self::RateLimitUnavailable => "the rate limit cannot be checked right now; retry later".into(),
             Self::UriTooLong { limit } => format!("the request target may be at most {limit} bytes long"),
+            Self::WebSocketLimit { limit, .. } => {
+                format!("this route allows {limit} open WebSocket connections; retry later")
+            }
+            Self::WebSocketUpstream { .. } => "the upstream of this route cannot take WebSocket connections".into(),
             Self::RateLimited { decision } => format!(
                 "rate limit of {} requests exceeded; retry in {} s",
                 decision.limit,

@@ -38,6 +38,7 @@ use crate::request_id::X_REQUEST_ID;
 use crate::snapshot::{ClusterRuntime, RouteEntry};
 use crate::trace::context::{new_span_id, SpanId};
 use crate::trace::{Attribute, RequestTrace, SpanData, SpanKind, TraceContext, TRACEPARENT, TRACESTATE};
+use crate::websocket;
 
 /// The request header carrying an idempotency key.
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -60,6 +61,17 @@ pub(crate) async fn forward<'s>(
         .cluster
         .as_deref()
         .expect("a forward route's cluster exists (validated)");
+
+    // WebSocket handshakes are admitted (and their client side taken) first.
+    let mut req = req;
+    let websocket = match websocket::requested(&req) {
+        Some(handshake) => Some((
+            handshake,
+            admit_websocket(entry, cluster)?,
+            hyper::upgrade::on(&mut req),
+        )),
+        None => None,
+    };
 
     // 1. Faults.
     if let Some(fault) = &entry.fault {
@@ -91,6 +103,9 @@ pub(crate) async fn forward<'s>(
         _ => None,
     };
     let path_and_query = prepare_head(&mut head, entry, conn, request_id);
+    if let Some((handshake, ..)) = &websocket {
+        websocket::prepare_upstream(&mut head, *handshake);
+    }
     // The caller's tracestate belongs to its traceparent: dropped with it.
     if trace.context.restarted {
         head.headers.remove(&TRACESTATE);
@@ -107,7 +122,7 @@ pub(crate) async fn forward<'s>(
         .is_some_and(|r| r.attempts > 1 && (r.on.connect_failure || r.on.server_error || r.on.gateway_error));
     let hedge = route
         .hedge
-        .filter(|_| matches!(head.method, Method::GET | Method::HEAD) && body.is_end_stream());
+        .filter(|_| matches!(head.method, Method::GET | Method::HEAD) && body.is_end_stream() && websocket.is_none());
     let keep_limit = match (&idempotency, &route.retry) {
         (Some((_, settings, _)), _) => Some(settings.max_body),
         (None, Some(retry)) if connect_retriable || method_retriable => Some(retry.max_replay_body),
@@ -227,9 +242,31 @@ pub(crate) async fn forward<'s>(
     cluster.metrics.upstream.observe(done.rtt.as_secs_f64());
 
     // 6. The response.
-    let (mut parts, body) = done.response.into_parts();
+    let mut response = done.response;
+    let upgraded = match websocket {
+        Some((handshake, slot, client)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Some((handshake, slot, client, hyper::upgrade::on(&mut response)))
+        }
+        // Refused by the upstream: its answer goes back as it is.
+        _ => None,
+    };
+    let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     apply_ops(&mut parts.headers, &route.response_headers);
+    if let Some((handshake, slot, client, upstream)) = upgraded {
+        let mut answer = Response::from_parts(parts, ProxyBody::empty());
+        websocket::client_answer(&mut answer, handshake);
+        *answer.version_mut() = Version::default();
+        websocket::spawn_tunnel(
+            conn.tasks.as_ref(),
+            (client, upstream),
+            route.websocket,
+            entry.metrics.websocket.clone(),
+            (slot, done.in_flight),
+            (Arc::from(route.name.as_str()), Arc::from(endpoint.address())),
+        );
+        return Ok(answer);
+    }
     if let Some(sticky) = &cluster.config.sticky {
         if pinned != Some(index) {
             parts
@@ -250,6 +287,27 @@ pub(crate) async fn forward<'s>(
         // (the claim is released as it drops).
         _ => Ok(Response::from_parts(parts, guards.body(Vec::new(), body))),
     }
+}
+
+/// Checks that a WebSocket may open through the route now, and takes its place.
+fn admit_websocket(entry: &RouteEntry, cluster: &ClusterRuntime) -> Result<websocket::Slot, ProxyError> {
+    let settings = &entry.route.websocket;
+    if !settings.enabled {
+        return Err(ProxyError::BadRequest(
+            "WebSocket upgrades are not enabled on this route",
+        ));
+    }
+    if cluster.config.protocol == UpstreamProtocol::Http2 {
+        return Err(ProxyError::WebSocketUpstream {
+            cluster: cluster.config.name.clone(),
+        });
+    }
+    websocket::Slot::admit(&entry.websockets, settings.max_connections, &entry.metrics.websocket).ok_or_else(|| {
+        ProxyError::WebSocketLimit {
+            route: entry.route.name.clone(),
+            limit: settings.max_connections.unwrap_or_default(),
+        }
+    })
 }
 
 /// How the request body travels.

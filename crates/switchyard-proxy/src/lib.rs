@@ -25,7 +25,9 @@ pub mod router;
 mod server;
 pub mod snapshot;
 pub mod trace;
+mod tunnel;
 pub mod upstream;
+pub mod websocket;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -57,6 +57,9 @@ pub struct Metrics {
     response_bytes: IntCounterVec,
     request_bytes: IntCounterVec,
     trace_spans: IntCounterVec,
+    websocket_connections: IntCounterVec,
+    websocket_active: IntGaugeVec,
+    websocket_bytes: IntCounterVec,
     connections_active: IntGaugeVec,
     connections: IntCounterVec,
     tls_handshakes: IntCounterVec,
@@ -160,6 +163,24 @@ impl Metrics {
                 "switchyard_trace_spans_total",
                 "Sampled spans, by result (exported, dropped: the export queue was full, failed: the collector refused or was unreachable).",
                 &["result"],
+            ),
+            websocket_connections: counter(
+                &r,
+                "switchyard_websocket_connections_total",
+                "WebSocket connections by route and result (opened; refused: the route's limit; failed: the upgrade did not complete).",
+                &["route", "result"],
+            ),
+            websocket_active: gauge(
+                &r,
+                "switchyard_websocket_connections_active",
+                "WebSocket connections open now, by route.",
+                &["route"],
+            ),
+            websocket_bytes: counter(
+                &r,
+                "switchyard_websocket_bytes_total",
+                "Bytes carried by WebSocket connections (frames included), by route and direction (from_client, to_client).",
+                &["route", "direction"],
             ),
             connections_active: gauge(
                 &r,
@@ -273,6 +294,16 @@ impl Metrics {
             unavailable: self
                 .rate_limit_decisions
                 .with_label_values(&[route, "store_unavailable"]),
+            websocket: crate::websocket::WebSocketMetrics {
+                opened: self.websocket_connections.with_label_values(&[route, "opened"]),
+                refused: self.websocket_connections.with_label_values(&[route, "refused"]),
+                failed: self.websocket_connections.with_label_values(&[route, "failed"]),
+                active: self.websocket_active.with_label_values(&[route]),
+                bytes: crate::tunnel::Meters {
+                    from_client: self.websocket_bytes.with_label_values(&[route, "from_client"]),
+                    to_client: self.websocket_bytes.with_label_values(&[route, "to_client"]),
+                },
+            },
         }
     }
 
@@ -454,6 +485,7 @@ pub struct RouteMetrics {
     pub allowed: IntCounter,
     pub limited: IntCounter,
     pub unavailable: IntCounter,
+    pub(crate) websocket: crate::websocket::WebSocketMetrics,
 }
 
 impl RouteMetrics {

@@ -60,6 +60,9 @@ pub struct ConnectionInfo {
     pub peer_value: HeaderValue,
     /// What the TLS handshake established (`https` listeners).
     pub tls: Option<TlsInfo>,
+    /// Where tasks that outlive the request (WebSocket tunnels) are tracked,
+    /// so that a graceful shutdown waits for them.
+    pub(crate) tasks: Option<tokio_util::task::TaskTracker>,
 }
 
 /// Facts from a connection's TLS handshake.
@@ -107,7 +110,14 @@ impl ConnectionInfo {
             trusted,
             peer_value,
             tls: None,
+            tasks: None,
         }
+    }
+
+    /// The same connection, with long-lived tasks tracked by `tasks`.
+    pub(crate) fn with_tasks(mut self, tasks: tokio_util::task::TaskTracker) -> Self {
+        self.tasks = Some(tasks);
+        self
     }
 
     /// The same connection, over TLS.

@@ -189,7 +189,7 @@ async fn serve_connection(
     let trusted = runtime.trusts(peer.ip());
     match &runtime.tls {
         None => {
-            let info = ConnectionInfo::new(peer, listener, trusted);
+            let info = ConnectionInfo::new(peer, listener, trusted).with_tasks(shared.tracker.clone());
             drive(shared.clone(), runtime, info, stream, peer, closing).await;
         }
         Some(acceptor) => {
@@ -210,7 +210,9 @@ async fn serve_connection(
             runtime.metrics.tls_ok.inc();
             let (_, session) = stream.get_ref();
             let tls = TlsInfo::of(session);
-            let info = ConnectionInfo::new(peer, listener, trusted).with_tls(tls);
+            let info = ConnectionInfo::new(peer, listener, trusted)
+                .with_tls(tls)
+                .with_tasks(shared.tracker.clone());
             drive(shared.clone(), runtime, info, stream, peer, closing).await;
         }
     }

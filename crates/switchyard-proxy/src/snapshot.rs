@@ -91,6 +91,8 @@ pub struct RouteEntry {
     pub cors: Option<CorsPolicy>,
     pub auth: Option<Arc<RouteAuth>>,
     pub metrics: RouteMetrics,
+    /// WebSocket connections open through the route (outlives reloads).
+    pub websockets: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl AsRef<Route> for RouteEntry {
@@ -241,6 +243,8 @@ pub struct Registry {
     redis: Option<(ClusterMode, Arc<RedisStore>)>,
     /// Route authentication by route name.
     auths: HashMap<String, Arc<RouteAuth>>,
+    /// Open WebSocket connections by route name.
+    websockets: HashMap<String, Arc<std::sync::atomic::AtomicUsize>>,
     /// The TLS settings each https listener serves with, kept so that a
     /// certificate that cannot be read at reload leaves the previous one.
     tls: HashMap<String, Arc<rustls::ServerConfig>>,
@@ -417,6 +421,14 @@ impl Registry {
             route_budgets_in_use.insert(route.name.clone(), budget);
         }
         self.route_budgets = route_budgets_in_use;
+        self.websockets = config
+            .routes
+            .iter()
+            .map(|route| {
+                let open = self.websockets.get(&route.name).cloned().unwrap_or_default();
+                (route.name.clone(), open)
+            })
+            .collect();
 
         self.redis = match (&config.cluster_mode, self.redis.take()) {
             (Some(mode), Some((kept, store))) if kept == *mode => Some((kept, store)),
@@ -484,7 +496,7 @@ impl Registry {
                 let entries = config
                     .routes
                     .iter()
-                    .filter(|r| r.listener.as_ref().is_none_or(|l| *l == listener.name))
+                    .filter(|r| listener.protocol.is_http() && r.listener.as_ref().is_none_or(|l| *l == listener.name))
                     .map(|route| RouteEntry {
                         route: route.clone(),
                         cluster: match &route.action {
@@ -507,6 +519,7 @@ impl Registry {
                         ip_filter: route.ip_filter.as_ref().map(ip_filter),
                         cors: route.cors.as_ref().map(cors_policy),
                         auth: self.auths.get(&route.name).cloned(),
+                        websockets: self.websockets[&route.name].clone(),
                         limits: route
                             .rate_limits
                             .iter()
@@ -668,6 +681,8 @@ fn http_builder(listener: &Listener) -> auto::Builder<TokioExecutor> {
         // streams faster than they can be served is cut off.
         .max_pending_accept_reset_streams(64)
         .max_local_error_reset_streams(1024)
-        .max_header_list_size(u32::try_from(listener.max_header_size).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(listener.max_header_size).unwrap_or(u32::MAX))
+        // WebSockets over HTTP/2 (RFC 8441).
+        .enable_connect_protocol();
     builder
 }

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod client;
 pub mod gateway;
 pub mod redis;
+pub mod ws;
 
 #[allow(unused_imports)]
 pub use backend::Backend;
