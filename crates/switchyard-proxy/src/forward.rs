@@ -917,7 +917,7 @@ fn prepare_head(
 
 /// Counts how an exchange with `endpoint` ended; an ejection it causes is
 /// logged and ends by itself after its time.
-fn record_outcome(cluster: &ClusterRuntime, endpoint: &Arc<EndpointState>, failure: Option<Failure>) {
+pub(crate) fn record_outcome(cluster: &ClusterRuntime, endpoint: &Arc<EndpointState>, failure: Option<Failure>) {
     let health = &cluster.health;
     let Some(ejection) = health.record(endpoint, failure, Instant::now(), cluster.outlier.as_ref()) else {
         return;

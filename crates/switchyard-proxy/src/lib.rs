@@ -17,6 +17,7 @@ mod forward;
 mod global_limit;
 pub mod headers;
 mod health;
+mod l4;
 pub mod metrics;
 pub mod pipeline;
 mod proxy_protocol;
@@ -41,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::health::HealthCheckers;
-use crate::server::{accept_loop, bind, BoundListener};
+use crate::server::{accept_loop, bind, BoundListener, ListenOn, Socket};
 use crate::snapshot::{Registry, Snapshot};
 
 /// State shared by every connection and request of a gateway.
@@ -187,12 +188,16 @@ impl Gateway {
             return Err(ApplyError::VersionConflict { expected, running });
         }
         let version = running + 1;
-        let wanted: HashMap<String, SocketAddr> = config.listeners.iter().map(|l| (l.name.clone(), l.listen)).collect();
+        let wanted: HashMap<String, ListenOn> = config
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), ListenOn::of(l)))
+            .collect();
         let unchanged = |name: &str, b: &BoundListener| wanted.get(name) == Some(&b.configured);
 
         // A listener renamed or moved onto an address another one holds: free
         // the address first (a brief gap for that one address only).
-        let to_bind: Vec<(String, SocketAddr)> = wanted
+        let to_bind: Vec<(String, ListenOn)> = wanted
             .iter()
             .filter(|(name, _)| !bound.get(name.as_str()).is_some_and(|b| unchanged(name, b)))
             .map(|(n, a)| (n.clone(), *a))
@@ -200,7 +205,7 @@ impl Gateway {
         for (_, address) in &to_bind {
             let holder = bound
                 .iter()
-                .find(|(name, b)| b.configured == *address && address.port() != 0 && !unchanged(name, b))
+                .find(|(name, b)| b.configured == *address && address.address.port() != 0 && !unchanged(name, b))
                 .map(|(name, _)| name.clone());
             if let Some(name) = holder {
                 let old = bound.remove(&name).expect("holder was just found");
@@ -219,7 +224,7 @@ impl Gateway {
                         .reload(false, running, format!("{source}: cannot listen on {address}: {error}"));
                     return Err(ApplyError::Bind {
                         name,
-                        address,
+                        address: address.address,
                         source: error,
                     });
                 }
@@ -253,15 +258,14 @@ impl Gateway {
             }
         }
         for (name, configured, socket) in fresh {
-            let local = socket.local_addr().unwrap_or(configured);
+            let local = socket.local_addr().unwrap_or(configured.address);
             // A child of the drain token: one token per connection to watch.
             let stop = shared.drain.child_token();
-            let task = tokio::spawn(accept_loop(
-                shared.clone(),
-                Arc::from(name.as_str()),
-                socket,
-                stop.clone(),
-            ));
+            let listener = Arc::from(name.as_str());
+            let task = match socket {
+                Socket::Tcp(socket) => tokio::spawn(accept_loop(shared.clone(), listener, socket, stop.clone())),
+                Socket::Udp(socket) => tokio::spawn(l4::udp::serve(shared.clone(), listener, socket, stop.clone())),
+            };
             tracing::info!(listener = %name, address = %local, "listening");
             bound.insert(
                 name,

@@ -60,6 +60,10 @@ pub struct Metrics {
     websocket_connections: IntCounterVec,
     websocket_active: IntGaugeVec,
     websocket_bytes: IntCounterVec,
+    l4_connections: IntCounterVec,
+    l4_bytes: IntCounterVec,
+    udp_sessions: IntCounterVec,
+    udp_sessions_active: IntGaugeVec,
     connections_active: IntGaugeVec,
     connections: IntCounterVec,
     tls_handshakes: IntCounterVec,
@@ -181,6 +185,30 @@ impl Metrics {
                 "switchyard_websocket_bytes_total",
                 "Bytes carried by WebSocket connections (frames included), by route and direction (from_client, to_client).",
                 &["route", "direction"],
+            ),
+            l4_connections: counter(
+                &r,
+                "switchyard_l4_connections_total",
+                "tcp listener connections by result (proxied; no_endpoint; connect_failed: one per endpoint attempt; rejected: ip_filter, SNI or PROXY header).",
+                &["listener", "result"],
+            ),
+            l4_bytes: counter(
+                &r,
+                "switchyard_l4_bytes_total",
+                "Bytes carried by tcp and udp listeners, by listener and direction (from_client, to_client).",
+                &["listener", "direction"],
+            ),
+            udp_sessions: counter(
+                &r,
+                "switchyard_udp_sessions_total",
+                "udp listener sessions opened, and datagrams dropped (session table full or no endpoint).",
+                &["listener", "result"],
+            ),
+            udp_sessions_active: gauge(
+                &r,
+                "switchyard_udp_sessions_active",
+                "udp listener sessions open now.",
+                &["listener"],
             ),
             connections_active: gauge(
                 &r,
@@ -327,6 +355,19 @@ impl Metrics {
             refused: self.connections.with_label_values(&[listener, "refused"]),
             tls_ok: self.tls_handshakes.with_label_values(&[listener, "success"]),
             tls_failed: self.tls_handshakes.with_label_values(&[listener, "failure"]),
+            l4: crate::l4::L4Metrics {
+                proxied: self.l4_connections.with_label_values(&[listener, "proxied"]),
+                no_endpoint: self.l4_connections.with_label_values(&[listener, "no_endpoint"]),
+                connect_failed: self.l4_connections.with_label_values(&[listener, "connect_failed"]),
+                rejected: self.l4_connections.with_label_values(&[listener, "rejected"]),
+                sessions_opened: self.udp_sessions.with_label_values(&[listener, "opened"]),
+                datagrams_dropped: self.udp_sessions.with_label_values(&[listener, "dropped_datagram"]),
+                sessions_active: self.udp_sessions_active.with_label_values(&[listener]),
+                bytes: crate::tunnel::Meters {
+                    from_client: self.l4_bytes.with_label_values(&[listener, "from_client"]),
+                    to_client: self.l4_bytes.with_label_values(&[listener, "to_client"]),
+                },
+            },
         }
     }
 
@@ -525,4 +566,5 @@ pub struct ListenerMetrics {
     pub refused: IntCounter,
     pub tls_ok: IntCounter,
     pub tls_failed: IntCounter,
+    pub(crate) l4: crate::l4::L4Metrics,
 }

@@ -64,3 +64,38 @@ fn v2_client(addresses: &v2::Addresses) -> Option<SocketAddr> {
         _ => None,
     }
 }
+
+/// The PROXY header that tells an upstream a connection from `client` came
+/// in on `local` (the listener's address). Version 1 is text; version 2 binary.
+pub fn header(version: switchyard_config::ProxyProtocolVersion, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    // Mixed families (a v4 client on a v6 listener) are named as v6.
+    let (client, local) = match (client, local) {
+        (SocketAddr::V4(c), SocketAddr::V6(l)) => {
+            (SocketAddr::new(IpAddr::V6(c.ip().to_ipv6_mapped()), c.port()), l.into())
+        }
+        (SocketAddr::V6(c), SocketAddr::V4(l)) => {
+            (c.into(), SocketAddr::new(IpAddr::V6(l.ip().to_ipv6_mapped()), l.port()))
+        }
+        pair => pair,
+    };
+    match version {
+        switchyard_config::ProxyProtocolVersion::V1 => {
+            let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
+            format!(
+                "PROXY {family} {} {} {} {}\r\n",
+                client.ip(),
+                local.ip(),
+                client.port(),
+                local.port()
+            )
+            .into_bytes()
+        }
+        switchyard_config::ProxyProtocolVersion::V2 => v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Proxy,
+            v2::Protocol::Stream,
+            (client, local),
+        )
+        .build()
+        .expect("a header of two addresses fits"),
+    }
+}

@@ -22,11 +22,51 @@ use crate::proxy_protocol;
 use crate::snapshot::ListenerRuntime;
 use crate::Shared;
 
+/// Where a listener listens: an address and a transport. A listener whose
+/// `ListenOn` stays the same across a reload keeps its socket (an `http`
+/// listener that becomes `tcp` included: connections are served by the
+/// protocol of the configuration they arrive under).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ListenOn {
+    pub address: SocketAddr,
+    pub udp: bool,
+}
+
+impl ListenOn {
+    pub(crate) fn of(listener: &switchyard_config::Listener) -> Self {
+        Self {
+            address: listener.listen,
+            udp: listener.protocol == switchyard_config::ListenerProtocol::Udp,
+        }
+    }
+}
+
+impl std::fmt::Display for ListenOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, if self.udp { "udp" } else { "tcp" })
+    }
+}
+
+/// A bound socket, before its loop starts.
+pub(crate) enum Socket {
+    Tcp(TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
+impl Socket {
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Socket::Tcp(s) => s.local_addr(),
+            Socket::Udp(s) => s.local_addr(),
+        }
+    }
+}
+
 /// A bound listener socket and the token that stops its accept loop.
 #[derive(Debug)]
 pub(crate) struct BoundListener {
     /// The address asked for in the config (may have port 0).
-    pub configured: SocketAddr,
+    pub configured: ListenOn,
     /// The address actually bound.
     pub local: SocketAddr,
     pub stop: CancellationToken,
@@ -34,8 +74,18 @@ pub(crate) struct BoundListener {
     pub task: tokio::task::JoinHandle<()>,
 }
 
+/// Binds a listener's socket.
+pub(crate) fn bind(on: ListenOn) -> io::Result<Socket> {
+    if on.udp {
+        let socket = std::net::UdpSocket::bind(on.address)?;
+        socket.set_nonblocking(true)?;
+        return tokio::net::UdpSocket::from_std(socket).map(Socket::Udp);
+    }
+    bind_tcp(on.address).map(Socket::Tcp)
+}
+
 /// Binds `addr` with the socket options a proxy listener wants.
-pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -124,9 +174,10 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: T
                         l.config.max_connections,
                         l.config.max_connections_per_ip,
                         l.metrics.clone(),
+                        l.config.protocol == switchyard_config::ListenerProtocol::Tcp,
                     )
                 });
-                let Some((max_total, max_per_ip, metrics)) = limits else {
+                let Some((max_total, max_per_ip, metrics, is_tcp)) = limits else {
                     continue;
                 };
                 let Some(slot) = connections.admit(peer.ip(), max_total, max_per_ip) else {
@@ -138,9 +189,13 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: T
                 };
                 metrics.accepted.inc();
                 metrics.active.inc();
-                let connection = serve_connection(shared.clone(), name.clone(), stream, peer, stop.clone());
-                shared.tracker.spawn(async move {
-                    connection.await;
+                let (shared, name, stop) = (shared.clone(), name.clone(), stop.clone());
+                shared.clone().tracker.spawn(async move {
+                    if is_tcp {
+                        crate::l4::tcp::serve(shared, name, stream, peer).await;
+                    } else {
+                        serve_connection(shared, name, stream, peer, stop).await;
+                    }
                     drop(slot);
                     metrics.active.dec();
                 });

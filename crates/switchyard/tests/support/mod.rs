@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod dns;
 pub mod gateway;
 pub mod redis;
 pub mod ws;

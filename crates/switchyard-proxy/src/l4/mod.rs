@@ -1,0 +1,59 @@
+//! L4 listeners: `tcp` (byte streams, with TLS passthrough routed by SNI)
+//! and `udp` (datagrams in per-client sessions), balanced across a cluster's
+//! endpoints with the same balancers, health and outlier state as HTTP routes.
+
+pub(crate) mod sni;
+pub(crate) mod tcp;
+pub(crate) mod udp;
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use prometheus::{IntCounter, IntGauge};
+use switchyard_balance::PickContext;
+
+use crate::snapshot::ClusterRuntime;
+use crate::tunnel::Meters;
+
+/// A listener's L4 counters.
+#[derive(Debug, Clone)]
+pub(crate) struct L4Metrics {
+    /// Connections joined to an endpoint.
+    pub proxied: IntCounter,
+    /// Connections closed because no endpoint was available or none answered.
+    pub no_endpoint: IntCounter,
+    /// Connect attempts that failed (each endpoint tried counts).
+    pub connect_failed: IntCounter,
+    /// Connections refused before any endpoint was tried (ip_filter, SNI, PROXY header).
+    pub rejected: IntCounter,
+    /// UDP sessions opened, and datagrams dropped (session table full, no endpoint).
+    pub sessions_opened: IntCounter,
+    pub datagrams_dropped: IntCounter,
+    pub sessions_active: IntGauge,
+    pub bytes: Meters,
+}
+
+/// The endpoint for a connection from `client`, avoiding those in `tried`:
+/// the cluster's balancer first (hashing balancers hash the client's
+/// address, so a client keeps its endpoint), then the next usable one.
+pub(crate) fn pick(cluster: &ClusterRuntime, client: IpAddr, tried: &[usize]) -> Option<usize> {
+    let threshold = cluster.config.panic_threshold;
+    let key = match client {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    let ctx = PickContext {
+        now: Instant::now(),
+        client_ip: Some(client),
+        hash_key: Some(&key),
+        panic: threshold > 0 && cluster.health.panic(threshold),
+    };
+    let first = cluster.balancer.pick(&cluster.endpoints, &ctx)?;
+    if !tried.contains(&first) {
+        return Some(first);
+    }
+    let n = cluster.endpoints.len();
+    (1..n)
+        .map(|offset| (first + offset) % n)
+        .find(|i| !tried.contains(i) && ctx.usable(&cluster.endpoints[*i]))
+}
