@@ -272,6 +272,9 @@ pub struct RawRoute {
     pub auth: Option<RawAuth>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub websocket: Option<RawWebSocket>,
+    /// Translate gRPC-Web requests (browsers) to gRPC for the cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_web: Option<bool>,
 }
 
 /// `websocket = { enabled, idle_timeout, max_lifetime, max_connections }`.

@@ -1150,6 +1150,9 @@ impl Settler {
                 }
                 None => WebSocket::default(),
             };
+            if r.grpc_web.is_some() && !forwards {
+                self.error(at.key("grpc_web"), "only routes with a `cluster` take `grpc_web`");
+            }
             if let (Some(name), Some(action)) = (name, action) {
                 out.push(Route {
                     name,
@@ -1172,6 +1175,7 @@ impl Settler {
                     cors,
                     auth,
                     websocket,
+                    grpc_web: r.grpc_web.unwrap_or(false),
                 });
             }
         }

@@ -267,6 +267,8 @@ pub struct Route {
     pub auth: Option<Auth>,
     /// WebSocket upgrades (HTTP/1.1 `Upgrade`, HTTP/2 extended CONNECT).
     pub websocket: WebSocket,
+    /// gRPC-Web requests are translated to gRPC for the cluster.
+    pub grpc_web: bool,
 }
 
 /// How a route treats WebSocket connections.

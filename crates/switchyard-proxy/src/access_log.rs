@@ -102,6 +102,8 @@ pin_project! {
         bytes: u64,
         // The route's response-bytes counter (/metrics).
         counter: Option<prometheus::IntCounter>,
+        // A gRPC call's status counters, until its trailers are seen.
+        grpc: Option<std::sync::Arc<crate::grpc::GrpcMetrics>>,
         // An empty body may never be polled; its drop is a normal end.
         empty: bool,
     }
@@ -125,6 +127,7 @@ impl<B: Body> Logged<B> {
             span: None,
             bytes: 0,
             counter: None,
+            grpc: None,
             empty,
         }
     }
@@ -132,6 +135,12 @@ impl<B: Body> Logged<B> {
     /// Also ends `span` when the body ends.
     pub fn with_span(mut self, span: Option<Box<PendingSpan>>) -> Self {
         self.span = span;
+        self
+    }
+
+    /// Also counts the `grpc-status` trailer of a gRPC call.
+    pub fn with_grpc(mut self, grpc: Option<std::sync::Arc<crate::grpc::GrpcMetrics>>) -> Self {
+        self.grpc = grpc;
         self
     }
 
@@ -149,6 +158,12 @@ impl<B: Body<Data = Bytes, Error = BodyError>> Body for Logged<B> {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
+        if let (Some(grpc), Poll::Ready(Some(Ok(frame)))) = (this.grpc.as_ref(), &polled) {
+            if let Some(status) = frame.trailers_ref().and_then(|t| t.get(&crate::grpc::GRPC_STATUS)) {
+                grpc.count(status);
+                *this.grpc = None;
+            }
+        }
         if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (this.counter.as_ref(), &polled) {
             if let Some(data) = frame.data_ref() {
                 counter.inc_by(data.len() as u64);

@@ -374,6 +374,11 @@ pin_project! {
             // The cluster's concurrency slot, when it has a limit.
             slot: Option<OwnedSemaphorePermit>,
         },
+        /// An upstream body translated on the way (gRPC-Web).
+        Translated {
+            #[pin]
+            body: http_body_util::combinators::UnsyncBoxBody<Bytes, BodyError>,
+        },
     }
 }
 
@@ -413,6 +418,19 @@ impl ProxyBody {
     }
 }
 
+impl ProxyBody {
+    /// `body` turned into another body by `translate`.
+    pub fn translated<T>(body: ProxyBody, translate: impl FnOnce(ProxyBody) -> T) -> Self
+    where
+        T: Body<Data = Bytes, Error = BodyError> + Send + 'static,
+    {
+        use http_body_util::BodyExt;
+        Self::Translated {
+            body: translate(body).boxed_unsync(),
+        }
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -438,6 +456,7 @@ impl Body for ProxyBody {
                 }
                 polled
             }
+            ProxyBodyProj::Translated { body } => body.poll_frame(cx),
         }
     }
 
@@ -445,6 +464,7 @@ impl Body for ProxyBody {
         match self {
             Self::Full { data } => data.is_none(),
             Self::Upstream { prefix, body, .. } => prefix.is_empty() && body.is_end_stream(),
+            Self::Translated { body } => body.is_end_stream(),
         }
     }
 
@@ -452,6 +472,7 @@ impl Body for ProxyBody {
         match self {
             Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Self::Upstream { prefix, body, .. } => prefixed_hint(prefix, body.size_hint()),
+            Self::Translated { body } => body.size_hint(),
         }
     }
 }

@@ -269,7 +269,7 @@ impl ProxyError {
     }
 
     /// What the client is told: enough to act on, no internal addresses.
-    fn client_message(&self) -> String {
+    pub(crate) fn client_message(&self) -> String {
         match self {
             Self::NoRoute { .. } => "no route matches this request".into(),
             Self::BadRequest(why) => format!("malformed request: {why}"),

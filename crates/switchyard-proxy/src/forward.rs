@@ -32,6 +32,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::body::{read_ahead, ProxyBody, ReadAhead, TimedBody, UpstreamRequestBody};
 use crate::error::{ProxyError, Side};
+use crate::grpc;
 use crate::headers::{apply_ops, set_forwarding, strip_hop_by_hop, Forwarding};
 use crate::pipeline::{rewritten_path_and_query, ConnectionInfo, Outcome, RequestIds};
 use crate::request_id::X_REQUEST_ID;
@@ -39,6 +40,9 @@ use crate::snapshot::{ClusterRuntime, RouteEntry};
 use crate::trace::context::{new_span_id, SpanId};
 use crate::trace::{Attribute, RequestTrace, SpanData, SpanKind, TraceContext, TRACEPARENT, TRACESTATE};
 use crate::websocket;
+
+/// Largest grpc-web-text request body decoded when no `max_body_size` applies.
+const GRPC_WEB_TEXT_MAX: u64 = 4 << 20;
 
 /// The request header carrying an idempotency key.
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -73,6 +77,14 @@ pub(crate) async fn forward<'s>(
         None => None,
     };
 
+    // gRPC-Web (browsers) becomes gRPC upstream; the browser's content type
+    // is kept for the answer.
+    let grpc_web = route
+        .grpc_web
+        .then(|| grpc::web::mode(req.headers()))
+        .flatten()
+        .zip(req.headers().get(header::CONTENT_TYPE).cloned());
+
     // 1. Faults.
     if let Some(fault) = &entry.fault {
         let decision = fault.decide(req.headers());
@@ -102,9 +114,14 @@ pub(crate) async fn forward<'s>(
         (Some(store), Some(settings)) => idempotency_key(&head, conn, route)?.map(|key| (store, settings, key)),
         _ => None,
     };
+    // A gRPC call's own deadline bounds the whole exchange, like max_duration.
+    let call_deadline = crate::grpc::timeout(&head.headers).map(|t| tokio::time::Instant::from_std(started) + t);
     let path_and_query = prepare_head(&mut head, entry, conn, request_id);
     if let Some((handshake, ..)) = &websocket {
         websocket::prepare_upstream(&mut head, *handshake);
+    }
+    if let Some((mode, _)) = grpc_web {
+        grpc::web::prepare_request(&mut head.headers, mode);
     }
     // The caller's tracestate belongs to its traceparent: dropped with it.
     if trace.context.restarted {
@@ -148,6 +165,17 @@ pub(crate) async fn forward<'s>(
         .with_min_rate(listener.min_body_rate);
     let chunked = head.headers.contains_key(header::TRANSFER_ENCODING);
     let body = match keep_limit {
+        // A grpc-web-text body (browsers send them whole) is decoded first.
+        _ if matches!(grpc_web, Some((grpc::web::Mode::Text, _))) => {
+            let limit = max_body.unwrap_or(GRPC_WEB_TEXT_MAX);
+            match read_ahead(timed, limit).await.map_err(client_body_error)? {
+                ReadAhead::Complete(chunks) => {
+                    let decoded = grpc::web::decode_text(&chunks).map_err(ProxyError::BadRequest)?;
+                    Plan::Replay(vec![decoded])
+                }
+                ReadAhead::TooLarge { .. } => return Err(ProxyError::BodyTooLarge { limit }),
+            }
+        }
         // A chunked body's first chunk is read before anything goes upstream,
         // so that broken framing (a bad chunk size) never reaches it.
         None if chunked => match read_ahead(timed, 0).await.map_err(client_body_error)? {
@@ -230,6 +258,7 @@ pub(crate) async fn forward<'s>(
         method_retriable,
         trace,
         attempts: 0,
+        call_deadline,
     };
     let done = match hedge {
         Some(hedge) => exchange.hedged(hedge.delay).await?,
@@ -281,6 +310,11 @@ pub(crate) async fn forward<'s>(
         in_flight: done.in_flight,
         slot,
     };
+    if let Some((mode, content_type)) = grpc_web {
+        grpc::web::prepare_response(&mut parts.headers, &content_type);
+        let body = ProxyBody::translated(guards.body(Vec::new(), body), |b| grpc::web::WebBody::new(b, mode));
+        return Ok(Response::from_parts(parts, body));
+    }
     match claim {
         Some(claim) if !parts.status.is_server_error() => claim.keep(parts, body, guards).await,
         // A failed answer is not kept: a repeat of the request runs afresh
@@ -407,14 +441,21 @@ struct Exchange<'s, 'r> {
     trace: &'r RequestTrace,
     /// Attempts prepared so far.
     attempts: u32,
+    /// The end a gRPC client set for its call (`grpc-timeout`).
+    call_deadline: Option<tokio::time::Instant>,
 }
 
 impl<'s> Exchange<'s, '_> {
     /// The end of the whole exchange (`max_duration`).
     fn end_of_exchange(&self) -> Option<tokio::time::Instant> {
-        self.route
+        let max_duration = self
+            .route
             .max_duration
-            .map(|max| tokio::time::Instant::from_std(self.started) + max)
+            .map(|max| tokio::time::Instant::from_std(self.started) + max);
+        match (max_duration, self.call_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Attempts until one succeeds, the failure is not worth retrying, or

@@ -15,6 +15,7 @@ pub mod error;
 mod filters;
 mod forward;
 mod global_limit;
+pub mod grpc;
 pub mod headers;
 mod health;
 mod l4;

@@ -58,6 +58,7 @@ pub struct Metrics {
     request_bytes: IntCounterVec,
     trace_spans: IntCounterVec,
     websocket_connections: IntCounterVec,
+    grpc_calls: IntCounterVec,
     websocket_active: IntGaugeVec,
     websocket_bytes: IntCounterVec,
     l4_connections: IntCounterVec,
@@ -167,6 +168,12 @@ impl Metrics {
                 "switchyard_trace_spans_total",
                 "Sampled spans, by result (exported, dropped: the export queue was full, failed: the collector refused or was unreachable).",
                 &["result"],
+            ),
+            grpc_calls: counter(
+                &r,
+                "switchyard_grpc_calls_total",
+                "gRPC calls by route and the grpc-status they ended with (from the upstream, or made by the gateway).",
+                &["route", "grpc_code"],
             ),
             websocket_connections: counter(
                 &r,
@@ -322,6 +329,7 @@ impl Metrics {
             unavailable: self
                 .rate_limit_decisions
                 .with_label_values(&[route, "store_unavailable"]),
+            grpc: crate::grpc::GrpcMetrics::new(route, self.grpc_calls.clone()),
             websocket: crate::websocket::WebSocketMetrics {
                 opened: self.websocket_connections.with_label_values(&[route, "opened"]),
                 refused: self.websocket_connections.with_label_values(&[route, "refused"]),
@@ -527,6 +535,7 @@ pub struct RouteMetrics {
     pub limited: IntCounter,
     pub unavailable: IntCounter,
     pub(crate) websocket: crate::websocket::WebSocketMetrics,
+    pub grpc: std::sync::Arc<crate::grpc::GrpcMetrics>,
 }
 
 impl RouteMetrics {

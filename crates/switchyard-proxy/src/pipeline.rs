@@ -36,6 +36,7 @@ use switchyard_security::cors::{CorsPolicy, Preflight};
 
 use crate::filters;
 use crate::forward::forward;
+use crate::grpc;
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::router::{template_captures, RequestView};
 use crate::snapshot::{RouteEntry, Snapshot};
@@ -160,6 +161,7 @@ pub async fn handle(
     let trace = RequestTrace::new(req.headers(), snapshot.tracer.as_ref());
     let version = req.version();
     let method = req.method().clone();
+    let grpc = grpc::content_type(req.headers()).cloned();
 
     // Kept for the access log only when it is on: the request moves upstream.
     let log_enabled = snapshot.config.access_log;
@@ -183,7 +185,13 @@ pub async fn handle(
                 }
                 _ => tracing::debug!(%error, request_id = request_id.to_str().unwrap_or_default(), "request rejected"),
             }
-            let mut response = error.into_response(&request_id);
+            // A gRPC client reads a status, not a JSON body.
+            let mut response = match &grpc {
+                Some(content_type) => {
+                    grpc::error_response(&error, &request_id, content_type.clone(), &error.client_message())
+                }
+                None => error.into_response(&request_id),
+            };
             // After a malformed HTTP/1 request the connection's framing cannot
             // be trusted, and after a refused body its unread rest would have
             // to be drained: answer, then close.
@@ -242,7 +250,21 @@ pub async fn handle(
     let metrics = outcome.metrics.unwrap_or(&snapshot.unrouted);
     metrics.request(&method, response.status(), started.elapsed());
     let bytes = metrics.bytes.clone();
-    Ok(response.map(|body| Logged::new(body, record).with_span(span).counting(bytes)))
+    // A gRPC status in the headers (trailers-only) is counted now; else the
+    // body counts the one in its trailers.
+    let grpc_trailers = grpc.and_then(|_| match response.headers().get(&grpc::GRPC_STATUS) {
+        Some(status) => {
+            metrics.grpc.count(status);
+            None
+        }
+        None => Some(metrics.grpc.clone()),
+    });
+    Ok(response.map(|body| {
+        Logged::new(body, record)
+            .with_span(span)
+            .counting(bytes)
+            .with_grpc(grpc_trailers)
+    }))
 }
 
 /// The request's server span, ended when its response body ends.
