@@ -126,9 +126,19 @@ fn check_reports_each_kind_of_mistake_with_its_location() {
             "bad.toml:15:1: `routes[1].listener`: no listener named \"publik\" (did you mean \"public\"?)",
         ),
         (
-            "protocol not available",
+            "udp listener without a cluster",
             "[[listeners]]\nname = \"x\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"udp\"\n",
-            "bad.toml:16:1: `listeners[1].protocol`: protocol \"udp\" is not available in this version yet",
+            "bad.toml:13:1: `listeners[1].cluster`: a udp listener forwards to a cluster",
+        ),
+        (
+            "L4 key on an http listener",
+            "[[listeners]]\nname = \"x\"\nlisten = \"127.0.0.1:1\"\ncluster = \"api\"\n",
+            "bad.toml:16:1: `listeners[1].cluster`: `cluster` is for `protocol = \"tcp\" or \"udp\"` listeners, not \"http\"",
+        ),
+        (
+            "SNI rule naming no cluster",
+            "[[listeners]]\nname = \"x\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nsni_routes = [{ server_names = [\"a.example\"], cluster = \"db\" }]\n",
+            "bad.toml:17:47: `listeners[1].sni_routes[0].cluster`: no cluster named \"db\"",
         ),
         (
             "wrong type",

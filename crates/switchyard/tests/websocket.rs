@@ -217,14 +217,22 @@ async fn connections_are_balanced_and_limited_per_route() {
     first.close(None).await.unwrap();
     while tokio::time::timeout(PATIENCE, first.next()).await.unwrap().is_some() {}
     drop(first);
-    let mut third = None;
-    for _ in 0..50 {
-        if let Ok((ws, _)) = tokio_tungstenite::connect_async(url.clone()).await {
-            third = Some(ws);
+    // The place comes free once the gateway sees the connection end.
+    let active = r#"switchyard_websocket_connections_active{route="ws"} "#;
+    let mut freed = false;
+    for _ in 0..250 {
+        let scrape = get(&client(Proto::H1), &gw.admin_url("/metrics"), &[]).await.text();
+        if scrape.lines().any(|l| l == format!("{active}1")) {
+            freed = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(freed, "the closed connection's place was not given back");
+    let third = tokio_tungstenite::connect_async(url.clone())
+        .await
+        .ok()
+        .map(|(ws, _)| ws);
     let mut third = third.expect("a place came free after a close");
     third.send(Message::text("again")).await.unwrap();
     assert_eq!(next(&mut third).await, Message::text("again"));

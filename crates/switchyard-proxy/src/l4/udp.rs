@@ -92,6 +92,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, socket: UdpSo
         };
         let l4 = &runtime.metrics.l4;
         metrics = Some(l4.clone());
+        if let Some(filter) = &runtime.ip_filter {
+            if filter.check(client.ip()).is_err() {
+                l4.datagrams_dropped.inc();
+                continue;
+            }
+        }
         if sessions.len() >= runtime.config.max_sessions {
             l4.datagrams_dropped.inc();
             continue;
