@@ -1,9 +1,9 @@
 //! Byte tunnels: a client and an upstream connection joined until either side
 //! is done, for WebSocket connections and `tcp` listeners.
 //!
-//! Each direction copies through its own buffer, which starts small (an idle
-//! WebSocket costs a few KiB, not two 64 KiB buffers) and grows while reads
-//! keep filling it. A half-close is passed on: when one side stops sending,
+//! Reads land in one buffer per worker thread and go straight to the other
+//! side; a direction keeps bytes of its own only while its writer pushes back,
+//! so an idle tunnel holds no buffer at all. A half-close is passed on: when one side stops sending,
 //! the other side's write half is shut down and the reverse direction runs on
 //! until it ends too. Bytes are counted as they pass, so an idle watchdog can
 //! tell a quiet tunnel from a busy one, and counters stay current while a
@@ -19,11 +19,6 @@ use std::time::Duration;
 
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-/// A direction's buffer starts this small...
-const MIN_BUFFER: usize = 2 * 1024;
-/// ...and grows (fourfold each time a read fills it) up to this.
-const MAX_BUFFER: usize = 64 * 1024;
 
 /// When a tunnel gives up on its peers.
 #[derive(Debug, Clone, Copy)]
@@ -166,13 +161,23 @@ where
     }
 }
 
-/// One direction: read into the buffer, write it all out, repeat; shut the
-/// writer down after the reader's end.
+/// Size of the per-thread read buffer every tunnel direction reads into.
+const SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    /// Reads land here first; bytes the writer takes at once never leave it,
+    /// so a tunnel owns a buffer only while its writer is pushing back.
+    static SCRATCH_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; SCRATCH]);
+}
+
+/// One direction: read, write it all out, repeat; shut the writer down
+/// after the reader's end.
 struct Direction {
-    buffer: Vec<u8>,
-    /// Bytes of `buffer` written so far and read so far.
+    /// Bytes read but not yet written (the writer pushed back); empty, with
+    /// no allocation, otherwise.
+    backlog: Vec<u8>,
+    /// How much of `backlog` is written.
     written: usize,
-    read: usize,
     reader_done: bool,
     needs_flush: bool,
     finished: bool,
@@ -182,9 +187,8 @@ struct Direction {
 impl Direction {
     fn new(bytes: Arc<AtomicU64>) -> Self {
         Self {
-            buffer: Vec::new(),
+            backlog: Vec::new(),
             written: 0,
-            read: 0,
             reader_done: false,
             needs_flush: false,
             finished: false,
@@ -201,54 +205,70 @@ impl Direction {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if self.written == self.read && !self.reader_done {
-                self.size_buffer();
-                let mut buf = ReadBuf::new(&mut self.buffer);
-                match Pin::new(&mut *reader).poll_read(cx, &mut buf) {
-                    Poll::Ready(result) => result?,
-                    Poll::Pending => {
-                        // Nothing more to read now: push out what was written.
-                        if self.needs_flush {
-                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
-                            self.needs_flush = false;
-                        }
-                        return Poll::Pending;
-                    }
-                }
-                let n = buf.filled().len();
-                self.written = 0;
-                self.read = n;
-                if n == 0 {
-                    self.reader_done = true;
-                } else {
-                    self.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                }
-            }
-            while self.written < self.read {
-                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.buffer[self.written..self.read]))?;
+            // What the writer could not take before goes first.
+            while self.written < self.backlog.len() {
+                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.backlog[self.written..]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 self.written += n;
                 self.needs_flush = true;
             }
+            if !self.backlog.is_empty() {
+                self.backlog = Vec::new();
+                self.written = 0;
+            }
             if self.reader_done {
                 ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                 ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
                 self.finished = true;
-                self.buffer = Vec::new();
                 return Poll::Ready(Ok(()));
             }
-        }
-    }
-
-    /// Allocates the buffer on first use, and grows it after a read that
-    /// filled it (a bulk transfer is under way).
-    fn size_buffer(&mut self) {
-        if self.buffer.is_empty() {
-            self.buffer = vec![0; MIN_BUFFER];
-        } else if self.read == self.buffer.len() && self.buffer.len() < MAX_BUFFER {
-            self.buffer = vec![0; (self.buffer.len() * 4).min(MAX_BUFFER)];
+            let step = SCRATCH_BUFFER.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let mut buf = ReadBuf::new(&mut scratch[..]);
+                match Pin::new(&mut *reader).poll_read(cx, &mut buf) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let n = buf.filled().len();
+                if n == 0 {
+                    self.reader_done = true;
+                    return Poll::Ready(Ok(()));
+                }
+                self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                // Straight from the scratch buffer while the writer takes it;
+                // the rest is kept.
+                let mut sent = 0;
+                while sent < n {
+                    match Pin::new(&mut *writer).poll_write(cx, &scratch[sent..n]) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Poll::Ready(Ok(k)) => {
+                            sent += k;
+                            self.needs_flush = true;
+                        }
+                        Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                        Poll::Pending => {
+                            self.backlog = scratch[sent..n].to_vec();
+                            self.written = 0;
+                            break;
+                        }
+                    }
+                }
+                Poll::Ready(Ok(()))
+            });
+            match step {
+                Poll::Ready(result) => result?,
+                Poll::Pending => {
+                    // Nothing more to read now: push out what was written.
+                    if self.needs_flush {
+                        ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                        self.needs_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
         }
     }
 }
