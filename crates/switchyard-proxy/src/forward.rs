@@ -115,7 +115,8 @@ pub(crate) async fn forward<'s>(
         _ => None,
     };
     // A gRPC call's own deadline bounds the whole exchange, like max_duration.
-    let call_deadline = crate::grpc::timeout(&head.headers).map(|t| tokio::time::Instant::from_std(started) + t);
+    let call_deadline = grpc::timeout(&head.headers).map(|t| tokio::time::Instant::from_std(started) + t);
+    let is_grpc = grpc::content_type(&head.headers).is_some();
     let path_and_query = prepare_head(&mut head, entry, conn, request_id);
     if let Some((handshake, ..)) = &websocket {
         websocket::prepare_upstream(&mut head, *handshake);
@@ -310,9 +311,18 @@ pub(crate) async fn forward<'s>(
         in_flight: done.in_flight,
         slot,
     };
-    if let Some((mode, content_type)) = grpc_web {
-        grpc::web::prepare_response(&mut parts.headers, &content_type);
-        let body = ProxyBody::translated(guards.body(Vec::new(), body), |b| grpc::web::WebBody::new(b, mode));
+    // A gRPC call cut by its deadline ends with a status, not a reset.
+    let cut_by_deadline =
+        is_grpc && exchange.end_of_exchange().is_some() && !parts.headers.contains_key(&grpc::GRPC_STATUS);
+    if cut_by_deadline || grpc_web.is_some() {
+        let mut body = guards.body(Vec::new(), body);
+        if cut_by_deadline {
+            body = ProxyBody::translated(body, grpc::DeadlineTrailers::new);
+        }
+        if let Some((mode, content_type)) = grpc_web {
+            grpc::web::prepare_response(&mut parts.headers, &content_type);
+            body = ProxyBody::translated(body, |b| grpc::web::WebBody::new(b, mode));
+        }
         return Ok(Response::from_parts(parts, body));
     }
     match claim {

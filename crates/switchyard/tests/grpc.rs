@@ -145,6 +145,25 @@ async fn the_gateway_keeps_deadlines_and_answers_in_grpc() {
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(waited < Duration::from_millis(1500), "the gateway waited {waited:?}");
 
+    // A stream cut by the deadline ends with DEADLINE_EXCEEDED, not a reset
+    // (the upstream streams on; only unary calls check deadlines there).
+    let mut request = tonic::Request::new(support::grpc::Count { n: 100 });
+    request.set_timeout(Duration::from_millis(200));
+    let mut stream = echo.server_stream_request(request).await.expect("the stream starts");
+    let mut received = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("the stream ended without its deadline"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        received < 100,
+        "all {received} messages came: the deadline did not cut the stream"
+    );
+
     // Errors the gateway makes itself are gRPC statuses, not JSON: no
     // endpoint answers, and no route matches.
     let status = echo.unary_at("/test.Broken/Unary", Echo::new("x")).await.unwrap_err();

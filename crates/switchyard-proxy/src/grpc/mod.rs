@@ -3,13 +3,19 @@
 //! in a trailers-only answer, never a JSON body), and counting the status
 //! each call ended with (from the response headers or the trailers).
 
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
 
 use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use prometheus::{IntCounter, IntCounterVec};
 
-use crate::body::ProxyBody;
+use crate::body::{BodyError, ProxyBody};
 use crate::error::ProxyError;
 
 pub mod web;
@@ -146,6 +152,56 @@ fn percent_encode(message: &str) -> HeaderValue {
         }
     }
     HeaderValue::from_str(&out).expect("printable ASCII is a valid header value")
+}
+
+pin_project! {
+    /// A gRPC response body that, when the call's deadline cuts it, ends with
+    /// `DEADLINE_EXCEEDED` trailers (what a gRPC server would send) instead
+    /// of a reset stream.
+    pub struct DeadlineTrailers<B> {
+        #[pin]
+        inner: B,
+        done: bool,
+    }
+}
+
+impl<B> DeadlineTrailers<B> {
+    pub fn new(inner: B) -> Self {
+        Self { inner, done: false }
+    }
+}
+
+impl<B: Body<Data = Bytes, Error = BodyError>> Body for DeadlineTrailers<B> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Err(error))) if error.is_deadline() => {
+                *this.done = true;
+                let mut trailers = HeaderMap::new();
+                trailers.insert(GRPC_STATUS.clone(), HeaderValue::from(u16::from(DEADLINE_EXCEEDED)));
+                trailers.insert(
+                    GRPC_MESSAGE.clone(),
+                    HeaderValue::from_static("deadline exceeded at the gateway"),
+                );
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A route's counters of the statuses its gRPC calls ended with.

@@ -478,6 +478,14 @@ impl EchoClient {
     }
 
     /// `ServerStream`, returning the response stream as it arrives.
+    /// `ServerStream` with a request built by the caller (a timeout, say).
+    pub async fn server_stream_request(&self, request: Request<Count>) -> Result<Streaming<Echo>, Status> {
+        let mut grpc = self.ready().await?;
+        let path = PathAndQuery::from_static(SERVER_STREAM_PATH);
+        let codec = ProstCodec::<Count, Echo>::default();
+        Ok(grpc.server_streaming(request, path, codec).await?.into_inner())
+    }
+
     pub async fn server_stream_raw(&self, n: u32) -> Result<Streaming<Echo>, Status> {
         let mut grpc = self.ready().await?;
         let path = PathAndQuery::from_static(SERVER_STREAM_PATH);
