@@ -83,6 +83,26 @@ pub enum ApplyError {
     VersionConflict { expected: u64, running: u64 },
 }
 
+impl Shared {
+    /// Builds the snapshot of `config` (reusing long-lived state), makes it
+    /// the one new requests see, and starts or stops health checkers to
+    /// match. Callers hold the `listeners` lock, so installs never interleave.
+    fn install(&self, config: Arc<Config>, version: u64) {
+        let snapshot = self.registry.lock().expect("registry lock is never poisoned").build(
+            config,
+            version,
+            &self.discovery,
+            &self.metrics,
+        );
+        let snapshot = Arc::new(snapshot);
+        self.snapshot.store(snapshot.clone());
+        self.checkers
+            .lock()
+            .expect("checkers lock is never poisoned")
+            .reconcile(&snapshot, &self.drain);
+    }
+}
+
 /// How long a burst of discovery changes (instances registering together)
 /// is gathered into one new snapshot.
 const DISCOVERY_SETTLE: Duration = Duration::from_millis(50);
@@ -111,19 +131,7 @@ async fn follow_discovery(shared: Arc<Shared>) {
         dns.mark_unchanged();
         let _serialised = shared.listeners.lock().await;
         let running = shared.snapshot.load_full();
-        let snapshot = shared.registry.lock().expect("registry lock is never poisoned").build(
-            running.config.clone(),
-            running.version,
-            &shared.discovery,
-            &shared.metrics,
-        );
-        let snapshot = Arc::new(snapshot);
-        shared.snapshot.store(snapshot.clone());
-        shared
-            .checkers
-            .lock()
-            .expect("checkers lock is never poisoned")
-            .reconcile(&snapshot, &shared.drain);
+        shared.install(running.config.clone(), running.version);
         tracing::debug!("discovered endpoints changed: snapshot rebuilt");
     }
 }
@@ -233,20 +241,8 @@ impl Gateway {
         }
 
         shared.discovery.prepare(&config, &shared.drain).await;
-        let snapshot = self
-            .shared
-            .registry
-            .lock()
-            .expect("registry lock is never poisoned")
-            .build(Arc::new(config), version, &shared.discovery, &shared.metrics);
-        let snapshot = Arc::new(snapshot);
         shared.metrics.reload(true, version, source.to_owned());
-        shared.snapshot.store(snapshot.clone());
-        shared
-            .checkers
-            .lock()
-            .expect("checkers lock is never poisoned")
-            .reconcile(&snapshot, &shared.drain);
+        shared.install(Arc::new(config), version);
 
         let stale: Vec<String> = bound
             .iter()
