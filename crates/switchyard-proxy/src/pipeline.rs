@@ -363,8 +363,15 @@ async fn serve<'s>(
         });
     }
     let host = request_host(&req).map(strip_port);
+    // An HTTP/2 WebSocket (extended CONNECT) matches routes as the GET it
+    // stands for, so `methods = ["GET"]` routes take both kinds.
+    let method = if req.method() == http::Method::CONNECT && crate::websocket::requested(&req).is_some() {
+        &http::Method::GET
+    } else {
+        req.method()
+    };
     let view = RequestView {
-        method: req.method(),
+        method,
         host,
         path: req.uri().path(),
         query: req.uri().query(),

@@ -51,7 +51,7 @@ endpoints = [{}]
 
 [[routes]]
 name = "ws"
-match = {{ path_prefix = "/ws" }}
+match = {{ path_prefix = "/ws", methods = ["GET"] }}
 cluster = "echo"
 {websocket}
 

@@ -38,14 +38,21 @@ pub(crate) struct L4Metrics {
 /// address, so a client keeps its endpoint), then the next usable one.
 pub(crate) fn pick(cluster: &ClusterRuntime, client: IpAddr, tried: &[usize]) -> Option<usize> {
     let threshold = cluster.config.panic_threshold;
-    let key = match client {
-        IpAddr::V4(ip) => ip.octets().to_vec(),
-        IpAddr::V6(ip) => ip.octets().to_vec(),
+    let mut key = [0u8; 16];
+    let key: &[u8] = match client {
+        IpAddr::V4(ip) => {
+            key[..4].copy_from_slice(&ip.octets());
+            &key[..4]
+        }
+        IpAddr::V6(ip) => {
+            key.copy_from_slice(&ip.octets());
+            &key
+        }
     };
     let ctx = PickContext {
         now: Instant::now(),
         client_ip: Some(client),
-        hash_key: Some(&key),
+        hash_key: Some(key),
         panic: threshold > 0 && cluster.health.panic(threshold),
     };
     let first = cluster.balancer.pick(&cluster.endpoints, &ctx)?;
