@@ -75,6 +75,7 @@ impl Settler {
             (&listener_names, &l4_listener_names),
             &cluster_names,
         );
+        self.cross_checks(raw, &clusters);
         Config {
             runtime,
             admin,
@@ -85,6 +86,57 @@ impl Settler {
             cluster_mode,
             tracing,
             raw: RawConfig::default(),
+        }
+    }
+
+    /// Settings that are fine alone but do nothing (or break) where they are used.
+    fn cross_checks(&mut self, raw: &RawConfig, clusters: &[Cluster]) {
+        let cluster = |name: &str| clusters.iter().find(|c| c.name == name);
+        let mut reported = HashSet::new();
+        for (i, route) in raw.routes.iter().enumerate() {
+            let Some(target) = route.cluster.as_deref().and_then(cluster) else {
+                continue;
+            };
+            if route.grpc_web == Some(true) && target.protocol != UpstreamProtocol::Http2 {
+                self.error(
+                    KeyPath::root().key("routes").index(i).key("grpc_web"),
+                    format!(
+                        "gRPC goes over HTTP/2: cluster \"{}\" needs `protocol = \"http2\"`",
+                        target.name
+                    ),
+                );
+            }
+            if target.proxy_protocol.is_some() && reported.insert(target.name.clone()) {
+                let at = raw
+                    .clusters
+                    .iter()
+                    .position(|c| c.name.as_deref() == Some(&target.name));
+                let path = at.map_or_else(KeyPath::root, |j| KeyPath::root().key("clusters").index(j));
+                self.error(
+                    path.key("proxy_protocol"),
+                    format!(
+                        "PROXY headers are sent on tcp listener connections only, but route \"{}\" forwards HTTP to this cluster",
+                        route.name.as_deref().unwrap_or("-")
+                    ),
+                );
+            }
+        }
+        for (i, listener) in raw.listeners.iter().enumerate() {
+            if listener.protocol.as_deref() != Some("tcp") {
+                continue;
+            }
+            let named = listener
+                .cluster
+                .iter()
+                .chain(listener.sni_routes.iter().filter_map(|r| r.cluster.as_ref()));
+            for name in named {
+                if cluster(name).is_some_and(|c| c.tls.is_some()) {
+                    self.error(
+                        KeyPath::root().key("listeners").index(i).key("cluster"),
+                        format!("cluster \"{name}\" has `tls`, which tcp listeners do not originate (they pass bytes through)"),
+                    );
+                }
+            }
         }
     }
 
@@ -312,7 +364,8 @@ impl Settler {
 
     fn listeners(&mut self, raw: &[RawListener], path: &KeyPath, clusters: &[&str]) -> Vec<Listener> {
         let mut names = HashSet::new();
-        let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+        // TCP and UDP ports are separate: a tcp and a udp listener may share one.
+        let mut addresses: HashMap<(SocketAddr, bool), String> = HashMap::new();
         let mut out = Vec::new();
         for (i, l) in raw.iter().enumerate() {
             let at = path.index(i);
@@ -329,7 +382,8 @@ impl Settler {
             };
             if let (Some(addr), Some(name)) = (listen, &name) {
                 if addr.port() != 0 {
-                    if let Some(other) = addresses.insert(addr, name.clone()) {
+                    let udp = l.protocol.as_deref() == Some("udp");
+                    if let Some(other) = addresses.insert((addr, udp), name.clone()) {
                         self.error(
                             at.key("listen"),
                             format!("address {addr} is already used by listener \"{other}\""),
@@ -524,8 +578,11 @@ impl Settler {
                 }
             }
         }
-        if l.connect_attempts == Some(0) {
-            self.error(at.key("connect_attempts"), "must be at least 1");
+        if l.connect_attempts.is_some_and(|n| !(1..=10).contains(&n)) {
+            self.error(
+                at.key("connect_attempts"),
+                "use 1 to 10 (endpoints tried per connection)",
+            );
         }
         if l.max_sessions == Some(0) {
             self.error(at.key("max_sessions"), "must be at least 1");

@@ -277,6 +277,14 @@ pub(crate) async fn forward<'s>(
         Some((handshake, slot, client)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             Some((handshake, slot, client, hyper::upgrade::on(&mut response)))
         }
+        // On HTTP/2 any 2xx answer to a CONNECT means "tunnel open": an
+        // upstream that answered 200 without upgrading must not look like one.
+        Some((websocket::Handshake::ExtendedConnect, ..)) if response.status().is_success() => {
+            return Err(ProxyError::Upstream {
+                endpoint: endpoint.address().to_owned(),
+                source: format!("answered the WebSocket handshake with {}", response.status()).into(),
+            });
+        }
         // Refused by the upstream: its answer goes back as it is.
         _ => None,
     };
@@ -292,7 +300,7 @@ pub(crate) async fn forward<'s>(
             (client, upstream),
             route.websocket,
             entry.metrics.websocket.clone(),
-            (slot, done.in_flight),
+            (slot, done.in_flight, conn.guard.clone()),
             (Arc::from(route.name.as_str()), Arc::from(endpoint.address())),
         );
         return Ok(answer);
@@ -321,7 +329,8 @@ pub(crate) async fn forward<'s>(
         }
         if let Some((mode, content_type)) = grpc_web {
             grpc::web::prepare_response(&mut parts.headers, &content_type);
-            body = ProxyBody::translated(body, |b| grpc::web::WebBody::new(b, mode));
+            let metrics = entry.metrics.grpc.clone();
+            body = ProxyBody::translated(body, |b| grpc::web::WebBody::new(b, mode).counting(metrics));
         }
         return Ok(Response::from_parts(parts, body));
     }

@@ -64,6 +64,9 @@ pub struct ConnectionInfo {
     /// Where tasks that outlive the request (WebSocket tunnels) are tracked,
     /// so that a graceful shutdown waits for them.
     pub(crate) tasks: Option<tokio_util::task::TaskTracker>,
+    /// The connection's place under the listener's limits, which a
+    /// WebSocket keeps after hyper lets go of the socket.
+    pub(crate) guard: Option<Arc<crate::server::ConnectionGuard>>,
 }
 
 /// Facts from a connection's TLS handshake.
@@ -112,12 +115,19 @@ impl ConnectionInfo {
             peer_value,
             tls: None,
             tasks: None,
+            guard: None,
         }
     }
 
-    /// The same connection, with long-lived tasks tracked by `tasks`.
-    pub(crate) fn with_tasks(mut self, tasks: tokio_util::task::TaskTracker) -> Self {
+    /// The same connection, with long-lived tasks tracked by `tasks` and
+    /// its place under the listener's limits.
+    pub(crate) fn with_tasks(
+        mut self,
+        tasks: tokio_util::task::TaskTracker,
+        guard: Arc<crate::server::ConnectionGuard>,
+    ) -> Self {
         self.tasks = Some(tasks);
+        self.guard = Some(guard);
         self
     }
 

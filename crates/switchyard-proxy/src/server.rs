@@ -158,6 +158,26 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// An open client connection's place under the listener's limits and in
+/// its active-connections gauge; both are given back when the last holder
+/// drops it.
+pub(crate) struct ConnectionGuard {
+    _slot: ConnectionSlot,
+    active: prometheus::IntGauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
+impl std::fmt::Debug for ConnectionGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionGuard")
+    }
+}
+
 /// Accepts connections on `listener` until `stop` fires.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: TcpListener, stop: CancellationToken) {
     let connections = Arc::new(Connections::default());
@@ -189,15 +209,21 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: T
                 };
                 metrics.accepted.inc();
                 metrics.active.inc();
+                // Held by the connection, and by a WebSocket it upgrades to
+                // (which outlives hyper's connection): the socket counts
+                // against the limits for as long as it is open.
+                let guard = Arc::new(ConnectionGuard {
+                    _slot: slot,
+                    active: metrics.active.clone(),
+                });
                 let (shared, name, stop) = (shared.clone(), name.clone(), stop.clone());
                 shared.clone().tracker.spawn(async move {
                     if is_tcp {
                         crate::l4::tcp::serve(shared, name, stream, peer).await;
                     } else {
-                        serve_connection(shared, name, stream, peer, stop).await;
+                        serve_connection(shared, name, stream, peer, stop, guard.clone()).await;
                     }
-                    drop(slot);
-                    metrics.active.dec();
+                    drop(guard);
                 });
             }
             Err(error) => {
@@ -222,6 +248,7 @@ async fn serve_connection(
     mut stream: TcpStream,
     mut peer: SocketAddr,
     closing: CancellationToken,
+    guard: Arc<ConnectionGuard>,
 ) {
     // TCP_NODELAY is inherited from the listening socket (see `bind`): no
     // setsockopt per connection.
@@ -244,7 +271,7 @@ async fn serve_connection(
     let trusted = runtime.trusts(peer.ip());
     match &runtime.tls {
         None => {
-            let info = ConnectionInfo::new(peer, listener, trusted).with_tasks(shared.tracker.clone());
+            let info = ConnectionInfo::new(peer, listener, trusted).with_tasks(shared.tracker.clone(), guard);
             drive(shared.clone(), runtime, info, stream, peer, closing).await;
         }
         Some(acceptor) => {
@@ -267,7 +294,7 @@ async fn serve_connection(
             let tls = TlsInfo::of(session);
             let info = ConnectionInfo::new(peer, listener, trusted)
                 .with_tls(tls)
-                .with_tasks(shared.tracker.clone());
+                .with_tasks(shared.tracker.clone(), guard);
             drive(shared.clone(), runtime, info, stream, peer, closing).await;
         }
     }

@@ -92,13 +92,16 @@ where
         }
     };
     tokio::pin!(lifetime);
-    // Checked every half idle period: two quiet checks in a row mean no
-    // byte moved for at least the idle timeout.
-    let mut watchdog = tokio::time::interval(limits.idle_timeout / 2);
+    // Counters are brought up to date, and quiet time added up, every half
+    // idle period (at most every 10 s, so metrics stay current on long
+    // timeouts): the close comes between one idle timeout and one tick more
+    // after the last byte.
+    let tick = (limits.idle_timeout / 2).clamp(Duration::from_millis(1), REPORT_EVERY);
+    let mut watchdog = tokio::time::interval(tick);
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     watchdog.reset();
     let mut reported = (0, 0);
-    let mut quiet_checks = 0;
+    let mut quiet = Duration::ZERO;
     let report = |reported: &mut (u64, u64)| {
         let now = (from_client.load(Ordering::Relaxed), to_client.load(Ordering::Relaxed));
         meters.from_client.inc_by(now.0 - reported.0);
@@ -115,10 +118,10 @@ where
             },
             _ = watchdog.tick() => {
                 if report(&mut reported) {
-                    quiet_checks = 0;
+                    quiet = Duration::ZERO;
                 } else {
-                    quiet_checks += 1;
-                    if quiet_checks >= 2 {
+                    quiet += tick;
+                    if quiet >= limits.idle_timeout {
                         break End::Idle;
                     }
                 }
@@ -160,6 +163,9 @@ where
         }
     }
 }
+
+/// The longest a tunnel's byte counters lag behind.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// Size of the per-thread read buffer every tunnel direction reads into.
 const SCRATCH: usize = 64 * 1024;

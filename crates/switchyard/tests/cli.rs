@@ -136,6 +136,16 @@ fn check_reports_each_kind_of_mistake_with_its_location() {
             "bad.toml:16:1: `listeners[1].cluster`: `cluster` is for `protocol = \"tcp\" or \"udp\"` listeners, not \"http\"",
         ),
         (
+            "gRPC-Web to an HTTP/1.1 cluster",
+            "[[routes]]\nname = \"r\"\ncluster = \"api\"\ngrpc_web = true\n",
+            "bad.toml:16:1: `routes[1].grpc_web`: gRPC goes over HTTP/2: cluster \"api\" needs `protocol = \"http2\"`",
+        ),
+        (
+            "connect_attempts out of range",
+            "[[listeners]]\nname = \"x\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"tcp\"\ncluster = \"api\"\nconnect_attempts = 1000000\n",
+            "bad.toml:18:1: `listeners[1].connect_attempts`: use 1 to 10",
+        ),
+        (
             "SNI rule naming no cluster",
             "[[listeners]]\nname = \"x\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nsni_routes = [{ server_names = [\"a.example\"], cluster = \"db\" }]\n",
             "bad.toml:17:47: `listeners[1].sni_routes[0].cluster`: no cluster named \"db\"",

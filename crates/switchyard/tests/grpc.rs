@@ -252,4 +252,11 @@ async fn grpc_web_calls_from_http1_in_binary_and_text() {
         })
     });
     assert_eq!(status.as_deref(), Some("5"));
+
+    // Statuses that travel in the body's last frame are counted too.
+    let scrape = get(&client(Proto::H1), &gw.admin_url("/metrics"), &[]).await.text();
+    let ok = r#"switchyard_grpc_calls_total{grpc_code="OK",route="echo"} 2"#;
+    let not_found = r#"switchyard_grpc_calls_total{grpc_code="NOT_FOUND",route="echo"} 1"#;
+    assert!(scrape.lines().any(|l| l == ok), "no `{ok}` in\n{scrape}");
+    assert!(scrape.lines().any(|l| l == not_found), "no `{not_found}` in\n{scrape}");
 }

@@ -515,3 +515,41 @@ endpoints = [{{ address = "{}" }}]
         .collect();
     assert_eq!(addresses, ["192.0.2.7"]);
 }
+
+#[tokio::test]
+async fn a_udp_session_whose_endpoint_refuses_moves_to_another() {
+    let alive = udp_echo("alive").await;
+    // A port nobody listens on: datagrams to it draw ICMP "port unreachable".
+    let dead = {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.local_addr().unwrap()
+    };
+    let gw = GatewayProcess::start(&format!(
+        r#"
+[[listeners]]
+name = "udp"
+listen = "127.0.0.1:0"
+protocol = "udp"
+cluster = "echo"
+
+[[clusters]]
+name = "echo"
+endpoints = [{}]
+"#,
+        endpoints(&[dead, alive])
+    ));
+    let addr = gw.listeners["udp"];
+    // Two clients: round robin puts one of them on the dead endpoint. Each
+    // keeps asking (as a resolver would); both get answers from the live one.
+    for _ in 0..2 {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut answer = None;
+        for _ in 0..10 {
+            if let Some(reply) = ask(&socket, addr, b"anyone?", Duration::from_millis(300)).await {
+                answer = Some(String::from_utf8(reply).unwrap());
+                break;
+            }
+        }
+        assert_eq!(answer.as_deref(), Some("alive anyone?"));
+    }
+}

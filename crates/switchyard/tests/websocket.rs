@@ -332,3 +332,91 @@ async fn websocket_over_http2_extended_connect() {
     ws.close(None).await.unwrap();
     assert!(matches!(next(&mut ws).await, Message::Close(_)));
 }
+
+#[tokio::test]
+async fn an_upstream_that_does_not_upgrade_is_a_failure_on_http2_and_its_answer_on_http1() {
+    // A plain HTTP server answers the handshake with 200 instead of 101.
+    let plain = support::Backend::start("plain").await;
+    let gw = GatewayProcess::start(&format!(
+        r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+max_connections = 2
+
+[[clusters]]
+name = "plain"
+endpoints = [{{ address = "{}" }}]
+
+[[routes]]
+name = "ws"
+cluster = "plain"
+"#,
+        plain.addr
+    ));
+    // HTTP/1.1: the upstream's answer goes back as it is (the client's
+    // handshake fails on it).
+    let url = format!("ws://{}/ws", gw.addr());
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), StatusCode::OK),
+        other => panic!("expected the upstream's 200, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    // HTTP/2: a 200 would read as "tunnel open", so the gateway answers 502.
+    let stream = TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut status = None;
+    for _ in 0..50 {
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .version(Version::HTTP_2)
+            .uri(format!("http://{}/ws", gw.addr()))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        if let Ok(response) = sender.send_request(req).await {
+            status = Some(response.status());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, Some(StatusCode::BAD_GATEWAY));
+}
+
+#[tokio::test]
+async fn open_websockets_count_against_the_listeners_connection_limit() {
+    let echo = EchoServer::start("echo").await;
+    let gw = GatewayProcess::start(&format!(
+        r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+max_connections = 2
+
+[[clusters]]
+name = "echo"
+endpoints = [{{ address = "{}" }}]
+
+[[routes]]
+name = "ws"
+cluster = "echo"
+"#,
+        echo.addr
+    ));
+    let mut first = connect(&gw).await;
+    let mut second = connect(&gw).await;
+    // Both sockets are upgraded (hyper has let go of them), yet they still
+    // hold the listener's two places: a third connection is closed at once.
+    let url = format!("ws://{}/ws", gw.addr());
+    assert!(
+        tokio_tungstenite::connect_async(url).await.is_err(),
+        "a third connection got in"
+    );
+    for ws in [&mut first, &mut second] {
+        ws.send(Message::text("still open")).await.unwrap();
+        assert_eq!(next(ws).await, Message::text("still open"));
+    }
+}

@@ -122,6 +122,9 @@ pin_project! {
         // Text mode: up to two bytes waiting for a whole base64 group.
         carry: Vec<u8>,
         done: bool,
+        // Counts the status in the trailers (which become body bytes here,
+        // out of sight of the response's own counter).
+        metrics: Option<std::sync::Arc<super::GrpcMetrics>>,
     }
 }
 
@@ -132,7 +135,14 @@ impl<B> WebBody<B> {
             mode,
             carry: Vec::new(),
             done: false,
+            metrics: None,
         }
+    }
+
+    /// Also counts the call's `grpc-status` trailer in `metrics`.
+    pub fn counting(mut self, metrics: std::sync::Arc<super::GrpcMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -179,6 +189,9 @@ where
                 Err(frame) => {
                     let Ok(trailers) = frame.into_trailers() else { continue };
                     *this.done = true;
+                    if let (Some(metrics), Some(status)) = (this.metrics.as_ref(), trailers.get(&super::GRPC_STATUS)) {
+                        metrics.count(status);
+                    }
                     let block = trailer_frame(&trailers);
                     match this.mode {
                         Mode::Binary => block,

@@ -52,25 +52,35 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, mut stream: T
         }
     }
     let (cluster_name, prefix) = match route_by_sni(runtime, &mut stream).await {
-        Ok(chosen) => chosen,
+        Ok((name, prefix)) => (name.to_owned(), prefix),
         Err(reason) => {
             tracing::debug!(%peer, %listener, %reason, "connection refused");
             metrics.rejected.inc();
             return;
         }
     };
-    let Some(cluster) = snapshot.clusters.get(cluster_name) else {
+    let Some(cluster) = snapshot.clusters.get(&cluster_name).cloned() else {
         metrics.no_endpoint.inc();
         return;
     };
-    let Some((mut upstream, index, _in_flight)) = connect(cluster, runtime, peer).await else {
+    let Some((mut upstream, index, in_flight)) = connect(&cluster, runtime, peer).await else {
         metrics.no_endpoint.inc();
         return;
     };
+    // What the tunnel needs, taken out: an open connection must not keep a
+    // whole configuration generation alive.
+    let metrics = metrics.clone();
+    let limits = Limits {
+        idle_timeout: config.idle_timeout,
+        max_lifetime: None,
+    };
+    let listen = config.listen;
+    drop(snapshot);
+
     let endpoint = cluster.endpoints[index].address();
     let mut preface = Vec::new();
     if let Some(version) = cluster.config.proxy_protocol {
-        let local = stream.local_addr().unwrap_or(config.listen);
+        let local = stream.local_addr().unwrap_or(listen);
         preface.extend(proxy_protocol::header(version, peer, local));
     }
     preface.extend_from_slice(&prefix);
@@ -81,11 +91,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, mut stream: T
         }
     }
     metrics.proxied.inc();
-    let limits = Limits {
-        idle_timeout: config.idle_timeout,
-        max_lifetime: None,
-    };
     let outcome = tunnel::splice(&mut stream, &mut upstream, limits, &metrics.bytes).await;
+    drop(in_flight);
     tracing::debug!(
         %listener,
         client = %peer,
@@ -138,7 +145,7 @@ async fn connect(
     client: SocketAddr,
 ) -> Option<(TcpStream, usize, switchyard_balance::InFlight)> {
     let attempts = runtime.config.connect_attempts as usize;
-    let mut tried = Vec::with_capacity(attempts);
+    let mut tried = Vec::with_capacity(attempts.min(cluster.endpoints.len()));
     while tried.len() < attempts {
         let index = super::pick(cluster, client.ip(), &tried)?;
         tried.push(index);

@@ -1,41 +1,76 @@
 //! `udp` listeners: datagrams from each client address form a session with
 //! one endpoint (its own connected socket, so replies come back to the right
 //! client), kept until the session sees no datagram either way for the
-//! listener's idle timeout. The session table is bounded: datagrams from new
-//! clients beyond `max_sessions` are dropped and counted, never queued.
+//! listener's idle timeout, or its endpoint stops being usable (refused the
+//! datagrams, ejected, unhealthy, or gone from the cluster): the client's next
+//! datagram then opens a session with another endpoint. The session table is
+//! bounded: datagrams from new clients beyond `max_sessions` are dropped and
+//! counted, never queued.
 //!
 //! One task receives on the listener socket and owns the table (no lock on
 //! the datagram path); each session has a task relaying the endpoint's
-//! replies to its client.
+//! replies to its client. Neither keeps a buffer of its own while idle.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use switchyard_balance::{EndpointState, Failure};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::forward::record_outcome;
 use crate::l4::L4Metrics;
+use crate::snapshot::{ClusterRuntime, Snapshot};
 use crate::Shared;
 
 /// Largest datagram relayed (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_535;
+/// How often idle and unusable sessions are swept out.
+const SWEEP: Duration = Duration::from_millis(250);
+
+thread_local! {
+    /// Replies are received here and sent on at once when the socket takes
+    /// them: a session holds no buffer between datagrams.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; MAX_DATAGRAM]);
+}
 
 /// One client's session.
 struct Session {
     upstream: Arc<UdpSocket>,
     /// Milliseconds since the listener started, at the last datagram either way.
     last_active: Arc<AtomicU64>,
-    relay: JoinHandle<()>,
-    endpoint: Arc<str>,
+    /// Set by the relay when the endpoint refuses (ICMP port unreachable).
+    refused: Arc<AtomicBool>,
+    /// Aborted when the session ends.
+    relay: Option<JoinHandle<()>>,
+    cluster: Arc<ClusterRuntime>,
+    endpoint: Arc<EndpointState>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.relay.abort();
+        if let Some(relay) = &self.relay {
+            relay.abort();
+        }
+    }
+}
+
+impl Session {
+    /// Whether the session may go on with its endpoint: not refused, still
+    /// usable, and still in the cluster the listener forwards to now.
+    fn usable(&self, snapshot: &Snapshot, cluster: Option<&str>) -> bool {
+        if self.refused.load(Ordering::Relaxed) {
+            record_outcome(&self.cluster, &self.endpoint, Some(Failure::Connect));
+            return false;
+        }
+        let current = cluster.and_then(|name| snapshot.clusters.get(name));
+        self.endpoint.is_available()
+            && current.is_some_and(|c| c.endpoints.iter().any(|e| Arc::ptr_eq(e, &self.endpoint)))
     }
 }
 
@@ -45,8 +80,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, socket: UdpSo
     let started = Instant::now();
     let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
     let mut buffer = vec![0u8; MAX_DATAGRAM];
-    let mut sweep = tokio::time::interval(Duration::from_millis(250));
+    let mut sweep = tokio::time::interval(SWEEP);
     let mut metrics: Option<L4Metrics> = None;
+    let millis = |started: Instant| started.elapsed().as_millis() as u64;
     loop {
         let (n, client) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -54,13 +90,16 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, socket: UdpSo
                 let snapshot = shared.snapshot.load();
                 let Some(runtime) = snapshot.listeners.get(&*listener) else { continue };
                 let idle = runtime.config.idle_timeout.as_millis() as u64;
-                let now = started.elapsed().as_millis() as u64;
+                let now = millis(started);
+                let cluster = runtime.config.cluster.as_deref();
                 let before = sessions.len();
-                sessions.retain(|_, s| now.saturating_sub(s.last_active.load(Ordering::Relaxed)) < idle);
-                let expired = before - sessions.len();
-                if expired > 0 {
-                    runtime.metrics.l4.sessions_active.sub(expired as i64);
-                    tracing::debug!(%listener, expired, open = sessions.len(), "udp sessions expired");
+                sessions.retain(|_, s| {
+                    now.saturating_sub(s.last_active.load(Ordering::Relaxed)) < idle && s.usable(&snapshot, cluster)
+                });
+                let ended = before - sessions.len();
+                if ended > 0 {
+                    runtime.metrics.l4.sessions_active.sub(ended as i64);
+                    tracing::debug!(%listener, ended, open = sessions.len(), "udp sessions ended");
                 }
                 metrics = Some(runtime.metrics.l4.clone());
                 continue;
@@ -68,22 +107,36 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, socket: UdpSo
             received = socket.recv_from(&mut buffer) => match received {
                 Ok(received) => received,
                 Err(error) => {
-                    // ICMP errors of earlier sends surface here on some systems.
                     tracing::debug!(%error, %listener, "udp receive failed");
                     continue;
                 }
             },
         };
-        let now = started.elapsed().as_millis() as u64;
+        let now = millis(started);
         if let Some(session) = sessions.get(&client) {
-            session.last_active.store(now, Ordering::Relaxed);
+            if !session.refused.load(Ordering::Relaxed) {
+                session.last_active.store(now, Ordering::Relaxed);
+                if let Some(metrics) = &metrics {
+                    metrics.bytes.from_client.inc_by(n as u64);
+                }
+                match session.upstream.send(&buffer[..n]).await {
+                    Ok(_) => continue,
+                    Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                        session.refused.store(true, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, endpoint = session.endpoint.address(), "udp send failed");
+                        continue;
+                    }
+                }
+            }
+            // Refused by its endpoint: counted against it, and the datagram
+            // goes to a new session below.
+            let session = sessions.remove(&client).expect("the session was just found");
+            record_outcome(&session.cluster, &session.endpoint, Some(Failure::Connect));
             if let Some(metrics) = &metrics {
-                metrics.bytes.from_client.inc_by(n as u64);
+                metrics.sessions_active.dec();
             }
-            if let Err(error) = session.upstream.send(&buffer[..n]).await {
-                tracing::debug!(%error, endpoint = %session.endpoint, "udp send to the endpoint failed");
-            }
-            continue;
         }
         // A new client: the current configuration decides its endpoint.
         let snapshot = shared.snapshot.load_full();
@@ -92,13 +145,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, socket: UdpSo
         };
         let l4 = &runtime.metrics.l4;
         metrics = Some(l4.clone());
-        if let Some(filter) = &runtime.ip_filter {
-            if filter.check(client.ip()).is_err() {
-                l4.datagrams_dropped.inc();
-                continue;
-            }
-        }
-        if sessions.len() >= runtime.config.max_sessions {
+        let refused = runtime
+            .ip_filter
+            .as_ref()
+            .is_some_and(|f| f.check(client.ip()).is_err());
+        if refused || sessions.len() >= runtime.config.max_sessions {
             l4.datagrams_dropped.inc();
             continue;
         }
@@ -112,51 +163,65 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, socket: UdpSo
             l4.no_endpoint.inc();
             continue;
         };
-        let endpoint = cluster.endpoints[index].address();
-        let upstream = match open(endpoint, client).await {
+        let endpoint = cluster.endpoints[index].clone();
+        let upstream = match open(endpoint.address()).await {
             Ok(upstream) => Arc::new(upstream),
             Err(error) => {
-                tracing::debug!(%error, endpoint, "cannot open a udp session");
+                tracing::debug!(%error, endpoint = endpoint.address(), "cannot open a udp session");
                 l4.datagrams_dropped.inc();
                 continue;
             }
         };
         let last_active = Arc::new(AtomicU64::new(now));
+        let refused = Arc::new(AtomicBool::new(false));
         let relay = tokio::spawn(relay(
             upstream.clone(),
-            socket.clone(),
+            Arc::downgrade(&socket),
             client,
-            last_active.clone(),
-            started,
+            (last_active.clone(), refused.clone(), started),
             l4.clone(),
         ));
         l4.sessions_opened.inc();
         l4.sessions_active.inc();
         l4.bytes.from_client.inc_by(n as u64);
         if let Err(error) = upstream.send(&buffer[..n]).await {
-            tracing::debug!(%error, endpoint, "udp send to the endpoint failed");
+            tracing::debug!(%error, endpoint = endpoint.address(), "udp send to the endpoint failed");
         }
         sessions.insert(
             client,
             Session {
                 upstream,
                 last_active,
-                relay,
-                endpoint: Arc::from(endpoint),
+                refused,
+                relay: Some(relay),
+                cluster: cluster.clone(),
+                endpoint,
             },
         );
     }
+    // The relays hold only a weak reference to the listener socket, so it is
+    // closed (and its address free for a new listener) as this returns; wait
+    // for them anyway so that nothing of this listener outlives it.
     if let Some(metrics) = metrics {
         metrics.sessions_active.sub(sessions.len() as i64);
     }
+    for (_, mut session) in sessions.drain() {
+        if let Some(relay) = session.relay.take() {
+            relay.abort();
+            let _ = relay.await;
+        }
+    }
 }
 
-/// A socket connected to `endpoint`, of the family its address resolves to.
-async fn open(endpoint: &str, client: SocketAddr) -> std::io::Result<UdpSocket> {
-    let target = tokio::net::lookup_host(endpoint)
-        .await?
-        .next()
-        .ok_or_else(|| std::io::Error::other(format!("{endpoint} resolves to no address")))?;
+/// A socket connected to `endpoint` (an address, or a name resolved now).
+async fn open(endpoint: &str) -> io::Result<UdpSocket> {
+    let target = match endpoint.parse::<SocketAddr>() {
+        Ok(address) => address,
+        Err(_) => tokio::net::lookup_host(endpoint)
+            .await?
+            .next()
+            .ok_or_else(|| io::Error::other(format!("{endpoint} resolves to no address")))?,
+    };
     let local: SocketAddr = if target.is_ipv4() {
         "0.0.0.0:0".parse().expect("valid address")
     } else {
@@ -164,40 +229,62 @@ async fn open(endpoint: &str, client: SocketAddr) -> std::io::Result<UdpSocket> 
     };
     let socket = UdpSocket::bind(local).await?;
     socket.connect(target).await?;
-    tracing::trace!(%client, %target, "udp session opened");
     Ok(socket)
 }
 
 /// Sends the endpoint's replies back to `client` from the listener's socket.
 async fn relay(
     upstream: Arc<UdpSocket>,
-    listener: Arc<UdpSocket>,
+    listener: std::sync::Weak<UdpSocket>,
     client: SocketAddr,
-    last_active: Arc<AtomicU64>,
-    started: Instant,
+    (last_active, refused, started): (Arc<AtomicU64>, Arc<AtomicBool>, Instant),
     metrics: L4Metrics,
 ) {
     loop {
-        // The buffer exists only while datagrams are waiting: an idle
-        // session holds none.
         if upstream.readable().await.is_err() {
             return;
         }
-        let mut buffer = Vec::with_capacity(MAX_DATAGRAM);
+        let Some(listener) = listener.upgrade() else { return };
         loop {
-            buffer.clear();
-            let n = match upstream.try_recv_buf(&mut buffer) {
-                Ok(n) => n,
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
-                // An ICMP "port unreachable" from the endpoint: keep
-                // listening; the session expires if nothing more comes.
-                Err(_) => break,
-            };
-            last_active.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-            metrics.bytes.to_client.inc_by(n as u64);
-            if let Err(error) = listener.send_to(&buffer[..n], client).await {
-                tracing::debug!(%error, %client, "udp reply to the client failed");
+            // Received into the thread's scratch buffer and sent on at once;
+            // only a reply the socket cannot take now is copied out.
+            let step = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let n = match upstream.try_recv(&mut scratch) {
+                    Ok(n) => n,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                    Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                        refused.store(true, Ordering::Relaxed);
+                        return Step::Wait;
+                    }
+                    Err(_) => return Step::Wait,
+                };
+                last_active.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                metrics.bytes.to_client.inc_by(n as u64);
+                match listener.try_send_to(&scratch[..n], client) {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => Step::Later(scratch[..n].to_vec()),
+                    _ => Step::Next,
+                }
+            });
+            match step {
+                Step::Next => {}
+                Step::Wait => break,
+                Step::Later(reply) => {
+                    if let Err(error) = listener.send_to(&reply, client).await {
+                        tracing::debug!(%error, %client, "udp reply to the client failed");
+                    }
+                }
             }
         }
     }
+}
+
+/// What the relay does after one receive.
+enum Step {
+    /// Sent: receive the next one.
+    Next,
+    /// Nothing more to receive now.
+    Wait,
+    /// Received, but the listener socket is full: send it when it can take it.
+    Later(Vec<u8>),
 }
