@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
 use support::client::{client, get, Proto};
-use support::GatewayProcess;
+use support::{metric, GatewayProcess};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -90,15 +90,6 @@ async fn echo_line(stream: &mut BufReader<TcpStream>, line: &str) -> String {
         .expect("an echo in time")
         .unwrap();
     back.trim().to_owned()
-}
-
-fn metric(scrape: &str, needle: &str) -> f64 {
-    scrape
-        .lines()
-        .find(|l| l.starts_with(needle))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {needle} in\n{scrape}"))
 }
 
 #[tokio::test]

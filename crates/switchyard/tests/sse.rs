@@ -101,6 +101,21 @@ timeout = "5s"
     ))
 }
 
+/// Opens `/events` through the gateway: the response and the upstream's
+/// sender for that stream.
+async fn open_events(
+    gw: &GatewayProcess,
+    streams: &mut mpsc::Receiver<mpsc::Sender<Result<Frame<Bytes>, Infallible>>>,
+    proto: Proto,
+) -> (Response<Incoming>, mpsc::Sender<Result<Frame<Bytes>, Infallible>>) {
+    let response = client(proto)
+        .request(Request::get(gw.url("/events")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    let source = streams.recv().await.expect("the upstream got the request");
+    (response, source)
+}
+
 fn event(n: usize) -> Result<Frame<Bytes>, Infallible> {
     Ok(Frame::data(Bytes::from(format!("id: {n}\ndata: event {n}\n\n"))))
 }
@@ -126,13 +141,9 @@ async fn each_event_arrives_before_the_next_is_sent() {
     let (addr, mut streams) = upstream().await;
     let gw = gateway(addr);
     for proto in [Proto::H1, Proto::H2] {
-        let response = client(proto)
-            .request(Request::get(gw.url("/events")).body(empty()).unwrap())
-            .await
-            .unwrap();
+        let (response, source) = open_events(&gw, &mut streams, proto).await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
-        let source = streams.recv().await.expect("the upstream got the request");
         let mut body = response.into_body();
         // Lock step: the upstream sends event n only once the client has
         // event n-1. Any buffering in the gateway would stall this loop.
@@ -151,11 +162,7 @@ async fn each_event_arrives_before_the_next_is_sent() {
 async fn inter_arrival_times_follow_the_upstream() {
     let (addr, mut streams) = upstream().await;
     let gw = gateway(addr);
-    let response = client(Proto::H1)
-        .request(Request::get(gw.url("/events")).body(empty()).unwrap())
-        .await
-        .unwrap();
-    let source = streams.recv().await.unwrap();
+    let (response, source) = open_events(&gw, &mut streams, Proto::H1).await;
     let gap = Duration::from_millis(150);
     let sender = tokio::spawn(async move {
         let mut sent = Vec::new();
@@ -196,11 +203,7 @@ async fn quiet_streams_are_cut_and_heartbeats_keep_them_open() {
 
     // Heartbeat comments every 150 ms keep a stream with a 400 ms idle
     // timeout open for well over a second.
-    let response = client(Proto::H1)
-        .request(Request::get(gw.url("/events")).body(empty()).unwrap())
-        .await
-        .unwrap();
-    let source = streams.recv().await.unwrap();
+    let (response, source) = open_events(&gw, &mut streams, Proto::H1).await;
     let mut body = response.into_body();
     for _ in 0..10 {
         source

@@ -86,6 +86,35 @@ where
         .expect("a valid message")
 }
 
+/// Sends an RFC 8441 extended CONNECT for `/ws` over a fresh h2c connection
+/// to the gateway; returns the response.
+async fn extended_connect(gw: &GatewayProcess, headers: &[(&str, &str)]) -> http::Response<hyper::body::Incoming> {
+    let stream = TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .expect("h2c handshake");
+    tokio::spawn(connection);
+    // The server's SETTINGS (which enable extended CONNECT) arrive just after
+    // the handshake: try until they have.
+    for _ in 0..50 {
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .version(Version::HTTP_2)
+            .uri(format!("http://{}/ws", gw.addr()));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let mut req = req.body(Empty::<Bytes>::new()).unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        match sender.send_request(req).await {
+            Ok(response) => return response,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    panic!("the extended CONNECT could not be sent");
+}
+
 #[tokio::test]
 async fn every_kind_of_message_passes_both_ways() {
     let echo = EchoServer::start("echo-1").await;
@@ -248,14 +277,7 @@ async fn connections_are_balanced_and_limited_per_route() {
 
     // Metrics count what happened.
     let scrape = get(&client(Proto::H1), &gw.admin_url("/metrics"), &[]).await.text();
-    let value = |needle: &str| -> f64 {
-        scrape
-            .lines()
-            .find(|l| l.starts_with(needle))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {needle} in\n{scrape}"))
-    };
+    let value = |needle: &str| support::metric(&scrape, needle);
     assert_eq!(
         value(r#"switchyard_websocket_connections_total{result="opened",route="ws"}"#),
         3.0
@@ -293,33 +315,7 @@ async fn a_quiet_connection_is_closed_after_the_idle_timeout() {
 async fn websocket_over_http2_extended_connect() {
     let echo = EchoServer::start("echo").await;
     let gw = gateway(&[&echo], "");
-    let stream = TcpStream::connect(gw.addr()).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .expect("h2c handshake");
-    tokio::spawn(connection);
-    // The server's SETTINGS (which enable extended CONNECT) arrive just after
-    // the handshake: try until they have.
-    let mut response = None;
-    for _ in 0..50 {
-        let mut req = Request::builder()
-            .method(Method::CONNECT)
-            .version(Version::HTTP_2)
-            .uri(format!("http://{}/ws", gw.addr()))
-            .header("sec-websocket-version", "13")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        req.extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
-        match sender.send_request(req).await {
-            Ok(r) => {
-                response = Some(r);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    let mut response = response.expect("the extended CONNECT was sent");
+    let mut response = extended_connect(&gw, &[("sec-websocket-version", "13")]).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers().get("sec-websocket-accept").is_none());
     let upgraded = hyper::upgrade::on(&mut response).await.expect("an upgraded stream");
@@ -362,28 +358,8 @@ cluster = "plain"
         other => panic!("expected the upstream's 200, got {:?}", other.map(|(_, r)| r.status())),
     }
     // HTTP/2: a 200 would read as "tunnel open", so the gateway answers 502.
-    let stream = TcpStream::connect(gw.addr()).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let mut status = None;
-    for _ in 0..50 {
-        let mut req = Request::builder()
-            .method(Method::CONNECT)
-            .version(Version::HTTP_2)
-            .uri(format!("http://{}/ws", gw.addr()))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        req.extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
-        if let Ok(response) = sender.send_request(req).await {
-            status = Some(response.status());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, Some(StatusCode::BAD_GATEWAY));
+    let response = extended_connect(&gw, &[]).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
 }
 
 #[tokio::test]

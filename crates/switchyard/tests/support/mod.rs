@@ -17,3 +17,14 @@ pub mod ws;
 pub use backend::Backend;
 #[allow(unused_imports)]
 pub use gateway::GatewayProcess;
+
+/// The value of the first sample in a Prometheus scrape whose line starts
+/// with `needle` (a metric name with its labels, as the gateway orders them).
+pub fn metric(scrape: &str, needle: &str) -> f64 {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(needle))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {needle} in\n{scrape}"))
+}
