@@ -437,6 +437,12 @@ fn routes(config: &switchyard_config::Config) -> Value {
                 switchyard_config::RouteAction::Direct(_) => {
                     json!({"direct": {"status": raw.direct.as_ref().and_then(|d| d.status)}})
                 }
+                switchyard_config::RouteAction::Static(files) => json!({"static": {
+                    "root": files.root.display().to_string(),
+                    "index": files.index,
+                    "listing": files.listing,
+                    "precompressed": files.precompressed,
+                }}),
             };
             let mut filters = Vec::new();
             if route.ip_filter.is_some() {

@@ -275,6 +275,24 @@ pub struct RawRoute {
     /// Translate gRPC-Web requests (browsers) to gRPC for the cluster.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_web: Option<bool>,
+    /// Serve files from a directory.
+    #[serde(rename = "static", skip_serializing_if = "Option::is_none")]
+    pub static_files: Option<RawStatic>,
+}
+
+/// `static = { root, index, listing, precompressed }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawStatic {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    /// The file served for a directory; `""` for none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listing: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precompressed: Option<bool>,
 }
 
 /// `websocket = { enabled, idle_timeout, max_lifetime, max_connections }`.

@@ -2140,6 +2140,7 @@ impl Settler {
             ("cluster", r.cluster.is_some()),
             ("redirect", r.redirect.is_some()),
             ("direct", r.direct.is_some()),
+            ("static", r.static_files.is_some()),
         ]
         .iter()
         .filter(|(_, present)| *present)
@@ -2147,7 +2148,10 @@ impl Settler {
         .collect();
         match given.len() {
             0 => {
-                self.error(at.clone(), "a route needs one of `cluster`, `redirect` or `direct`");
+                self.error(
+                    at.clone(),
+                    "a route needs one of `cluster`, `redirect`, `direct` or `static`",
+                );
                 return None;
             }
             1 => {}
@@ -2155,7 +2159,7 @@ impl Settler {
                 self.error(
                     at.key(given[1]),
                     format!(
-                        "a route takes only one of `cluster`, `redirect` and `direct` (found `{}`)",
+                        "a route takes only one of `cluster`, `redirect`, `direct` and `static` (found `{}`)",
                         given.join("` and `")
                     ),
                 );
@@ -2177,10 +2181,49 @@ impl Settler {
                 .redirect(redirect, &at.key("redirect"), matcher)
                 .map(RouteAction::Redirect);
         }
+        if let Some(raw) = &r.static_files {
+            return self.static_files(raw, &at.key("static")).map(RouteAction::Static);
+        }
         r.direct
             .as_ref()
             .and_then(|d| self.direct(d, &at.key("direct")))
             .map(RouteAction::Direct)
+    }
+
+    fn static_files(&mut self, raw: &RawStatic, at: &KeyPath) -> Option<StaticFiles> {
+        let Some(root) = &raw.root else {
+            self.error(
+                at.key("root"),
+                "`static` needs the `root` directory to serve, such as \"public/\"",
+            );
+            return None;
+        };
+        let root = match std::fs::canonicalize(root) {
+            Ok(path) if path.is_dir() => path,
+            Ok(_) => {
+                self.error(at.key("root"), format!("\"{root}\" is not a directory"));
+                return None;
+            }
+            Err(error) => {
+                self.error(at.key("root"), format!("cannot open \"{root}\": {error}"));
+                return None;
+            }
+        };
+        let index = match raw.index.as_deref() {
+            None => Some("index.html".to_owned()),
+            Some("") => None,
+            Some(name) if name.contains('/') || name == ".." => {
+                self.error(at.key("index"), format!("\"{name}\" must be a file name, not a path"));
+                None
+            }
+            Some(name) => Some(name.to_owned()),
+        };
+        Some(StaticFiles {
+            root,
+            index,
+            listing: raw.listing.unwrap_or(false),
+            precompressed: raw.precompressed.unwrap_or(true),
+        })
     }
 
     fn redirect(&mut self, raw: &RawRedirect, at: &KeyPath, matcher: &RouteMatch) -> Option<Redirect> {

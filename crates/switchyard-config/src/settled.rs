@@ -459,6 +459,21 @@ pub enum RouteAction {
     Redirect(Redirect),
     /// Answer with a fixed response.
     Direct(Direct),
+    /// Serve files from a directory.
+    Static(StaticFiles),
+}
+
+/// `static = { ... }`: a directory served as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticFiles {
+    /// The directory, absolute with symlinks resolved (checked to exist).
+    pub root: std::path::PathBuf,
+    /// The file served for a directory path; `None`: none.
+    pub index: Option<String>,
+    /// List a directory that has no index file (else 404).
+    pub listing: bool,
+    /// Send a `.br`, `.zst` or `.gz` sibling to clients that accept it.
+    pub precompressed: bool,
 }
 
 /// Conditions a request must meet; all present ones must hold.

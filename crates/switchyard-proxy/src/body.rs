@@ -419,6 +419,17 @@ impl ProxyBody {
 }
 
 impl ProxyBody {
+    /// A body made of `frames` as they come.
+    pub fn stream<S>(frames: S) -> Self
+    where
+        S: futures_core::Stream<Item = Result<Frame<Bytes>, BodyError>> + Send + 'static,
+    {
+        use http_body_util::BodyExt;
+        Self::Translated {
+            body: http_body_util::StreamBody::new(frames).boxed_unsync(),
+        }
+    }
+
     /// `body` turned into another body by `translate`.
     pub fn translated<T>(body: ProxyBody, translate: impl FnOnce(ProxyBody) -> T) -> Self
     where

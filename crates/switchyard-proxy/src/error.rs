@@ -83,6 +83,14 @@ pub enum ProxyError {
     WebSocketLimit { route: String, limit: usize },
     #[error("cluster {cluster} speaks HTTP/2 upstream; WebSocket needs an HTTP/1.1 cluster")]
     WebSocketUpstream { cluster: String },
+    #[error("method not allowed (allowed: {allow})")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("no such file")]
+    FileNotFound,
+    #[error("a precondition of the request does not hold")]
+    PreconditionFailed,
+    #[error("no requested range is within the {len} bytes")]
+    RangeNotSatisfiable { len: u64 },
 }
 
 impl ProxyError {
@@ -102,7 +110,11 @@ impl ProxyError {
             | Self::CorsDenied { .. }
             | Self::Unauthorized { .. }
             | Self::Forbidden { .. }
-            | Self::UriTooLong { .. } => Side::Downstream,
+            | Self::UriTooLong { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::FileNotFound
+            | Self::PreconditionFailed
+            | Self::RangeNotSatisfiable { .. } => Side::Downstream,
             Self::WebSocketLimit { .. } => Side::Upstream,
             Self::FaultInjected { .. }
             | Self::IdempotencyStoreFull
@@ -164,6 +176,10 @@ impl ProxyError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::FileNotFound => StatusCode::NOT_FOUND,
+            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::UpstreamConnect { .. } | Self::Upstream { .. } | Self::WebSocketUpstream { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -200,6 +216,10 @@ impl ProxyError {
             Self::UriTooLong { .. } => "uri_too_long",
             Self::WebSocketLimit { .. } => "websocket_limit",
             Self::WebSocketUpstream { .. } => "websocket_unsupported_upstream",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::FileNotFound => "not_found",
+            Self::PreconditionFailed => "precondition_failed",
+            Self::RangeNotSatisfiable { .. } => "range_not_satisfiable",
         }
     }
 
@@ -259,6 +279,19 @@ impl ProxyError {
                 }
             }
         }
+        match self {
+            Self::MethodNotAllowed { allow } => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            Self::RangeNotSatisfiable { len } => {
+                if let Ok(range) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, range);
+                }
+            }
+            _ => {}
+        }
         if let Some(after) = retry_after {
             let seconds = crate::filters::ceil_secs(after).max(1);
             response
@@ -308,6 +341,12 @@ impl ProxyError {
                 format!("this route allows {limit} open WebSocket connections; retry later")
             }
             Self::WebSocketUpstream { .. } => "the upstream of this route cannot take WebSocket connections".into(),
+            Self::MethodNotAllowed { allow } => format!("this route answers only {allow}"),
+            Self::FileNotFound => "no such file".into(),
+            Self::PreconditionFailed => {
+                "a precondition of the request (If-Match, If-Unmodified-Since) does not hold".into()
+            }
+            Self::RangeNotSatisfiable { len } => format!("no requested range is within the {len} bytes"),
             Self::RateLimited { decision } => format!(
                 "rate limit of {} requests exceeded; retry in {} s",
                 decision.limit,

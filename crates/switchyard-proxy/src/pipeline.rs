@@ -452,6 +452,10 @@ async fn serve<'s>(
     let mut response = match &entry.route.action {
         RouteAction::Direct(direct) => direct_response(direct),
         RouteAction::Redirect(redirect) => redirect_response(redirect, entry, &req),
+        RouteAction::Static(files) => {
+            let target = rewritten_path_and_query(entry, req.uri());
+            crate::static_files::serve(files, &req, target.path()).await?
+        }
         RouteAction::Forward { .. } => {
             let ids = RequestIds { request_id, trace };
             forward(entry, &listener.config, conn, req, ids, started, outcome).await?

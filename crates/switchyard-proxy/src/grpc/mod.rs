@@ -51,6 +51,7 @@ const PERMISSION_DENIED: u8 = 7;
 const RESOURCE_EXHAUSTED: u8 = 8;
 const FAILED_PRECONDITION: u8 = 9;
 const ABORTED: u8 = 10;
+const OUT_OF_RANGE: u8 = 11;
 const UNIMPLEMENTED: u8 = 12;
 const INTERNAL: u8 = 13;
 const UNAVAILABLE: u8 = 14;
@@ -86,7 +87,9 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
 /// The gRPC status a gateway-made error stands for.
 pub fn code_of(error: &ProxyError) -> u8 {
     match error {
-        ProxyError::NoRoute { .. } => UNIMPLEMENTED,
+        ProxyError::NoRoute { .. } | ProxyError::MethodNotAllowed { .. } | ProxyError::FileNotFound => UNIMPLEMENTED,
+        ProxyError::PreconditionFailed => FAILED_PRECONDITION,
+        ProxyError::RangeNotSatisfiable { .. } => OUT_OF_RANGE,
         ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } | ProxyError::UriTooLong { .. } => INTERNAL,
         ProxyError::ClientTimeout | ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
             DEADLINE_EXCEEDED

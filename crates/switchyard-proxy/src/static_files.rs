@@ -1,0 +1,606 @@
+//! Routes that serve a directory (`static = { root, index, listing,
+//! precompressed }`), top to bottom:
+//!
+//! 1. only `GET` and `HEAD` (405 otherwise);
+//! 2. the request path (after the route's rewrite) is percent-decoded one
+//!    segment at a time; `..`, NUL and `\` segments are refused, and the
+//!    file found must still be under the root once symlinks are resolved (a
+//!    link pointing out of the root is not followed);
+//! 3. a directory is served by its index file (`/dir` is redirected to
+//!    `/dir/` first), or listed when `listing` is on, else 404;
+//! 4. with `precompressed`, a `.br`, `.zst` or `.gz` sibling the client
+//!    accepts is sent instead, with `Content-Encoding` and `Vary`;
+//! 5. preconditions (RFC 9110 section 13: `If-Match`, `If-Unmodified-Since`,
+//!    `If-None-Match`, `If-Modified-Since`) against a strong ETag made of the
+//!    file's modification time and length, and `Last-Modified`;
+//! 6. `Range` (with `If-Range`): one range is a 206, several a
+//!    `multipart/byteranges` 206, none satisfiable a 416;
+//! 7. the bytes are streamed from the file in 64 KiB reads (HEAD: none).
+
+use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::io::SeekFrom;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use switchyard_config::StaticFiles;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::body::{BodyError, ProxyBody};
+use crate::error::{ProxyError, Side};
+
+/// Bytes read from a file per body frame.
+const READ_SIZE: usize = 64 * 1024;
+/// More ranges than this in one request are answered with the whole file.
+const MAX_RANGES: usize = 16;
+
+/// Precompressed siblings, in the order they are preferred.
+const ENCODINGS: [(&str, &str); 3] = [("br", ".br"), ("zstd", ".zst"), ("gzip", ".gz")];
+
+/// Answers `req` from the route's directory; `path` is the request path
+/// after the route's rewrite.
+pub(crate) async fn serve<B>(
+    settings: &StaticFiles,
+    req: &Request<B>,
+    path: &str,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let head = match *req.method() {
+        Method::GET => false,
+        Method::HEAD => true,
+        _ => return Err(ProxyError::MethodNotAllowed { allow: "GET, HEAD" }),
+    };
+    let root = &settings.root;
+    let candidate = resolve(root, path)?;
+    let mut found = within_root(root, &candidate).await?;
+    let metadata = tokio::fs::metadata(&found)
+        .await
+        .map_err(|_| ProxyError::FileNotFound)?;
+    if metadata.is_dir() {
+        if !path.ends_with('/') {
+            // Relative links in the index only work from `/dir/`.
+            let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+            return Ok(redirect(&format!("{path}/{query}")));
+        }
+        let index = match &settings.index {
+            Some(index) => within_root(root, &found.join(index)).await.ok(),
+            None => None,
+        };
+        match index {
+            Some(index) if tokio::fs::metadata(&index).await.is_ok_and(|m| m.is_file()) => found = index,
+            _ if settings.listing => return listing(&found, path, head).await,
+            _ => return Err(ProxyError::FileNotFound),
+        }
+    }
+
+    // The representation: the file, or a precompressed sibling the client takes.
+    let mut encoding = None;
+    let mut vary = false;
+    if settings.precompressed {
+        let accepted = accepted_encodings(req.headers());
+        for (name, suffix) in ENCODINGS {
+            let mut sibling = found.clone().into_os_string();
+            sibling.push(suffix);
+            let sibling = PathBuf::from(sibling);
+            if tokio::fs::metadata(&sibling).await.is_ok_and(|m| m.is_file()) {
+                vary = true;
+                if encoding.is_none() && accepted.contains(&name) {
+                    encoding = Some((name, sibling));
+                }
+            }
+        }
+    }
+    let content_type = mime_guess::from_path(&found).first_or_octet_stream();
+    let file_path = encoding.as_ref().map_or(&found, |(_, p)| p);
+    let file = tokio::fs::File::open(file_path)
+        .await
+        .map_err(|_| ProxyError::FileNotFound)?;
+    let metadata = file.metadata().await.map_err(|_| ProxyError::FileNotFound)?;
+    if !metadata.is_file() {
+        return Err(ProxyError::FileNotFound);
+    }
+    let len = metadata.len();
+    let modified = metadata.modified().unwrap_or(UNIX_EPOCH);
+    let etag = etag(modified, len, encoding.as_ref().map(|(name, _)| *name));
+
+    let mut headers = HeaderMap::new();
+    let content_type = match content_type.type_() {
+        mime_guess::mime::TEXT => format!("{content_type}; charset=utf-8"),
+        _ => content_type.to_string(),
+    };
+    headers.insert(header::CONTENT_TYPE, value(&content_type));
+    headers.insert(header::ETAG, value(&etag));
+    headers.insert(header::LAST_MODIFIED, value(&httpdate::fmt_http_date(modified)));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some((name, _)) = &encoding {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(name));
+    }
+    if vary {
+        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+
+    match preconditions(req.headers(), &etag, modified) {
+        Precondition::Failed => return Err(ProxyError::PreconditionFailed),
+        Precondition::NotModified => {
+            let mut response = Response::new(ProxyBody::empty());
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            for name in [header::ETAG, header::LAST_MODIFIED, header::VARY] {
+                if let Some(v) = headers.remove(&name) {
+                    response.headers_mut().insert(name, v);
+                }
+            }
+            return Ok(response);
+        }
+        Precondition::Proceed => {}
+    }
+
+    let ranges = match req.headers().get(header::RANGE) {
+        Some(range) if if_range_holds(req.headers(), &etag, modified) => parse_ranges(range, len),
+        _ => Ranges::Whole,
+    };
+    let (status, body_len, body) = match ranges {
+        Ranges::Whole => (StatusCode::OK, len, Plan::Whole),
+        Ranges::Unsatisfiable => {
+            return Err(ProxyError::RangeNotSatisfiable { len });
+        }
+        Ranges::Some(ranges) if ranges.len() == 1 => {
+            let (start, end) = ranges[0];
+            headers.insert(header::CONTENT_RANGE, value(&format!("bytes {start}-{end}/{len}")));
+            (StatusCode::PARTIAL_CONTENT, end - start + 1, Plan::One(start, end))
+        }
+        Ranges::Some(ranges) => {
+            let boundary = format!("{:016x}", fastrand::u64(..));
+            let parts: VecDeque<Part> = ranges
+                .iter()
+                .map(|&(start, end)| Part {
+                    head: Bytes::from(format!(
+                        "\r\n--{boundary}\r\ncontent-type: {content_type}\r\ncontent-range: bytes {start}-{end}/{len}\r\n\r\n"
+                    )),
+                    start,
+                    len: end - start + 1,
+                })
+                .collect();
+            let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+            let total = parts.iter().map(|p| p.head.len() as u64 + p.len).sum::<u64>() + tail.len() as u64;
+            headers.insert(
+                header::CONTENT_TYPE,
+                value(&format!("multipart/byteranges; boundary={boundary}")),
+            );
+            (StatusCode::PARTIAL_CONTENT, total, Plan::Multipart(parts, tail))
+        }
+    };
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+
+    let body = if head {
+        ProxyBody::empty()
+    } else {
+        match body {
+            Plan::Whole => file_body(file, VecDeque::from([Part::plain(0, len)]), None),
+            Plan::One(start, end) => file_body(file, VecDeque::from([Part::plain(start, end - start + 1)]), None),
+            Plan::Multipart(parts, tail) => file_body(file, parts, Some(tail)),
+        }
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+/// What the body carries.
+enum Plan {
+    Whole,
+    One(u64, u64),
+    Multipart(VecDeque<Part>, Bytes),
+}
+
+/// One stretch of the file, after its multipart head (empty for plain bodies).
+struct Part {
+    head: Bytes,
+    start: u64,
+    len: u64,
+}
+
+impl Part {
+    fn plain(start: u64, len: u64) -> Self {
+        Self {
+            head: Bytes::new(),
+            start,
+            len,
+        }
+    }
+}
+
+/// The request path's segments under `root`, percent-decoded; refuses
+/// segments that could climb out or confuse the file system.
+fn resolve(root: &Path, path: &str) -> Result<PathBuf, ProxyError> {
+    let mut out = root.to_path_buf();
+    for raw in path.split('/') {
+        if raw.is_empty() || raw == "." {
+            continue;
+        }
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+        if decoded == b".." || decoded == b"." || decoded.iter().any(|&b| b == b'/' || b == b'\\' || b == 0) {
+            return Err(ProxyError::FileNotFound);
+        }
+        out.push(OsStr::from_bytes(&decoded));
+    }
+    Ok(out)
+}
+
+/// `candidate` with symlinks resolved, if it exists and is still under `root`.
+async fn within_root(root: &Path, candidate: &Path) -> Result<PathBuf, ProxyError> {
+    let real = tokio::fs::canonicalize(candidate)
+        .await
+        .map_err(|_| ProxyError::FileNotFound)?;
+    if real.starts_with(root) {
+        Ok(real)
+    } else {
+        tracing::debug!(path = %candidate.display(), target = %real.display(), "refused: resolves outside the static root");
+        Err(ProxyError::FileNotFound)
+    }
+}
+
+fn value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn redirect(location: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::empty());
+    *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    response.headers_mut().insert(header::LOCATION, value(location));
+    response
+}
+
+/// A strong validator: modification time (nanoseconds) and length, and the
+/// encoding for a precompressed sibling.
+fn etag(modified: SystemTime, len: u64, encoding: Option<&str>) -> String {
+    let nanos = modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    match encoding {
+        Some(encoding) => format!("\"{nanos:x}-{len:x}-{encoding}\""),
+        None => format!("\"{nanos:x}-{len:x}\""),
+    }
+}
+
+/// Encodings the client takes (q > 0), by name.
+fn accepted_encodings(headers: &HeaderMap) -> Vec<&str> {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|item| {
+            let mut parts = item.split(';');
+            let name = parts.next()?.trim();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (!refused && !name.is_empty()).then_some(name)
+        })
+        .collect()
+}
+
+/// What the preconditions say.
+#[derive(Debug, PartialEq, Eq)]
+enum Precondition {
+    Proceed,
+    NotModified,
+    Failed,
+}
+
+/// RFC 9110 section 13.2.2, in its order.
+fn preconditions(headers: &HeaderMap, etag: &str, modified: SystemTime) -> Precondition {
+    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let date = |name| text(name).and_then(|v| httpdate::parse_http_date(v).ok());
+    // Whole seconds: what Last-Modified can say.
+    let modified_secs = modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if let Some(list) = text(header::IF_MATCH) {
+        if !matches_list(list, etag, true) {
+            return Precondition::Failed;
+        }
+    } else if let Some(since) = date(header::IF_UNMODIFIED_SINCE) {
+        if modified_secs > secs(since) {
+            return Precondition::Failed;
+        }
+    }
+    if let Some(list) = text(header::IF_NONE_MATCH) {
+        if matches_list(list, etag, false) {
+            return Precondition::NotModified;
+        }
+    } else if let Some(since) = date(header::IF_MODIFIED_SINCE) {
+        if modified_secs <= secs(since) {
+            return Precondition::NotModified;
+        }
+    }
+    Precondition::Proceed
+}
+
+/// Whether `etag` is in an entity-tag list (or the list is `*`); `strong`
+/// comparison refuses weak tags.
+fn matches_list(list: &str, etag: &str, strong: bool) -> bool {
+    if list.trim() == "*" {
+        return true;
+    }
+    list.split(',').map(str::trim).any(|tag| match tag.strip_prefix("W/") {
+        Some(weak) => !strong && weak == etag,
+        None => tag == etag,
+    })
+}
+
+/// `If-Range`: the range applies only if the validator still matches.
+fn if_range_holds(headers: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
+    let Some(value) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    if value.starts_with('"') {
+        return value == etag;
+    }
+    let modified_secs = modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    httpdate::parse_http_date(value)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .is_some_and(|t| t.as_secs() == modified_secs)
+}
+
+/// What a `Range` header asks of a file of `len` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Ranges {
+    /// Not a byte range we serve (bad syntax, too many): the whole file.
+    Whole,
+    /// Byte ranges, none of which the file has.
+    Unsatisfiable,
+    /// Inclusive `(first, last)` offsets, in the order asked.
+    Some(Vec<(u64, u64)>),
+}
+
+fn parse_ranges(header: &HeaderValue, len: u64) -> Ranges {
+    let Some(spec) = header.to_str().ok().and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return Ranges::Whole;
+    };
+    let mut out = Vec::new();
+    let mut asked = 0;
+    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        asked += 1;
+        if asked > MAX_RANGES {
+            return Ranges::Whole;
+        }
+        let Some((first, last)) = item.split_once('-') else {
+            return Ranges::Whole;
+        };
+        let range = match (first.trim(), last.trim()) {
+            ("", suffix) => match suffix.parse::<u64>() {
+                Ok(0) => None,
+                Ok(n) if len > 0 => Some((len.saturating_sub(n), len - 1)),
+                Ok(_) => None,
+                Err(_) => return Ranges::Whole,
+            },
+            (first, last) => {
+                let Ok(first) = first.parse::<u64>() else {
+                    return Ranges::Whole;
+                };
+                let last = match last {
+                    "" => len.saturating_sub(1),
+                    last => match last.parse::<u64>() {
+                        Ok(last) if last >= first => last.min(len.saturating_sub(1)),
+                        _ => return Ranges::Whole,
+                    },
+                };
+                (first < len).then_some((first, last))
+            }
+        };
+        out.extend(range);
+    }
+    if asked == 0 {
+        Ranges::Whole
+    } else if out.is_empty() {
+        Ranges::Unsatisfiable
+    } else {
+        Ranges::Some(out)
+    }
+}
+
+/// The file's bytes for `parts` (each after its head), then `tail`.
+fn file_body(file: tokio::fs::File, parts: VecDeque<Part>, tail: Option<Bytes>) -> ProxyBody {
+    struct State {
+        file: tokio::fs::File,
+        parts: VecDeque<Part>,
+        /// Bytes left of the part being read.
+        left: u64,
+        tail: Option<Bytes>,
+    }
+    let state = State {
+        file,
+        parts,
+        left: 0,
+        tail,
+    };
+    let stream = futures_util::stream::unfold(state, |mut state| async move {
+        loop {
+            if state.left > 0 {
+                let want = state.left.min(READ_SIZE as u64) as usize;
+                let mut buf = BytesMut::zeroed(want);
+                let read = state.file.read(&mut buf).await;
+                return match read {
+                    Ok(0) => Some((Err(file_error("the file ended early".into())), state_done(state))),
+                    Ok(n) => {
+                        buf.truncate(n);
+                        state.left -= n as u64;
+                        Some((Ok(Frame::data(buf.freeze())), state))
+                    }
+                    Err(error) => Some((Err(file_error(error.into())), state_done(state))),
+                };
+            }
+            if let Some(part) = state.parts.pop_front() {
+                if let Err(error) = state.file.seek(SeekFrom::Start(part.start)).await {
+                    return Some((Err(file_error(error.into())), state_done(state)));
+                }
+                state.left = part.len;
+                if !part.head.is_empty() {
+                    return Some((Ok(Frame::data(part.head)), state));
+                }
+                continue;
+            }
+            return state.tail.take().map(|tail| (Ok(Frame::data(tail)), state));
+        }
+    });
+    fn state_done(mut state: State) -> State {
+        state.parts.clear();
+        state.left = 0;
+        state.tail = None;
+        state
+    }
+    ProxyBody::stream(stream)
+}
+
+fn file_error(source: crate::error::BoxError) -> BodyError {
+    BodyError::Failed {
+        side: Side::Internal,
+        source,
+    }
+}
+
+/// A directory's entries as a small HTML page (`listing = true`).
+async fn listing(dir: &Path, path: &str, head: bool) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut entries = tokio::fs::read_dir(dir).await.map_err(|_| ProxyError::FileNotFound)?;
+    let mut names = Vec::new();
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_dir = entry.file_type().await.is_ok_and(|t| t.is_dir());
+        names.push(if is_dir { format!("{name}/") } else { name });
+    }
+    names.sort();
+    let title = escape(path);
+    let mut html = format!(
+        "<!doctype html>\n<meta charset=\"utf-8\">\n<title>{title}</title>\n<h1>{title}</h1>\n<ul>\n<li><a href=\"../\">../</a></li>\n"
+    );
+    for name in names {
+        let href = percent_encoding::utf8_percent_encode(&name, HREF).to_string();
+        html.push_str(&format!("<li><a href=\"{href}\">{}</a></li>\n", escape(&name)));
+    }
+    html.push_str("</ul>\n");
+    let len = html.len() as u64;
+    let mut response = Response::new(if head {
+        ProxyBody::empty()
+    } else {
+        ProxyBody::full(html)
+    });
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    Ok(response)
+}
+
+/// What is percent-encoded in a listing's links: all but unreserved
+/// characters and the trailing `/` of directories.
+const HREF: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        let parse = |v: &'static str| parse_ranges(&HeaderValue::from_static(v), 100);
+        assert_eq!(parse("bytes=0-9"), Ranges::Some(vec![(0, 9)]));
+        assert_eq!(parse("bytes=90-"), Ranges::Some(vec![(90, 99)]));
+        assert_eq!(parse("bytes=-10"), Ranges::Some(vec![(90, 99)]));
+        assert_eq!(parse("bytes=-500"), Ranges::Some(vec![(0, 99)]));
+        assert_eq!(parse("bytes=95-200"), Ranges::Some(vec![(95, 99)]));
+        assert_eq!(parse("bytes=0-0, 50-59"), Ranges::Some(vec![(0, 0), (50, 59)]));
+        assert_eq!(parse("bytes=100-"), Ranges::Unsatisfiable);
+        assert_eq!(parse("bytes=200-300, 150-"), Ranges::Unsatisfiable);
+        assert_eq!(parse("bytes=-0"), Ranges::Unsatisfiable);
+        // Not something to honour: the whole file.
+        assert_eq!(parse("items=0-9"), Ranges::Whole);
+        assert_eq!(parse("bytes=9-0"), Ranges::Whole);
+        assert_eq!(parse("bytes=x-1"), Ranges::Whole);
+        let many = HeaderValue::from_str(&format!("bytes={}", vec!["0-0"; 17].join(","))).unwrap();
+        assert_eq!(parse_ranges(&many, 100), Ranges::Whole);
+        assert_eq!(
+            parse_ranges(&HeaderValue::from_static("bytes=0-"), 0),
+            Ranges::Unsatisfiable
+        );
+    }
+
+    #[test]
+    fn traversal_is_refused_before_the_file_system() {
+        let root = Path::new("/srv/www");
+        assert_eq!(resolve(root, "/a/b.txt").unwrap(), Path::new("/srv/www/a/b.txt"));
+        assert_eq!(
+            resolve(root, "/a/./b%20c.txt").unwrap(),
+            Path::new("/srv/www/a/b c.txt")
+        );
+        for bad in [
+            "/../etc/passwd",
+            "/a/%2e%2e/%2e%2e/etc",
+            "/a/%2E%2E",
+            "/a%2f..%2fb",
+            "/a%5c..",
+            "/a%00b",
+        ] {
+            assert!(resolve(root, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn preconditions_in_their_order() {
+        let modified = UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let etag = "\"abc-10\"";
+        let check = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, HeaderValue::from_static(value));
+            }
+            preconditions(&headers, etag, modified)
+        };
+        assert_eq!(check(&[]), Precondition::Proceed);
+        assert_eq!(check(&[("if-none-match", "\"abc-10\"")]), Precondition::NotModified);
+        assert_eq!(check(&[("if-none-match", "W/\"abc-10\"")]), Precondition::NotModified);
+        assert_eq!(check(&[("if-none-match", "\"other\"")]), Precondition::Proceed);
+        assert_eq!(check(&[("if-match", "\"other\"")]), Precondition::Failed);
+        assert_eq!(check(&[("if-match", "W/\"abc-10\"")]), Precondition::Failed);
+        assert_eq!(check(&[("if-match", "*")]), Precondition::Proceed);
+        let later = httpdate::fmt_http_date(modified + std::time::Duration::from_secs(60));
+        let earlier = httpdate::fmt_http_date(modified - std::time::Duration::from_secs(60));
+        let mut headers = HeaderMap::new();
+        headers.insert("if-modified-since", HeaderValue::from_str(&later).unwrap());
+        assert_eq!(preconditions(&headers, etag, modified), Precondition::NotModified);
+        headers.insert("if-modified-since", HeaderValue::from_str(&earlier).unwrap());
+        assert_eq!(preconditions(&headers, etag, modified), Precondition::Proceed);
+        // If-None-Match wins over If-Modified-Since.
+        headers.insert("if-none-match", HeaderValue::from_static("\"other\""));
+        headers.insert("if-modified-since", HeaderValue::from_str(&later).unwrap());
+        assert_eq!(preconditions(&headers, etag, modified), Precondition::Proceed);
+        let mut headers = HeaderMap::new();
+        headers.insert("if-unmodified-since", HeaderValue::from_str(&earlier).unwrap());
+        assert_eq!(preconditions(&headers, etag, modified), Precondition::Failed);
+    }
+
+    #[test]
+    fn accepted_encodings_honour_q_values() {
+        let mut headers = HeaderMap::new();
+        headers.insert("accept-encoding", HeaderValue::from_static("gzip;q=0.5, br;q=0, zstd"));
+        assert_eq!(accepted_encodings(&headers), ["gzip", "zstd"]);
+    }
+}
