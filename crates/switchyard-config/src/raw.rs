@@ -278,6 +278,20 @@ pub struct RawRoute {
     /// Serve files from a directory.
     #[serde(rename = "static", skip_serializing_if = "Option::is_none")]
     pub static_files: Option<RawStatic>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression: Option<RawCompression>,
+}
+
+/// `compression = { algorithms, min_size, content_types }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawCompression {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_size: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_types: Option<Vec<String>>,
 }
 
 /// `static = { root, index, listing, precompressed }`.

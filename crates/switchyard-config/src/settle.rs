@@ -1207,6 +1207,10 @@ impl Settler {
                 }
                 None => WebSocket::default(),
             };
+            let compression = r
+                .compression
+                .as_ref()
+                .map(|raw| self.compression(raw, &at.key("compression")));
             if r.grpc_web.is_some() && !forwards {
                 self.error(at.key("grpc_web"), "only routes with a `cluster` take `grpc_web`");
             }
@@ -1233,10 +1237,62 @@ impl Settler {
                     auth,
                     websocket,
                     grpc_web: r.grpc_web.unwrap_or(false),
+                    compression,
                 });
             }
         }
         out
+    }
+
+    fn compression(&mut self, raw: &RawCompression, at: &KeyPath) -> Compression {
+        let mut algorithms = Vec::new();
+        let names = raw
+            .algorithms
+            .clone()
+            .unwrap_or_else(|| vec!["br".into(), "zstd".into(), "gzip".into()]);
+        if names.is_empty() {
+            self.error(
+                at.key("algorithms"),
+                "list at least one of \"br\", \"zstd\", \"gzip\", \"deflate\"",
+            );
+        }
+        for (i, name) in names.iter().enumerate() {
+            match Encoding::from_token(name) {
+                Some(encoding) if !algorithms.contains(&encoding) => algorithms.push(encoding),
+                Some(_) => self.error(at.key("algorithms").index(i), format!("\"{name}\" is listed twice")),
+                None => {
+                    let hint = did_you_mean(name, ["br", "zstd", "gzip", "deflate"]);
+                    self.error_with_hint(
+                        at.key("algorithms").index(i),
+                        format!("unknown algorithm \"{name}\""),
+                        hint,
+                    );
+                }
+            }
+        }
+        let min_size = self.size(&raw.min_size, at.key("min_size"), defaults::COMPRESSION_MIN_SIZE);
+        let content_types = match &raw.content_types {
+            Some(list) => {
+                for (i, item) in list.iter().enumerate() {
+                    let valid = item
+                        .split_once('/')
+                        .is_some_and(|(kind, sub)| !kind.is_empty() && !sub.is_empty() && !kind.contains('*'));
+                    if !valid {
+                        self.error(
+                            at.key("content_types").index(i),
+                            format!("\"{item}\" is not a media type such as \"text/html\" or \"text/*\""),
+                        );
+                    }
+                }
+                list.iter().map(|t| t.to_ascii_lowercase()).collect()
+            }
+            None => defaults::COMPRESSIBLE_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+        };
+        Compression {
+            algorithms,
+            min_size,
+            content_types,
+        }
     }
 
     fn websocket(&mut self, raw: &RawWebSocket, at: &KeyPath) -> WebSocket {

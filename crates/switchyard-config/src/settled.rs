@@ -269,6 +269,48 @@ pub struct Route {
     pub websocket: WebSocket,
     /// gRPC-Web requests are translated to gRPC for the cluster.
     pub grpc_web: bool,
+    /// Responses compressed for clients that accept it; `None`: as they are.
+    pub compression: Option<Compression>,
+}
+
+/// A route's response compression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compression {
+    /// Offered in this order of preference (the client's q-values first).
+    pub algorithms: Vec<Encoding>,
+    /// Responses declaring a shorter `Content-Length` are left alone.
+    pub min_size: u64,
+    /// Lower-case media types (`type/subtype`, or `type/*`) compressed.
+    pub content_types: Vec<String>,
+}
+
+/// Content codings the gateway speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Brotli,
+    Zstd,
+    Gzip,
+    Deflate,
+}
+
+impl Encoding {
+    /// The token in `Accept-Encoding` and `Content-Encoding`.
+    pub fn token(self) -> &'static str {
+        match self {
+            Self::Brotli => "br",
+            Self::Zstd => "zstd",
+            Self::Gzip => "gzip",
+            Self::Deflate => "deflate",
+        }
+    }
+
+    pub fn from_token(token: &str) -> Option<Self> {
+        [Self::Brotli, Self::Zstd, Self::Gzip, Self::Deflate]
+            .into_iter()
+            .find(|e| {
+                e.token().eq_ignore_ascii_case(token) || (token.eq_ignore_ascii_case("x-gzip") && *e == Self::Gzip)
+            })
+    }
 }
 
 /// How a route treats WebSocket connections.
@@ -838,6 +880,22 @@ pub mod defaults {
     pub const TCP_CONNECT_ATTEMPTS: u32 = 3;
     pub const UDP_MAX_SESSIONS: usize = 10_000;
     pub const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    pub const COMPRESSION_MIN_SIZE: u64 = 1024;
+    /// Media types compressed unless a route lists its own.
+    pub const COMPRESSIBLE_TYPES: [&str; 12] = [
+        "text/*",
+        "application/json",
+        "application/javascript",
+        "application/xml",
+        "application/xhtml+xml",
+        "application/rss+xml",
+        "application/atom+xml",
+        "application/ld+json",
+        "application/manifest+json",
+        "application/wasm",
+        "application/x-ndjson",
+        "image/svg+xml",
+    ];
     pub const MAX_HEADER_SIZE: u64 = 64 * 1024;
     pub const MAX_HEADERS: usize = 100;
     pub const MAX_CONCURRENT_STREAMS: u32 = 256;

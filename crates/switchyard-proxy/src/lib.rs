@@ -10,6 +10,7 @@
 pub mod access_log;
 mod auth;
 pub mod body;
+mod compress;
 pub mod discovery;
 pub mod error;
 mod filters;

@@ -449,6 +449,11 @@ async fn serve<'s>(
         auth.forward(principal, req.headers_mut());
     }
 
+    let compression = entry
+        .route
+        .compression
+        .as_ref()
+        .and_then(|c| crate::compress::Negotiated::of(c, req.method(), req.headers()).map(|n| (c, n)));
     let mut response = match &entry.route.action {
         RouteAction::Direct(direct) => direct_response(direct),
         RouteAction::Redirect(redirect) => redirect_response(redirect, entry, &req),
@@ -461,6 +466,9 @@ async fn serve<'s>(
             forward(entry, &listener.config, conn, req, ids, started, outcome).await?
         }
     };
+    if let Some((settings, negotiated)) = &compression {
+        response = crate::compress::apply(settings, negotiated, response);
+    }
     quota.apply(response.headers_mut());
     Ok(response)
 }
