@@ -27,6 +27,12 @@
 #                        request (wrk does not resume sessions), 16 conns.
 #            (tls and tlsnew are not in the default list: SCENARIOS="tls tlsnew".
 #            HTTPS ports: nginx 18443, switchyard 18444, haproxy 18445.)
+#            static    = a 1 KiB file from disk (nginx `alias`, Switchyard `static`);
+#            gzip      = a 20 KiB JSON-like text from the upstream, gzip-compressed
+#                        by the proxy (level 6 everywhere; HAProxy's own gzip);
+#            br, zstd  = the same with brotli / zstd (Switchyard only: stock nginx
+#                        and HAProxy have neither). Not in the default list:
+#                        SCENARIOS="static gzip br zstd".
 set -u
 cd "$(dirname "$0")/.."   # repository root
 DURATION=${DURATION:-10}; CONNS=${CONNS:-64}; WORKERS=${WORKERS:-1}; ROUNDS=${ROUNDS:-2}
@@ -58,6 +64,12 @@ wait_port() { for i in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/n
 
 # --- upstream ---------------------------------------------------------------
 head -c 1048576 /dev/zero | tr '\0' x >"$D/1m"
+mkdir -p "$D/static" "$D/gz"
+head -c 1024 /dev/zero | tr '\0' s >"$D/static/small.txt"
+python3 -c "
+import json
+rows = [{'id': i, 'name': 'item %d' % i, 'tags': ['a', 'b', 'c'], 'price': i * 1.25} for i in range(260)]
+print(json.dumps(rows)[:20480])" >"$D/gz/page.json"
 cat >"$D/up.conf" <<C
 user root; worker_processes 1; daemon off; pid $D/up.pid; error_log $D/up.err;
 events { worker_connections 4096; }
@@ -82,6 +94,9 @@ events { worker_connections 4096; }
 http { access_log off; keepalive_requests 100000;
   upstream up { server 127.0.0.1:19001; server 127.0.0.1:19002; keepalive 128; }
   server { listen 127.0.0.1:18081;
+    location /static/ { alias $D/static/; }
+    location /gz/ { gzip on; gzip_comp_level 6; gzip_types text/plain application/json; gzip_min_length 1024;
+      gzip_proxied any; proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } }
   server { listen 127.0.0.1:18443 ssl; ssl_certificate $D/tls.crt; ssl_certificate_key $D/tls.key;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;
@@ -104,6 +119,8 @@ frontend f
 backend b
   balance roundrobin
   http-reuse always
+  compression algo gzip
+  compression type text/plain application/json
   server s1 127.0.0.1:19001
   server s2 127.0.0.1:19002
 C
@@ -117,6 +134,32 @@ name = "secure"
 listen = "127.0.0.1:18444"
 protocol = "https"
 tls = { certificates = [{ cert = "$D/tls.crt", key = "$D/tls.key" }] }
+
+[[routes]]
+name = "static"
+match = { path_prefix = "/static/" }
+rewrite = { prefix = "/" }
+static = { root = "$D/static" }
+
+[[routes]]
+name = "gzip"
+match = { path_prefix = "/gz/" }
+cluster = "up"
+compression = { algorithms = ["gzip"] }
+
+[[routes]]
+name = "br"
+match = { path_prefix = "/br/" }
+rewrite = { prefix = "/gz/" }
+cluster = "up"
+compression = { algorithms = ["br"] }
+
+[[routes]]
+name = "zstd"
+match = { path_prefix = "/zstd/" }
+rewrite = { prefix = "/gz/" }
+cluster = "up"
+compression = { algorithms = ["zstd"] }
 C
 if [[ " $PROXIES " == *" switchyard "* ]]; then
   "$SWITCHYARD" check --config "$D/switchyard.toml" >&2 || { echo "switchyard config invalid" >&2; exit 1; }
@@ -152,7 +195,11 @@ rss_kib() { # $1 = field (VmRSS|VmHWM), $2 = pid: sum over the process and its c
 
 run() { # scenario port -> "rps p50 p99 MBps non2xx sockerr"
   local args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency) path=/ url
-  case $1 in close|tlsnew) args+=(-H 'Connection: close'); args[1]=-c16 ;; 1m) path=/1m; args[1]=-c8 ;; esac
+  case $1 in close|tlsnew) args+=(-H 'Connection: close'); args[1]=-c16 ;; 1m) path=/1m; args[1]=-c8 ;;
+    static) path=/static/small.txt ;;
+    gzip) path=/gz/page.json; args+=(-H 'Accept-Encoding: gzip') ;;
+    br|zstd) path=/$1/page.json; args+=(-H "Accept-Encoding: $1") ;;
+  esac
   case $1 in tls*) url="https://localhost:$TLSPORT$path" ;; *) url="http://127.0.0.1:$2$path" ;; esac
   wrk "${args[@]}" "$url" >"$D/wrk.out" 2>&1
   cat "$D/wrk.out" >>"$D/wrk.all"
@@ -177,6 +224,7 @@ for r in $(seq 1 "$ROUNDS"); do
     sanity $p
     for s in $SCENARIOS; do
       case $s in tls*) [ -z "$TLSPORT" ] && continue ;; esac   # no TLS straight to the upstream
+      case $s:$p in static:direct|static:haproxy|gzip:direct|br:[!s]*|zstd:[!s]*) continue ;; esac   # not something it does
       wrk -t1 -c8 -d1s "http://127.0.0.1:$PORT/" >/dev/null 2>&1   # warm-up
       res=$(run $s $PORT)
       rss=-; [ -n "$PPID_" ] && rss=$(rss_kib VmHWM $PPID_)

@@ -27,7 +27,7 @@ pub mod request_id;
 pub mod router;
 mod server;
 pub mod snapshot;
-mod static_files;
+pub mod static_files;
 pub mod trace;
 mod tunnel;
 pub mod upstream;

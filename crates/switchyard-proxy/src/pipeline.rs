@@ -459,7 +459,7 @@ async fn serve<'s>(
         RouteAction::Redirect(redirect) => redirect_response(redirect, entry, &req),
         RouteAction::Static(files) => {
             let target = rewritten_path_and_query(entry, req.uri());
-            crate::static_files::serve(files, &req, target.path()).await?
+            crate::static_files::serve(files, entry.files.as_deref(), &req, target.path()).await?
         }
         RouteAction::Forward { .. } => {
             let ids = RequestIds { request_id, trace };

@@ -93,6 +93,8 @@ pub struct RouteEntry {
     pub metrics: RouteMetrics,
     /// WebSocket connections open through the route (outlives reloads).
     pub websockets: Arc<std::sync::atomic::AtomicUsize>,
+    /// Small files served lately (`static` routes).
+    pub files: Option<Arc<crate::static_files::FileCache>>,
 }
 
 impl AsRef<Route> for RouteEntry {
@@ -520,6 +522,8 @@ impl Registry {
                         cors: route.cors.as_ref().map(cors_policy),
                         auth: self.auths.get(&route.name).cloned(),
                         websockets: self.websockets[&route.name].clone(),
+                        files: matches!(route.action, RouteAction::Static(_))
+                            .then(|| Arc::new(crate::static_files::FileCache::new())),
                         limits: route
                             .rate_limits
                             .iter()

@@ -45,6 +45,7 @@ const ENCODINGS: [(&str, &str); 3] = [("br", ".br"), ("zstd", ".zst"), ("gzip", 
 /// after the route's rewrite.
 pub(crate) async fn serve<B>(
     settings: &StaticFiles,
+    cache: Option<&FileCache>,
     req: &Request<B>,
     path: &str,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -53,58 +54,44 @@ pub(crate) async fn serve<B>(
         Method::HEAD => true,
         _ => return Err(ProxyError::MethodNotAllowed { allow: "GET, HEAD" }),
     };
-    let root = &settings.root;
-    let candidate = resolve(root, path)?;
-    let mut found = within_root(root, &candidate).await?;
-    let metadata = tokio::fs::metadata(&found)
-        .await
-        .map_err(|_| ProxyError::FileNotFound)?;
-    if metadata.is_dir() {
-        if !path.ends_with('/') {
+    let accepted: Vec<&str> = accepted_encodings(req.headers());
+    let key = (path.to_owned(), FileCache::mask(&accepted));
+    let lookup = match cache.and_then(|c| c.get(&key)) {
+        Some(found) => Lookup::Found(found),
+        None => {
+            // Every file-system step of the lookup in one trip to the blocking
+            // pool (not one per call), a small file read in the same trip.
+            let settings = settings.clone();
+            let path = path.to_owned();
+            let accepted: Vec<String> = accepted.into_iter().map(str::to_owned).collect();
+            let lookup = tokio::task::spawn_blocking(move || look_up(&settings, &path, &accepted))
+                .await
+                .map_err(|_| ProxyError::FileNotFound)??;
+            if let (Some(cache), Lookup::Found(found)) = (cache, &lookup) {
+                cache.keep(key, found);
+            }
+            lookup
+        }
+    };
+    let found = match lookup {
+        Lookup::Found(found) => found,
+        Lookup::Directory => {
             // Relative links in the index only work from `/dir/`.
             let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
             return Ok(redirect(&format!("{path}/{query}")));
         }
-        let index = match &settings.index {
-            Some(index) => within_root(root, &found.join(index)).await.ok(),
-            None => None,
-        };
-        match index {
-            Some(index) if tokio::fs::metadata(&index).await.is_ok_and(|m| m.is_file()) => found = index,
-            _ if settings.listing => return listing(&found, path, head).await,
-            _ => return Err(ProxyError::FileNotFound),
-        }
-    }
-
-    // The representation: the file, or a precompressed sibling the client takes.
-    let mut encoding = None;
-    let mut vary = false;
-    if settings.precompressed {
-        let accepted = accepted_encodings(req.headers());
-        for (name, suffix) in ENCODINGS {
-            let mut sibling = found.clone().into_os_string();
-            sibling.push(suffix);
-            let sibling = PathBuf::from(sibling);
-            if tokio::fs::metadata(&sibling).await.is_ok_and(|m| m.is_file()) {
-                vary = true;
-                if encoding.is_none() && accepted.contains(&name) {
-                    encoding = Some((name, sibling));
-                }
-            }
-        }
-    }
-    let content_type = mime_guess::from_path(&found).first_or_octet_stream();
-    let file_path = encoding.as_ref().map_or(&found, |(_, p)| p);
-    let file = tokio::fs::File::open(file_path)
-        .await
-        .map_err(|_| ProxyError::FileNotFound)?;
-    let metadata = file.metadata().await.map_err(|_| ProxyError::FileNotFound)?;
-    if !metadata.is_file() {
-        return Err(ProxyError::FileNotFound);
-    }
-    let len = metadata.len();
-    let modified = metadata.modified().unwrap_or(UNIX_EPOCH);
-    let etag = etag(modified, len, encoding.as_ref().map(|(name, _)| *name));
+        Lookup::Listing(dir) => return listing(&dir, path, head).await,
+    };
+    let Found {
+        file,
+        contents,
+        len,
+        modified,
+        encoding,
+        vary,
+        content_type,
+    } = found;
+    let etag = etag(modified, len, encoding);
 
     let mut headers = HeaderMap::new();
     let content_type = match content_type.type_() {
@@ -115,7 +102,7 @@ pub(crate) async fn serve<B>(
     headers.insert(header::ETAG, value(&etag));
     headers.insert(header::LAST_MODIFIED, value(&httpdate::fmt_http_date(modified)));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Some((name, _)) = &encoding {
+    if let Some(name) = encoding {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(name));
     }
     if vary {
@@ -174,13 +161,29 @@ pub(crate) async fn serve<B>(
     };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
 
-    let body = if head {
-        ProxyBody::empty()
-    } else {
-        match body {
-            Plan::Whole => file_body(file, VecDeque::from([Part::plain(0, len)]), None),
-            Plan::One(start, end) => file_body(file, VecDeque::from([Part::plain(start, end - start + 1)]), None),
-            Plan::Multipart(parts, tail) => file_body(file, parts, Some(tail)),
+    let body = match (head, contents) {
+        (true, _) => ProxyBody::empty(),
+        // Read already: slices of it.
+        (false, Some(contents)) => match body {
+            Plan::Whole => ProxyBody::full(contents),
+            Plan::One(start, end) => ProxyBody::full(contents.slice(start as usize..=end as usize)),
+            Plan::Multipart(parts, tail) => {
+                let mut out = BytesMut::with_capacity(body_len as usize);
+                for part in parts {
+                    out.extend_from_slice(&part.head);
+                    out.extend_from_slice(&contents[part.start as usize..(part.start + part.len) as usize]);
+                }
+                out.extend_from_slice(&tail);
+                ProxyBody::full(out.freeze())
+            }
+        },
+        (false, None) => {
+            let file = tokio::fs::File::from_std(file.ok_or(ProxyError::FileNotFound)?);
+            match body {
+                Plan::Whole => file_body(file, VecDeque::from([Part::plain(0, len)]), None),
+                Plan::One(start, end) => file_body(file, VecDeque::from([Part::plain(start, end - start + 1)]), None),
+                Plan::Multipart(parts, tail) => file_body(file, parts, Some(tail)),
+            }
         }
     };
     let mut response = Response::new(body);
@@ -213,6 +216,182 @@ impl Part {
     }
 }
 
+/// What the file system says about a request path.
+enum Lookup {
+    /// A file to send.
+    Found(Found),
+    /// A directory asked for without its trailing slash.
+    Directory,
+    /// A directory without an index, to be listed.
+    Listing(PathBuf),
+}
+
+/// The file (or precompressed sibling) a request gets.
+struct Found {
+    /// Open, for a file too big to have been read (`None` once `contents` is set).
+    file: Option<std::fs::File>,
+    /// The whole file, when it is small enough to have been read at once.
+    contents: Option<Bytes>,
+    len: u64,
+    modified: SystemTime,
+    /// The sibling's content coding, if one was chosen.
+    encoding: Option<&'static str>,
+    /// Whether a precompressed sibling exists (the answer varies).
+    vary: bool,
+    content_type: mime_guess::Mime,
+}
+
+/// Small files served lately, by request path and the encodings the client
+/// takes: trusted for [`FileCache::FRESH_FOR`] without touching the file
+/// system, so a busy small file costs no system call (the way nginx's
+/// `open_file_cache` works); a change on disk shows within that time.
+pub struct FileCache {
+    cache: moka::sync::Cache<(String, u8), std::sync::Arc<Cached>>,
+}
+
+/// What is kept of a small file.
+struct Cached {
+    contents: Bytes,
+    modified: SystemTime,
+    encoding: Option<&'static str>,
+    vary: bool,
+    content_type: mime_guess::Mime,
+}
+
+impl FileCache {
+    /// How long a file is served from memory before the disk is asked again.
+    pub const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+    /// Bytes kept at most, per route.
+    const MAX_BYTES: u64 = 16 << 20;
+
+    pub fn new() -> Self {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(Self::MAX_BYTES)
+            .weigher(|key: &(String, u8), value: &std::sync::Arc<Cached>| {
+                u32::try_from(key.0.len() + value.contents.len() + 128).unwrap_or(u32::MAX)
+            })
+            .time_to_live(Self::FRESH_FOR)
+            .build();
+        Self { cache }
+    }
+
+    /// The precompressed encodings among `accepted`, as bits (the part of
+    /// the request the answer depends on).
+    fn mask(accepted: &[&str]) -> u8 {
+        ENCODINGS
+            .iter()
+            .enumerate()
+            .filter(|(_, (name, _))| accepted.contains(name))
+            .fold(0, |mask, (i, _)| mask | 1 << i)
+    }
+
+    fn get(&self, key: &(String, u8)) -> Option<Found> {
+        let cached = self.cache.get(key)?;
+        Some(Found {
+            file: None,
+            contents: Some(cached.contents.clone()),
+            len: cached.contents.len() as u64,
+            modified: cached.modified,
+            encoding: cached.encoding,
+            vary: cached.vary,
+            content_type: cached.content_type.clone(),
+        })
+    }
+
+    fn keep(&self, key: (String, u8), found: &Found) {
+        if let Some(contents) = &found.contents {
+            let cached = Cached {
+                contents: contents.clone(),
+                modified: found.modified,
+                encoding: found.encoding,
+                vary: found.vary,
+                content_type: found.content_type.clone(),
+            };
+            self.cache.insert(key, std::sync::Arc::new(cached));
+        }
+    }
+}
+
+impl Default for FileCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for FileCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileCache")
+            .field("entries", &self.cache.entry_count())
+            .finish()
+    }
+}
+
+/// Files up to this size are read in the lookup's blocking call.
+const READ_AT_ONCE: u64 = 64 * 1024;
+
+/// The blocking part of a request: resolve, check, choose, open, maybe read.
+fn look_up(settings: &StaticFiles, path: &str, accepted: &[String]) -> Result<Lookup, ProxyError> {
+    let root = &settings.root;
+    let mut found = within_root(root, &resolve(root, path)?)?;
+    let metadata = std::fs::metadata(&found).map_err(|_| ProxyError::FileNotFound)?;
+    if metadata.is_dir() {
+        if !path.ends_with('/') {
+            return Ok(Lookup::Directory);
+        }
+        let index = settings
+            .index
+            .as_ref()
+            .and_then(|index| within_root(root, &found.join(index)).ok());
+        match index {
+            Some(index) if std::fs::metadata(&index).is_ok_and(|m| m.is_file()) => found = index,
+            _ if settings.listing => return Ok(Lookup::Listing(found)),
+            _ => return Err(ProxyError::FileNotFound),
+        }
+    }
+    // The representation: the file, or a precompressed sibling the client takes.
+    let mut encoding = None;
+    let mut vary = false;
+    if settings.precompressed {
+        for (name, suffix) in ENCODINGS {
+            let mut sibling = found.clone().into_os_string();
+            sibling.push(suffix);
+            let sibling = PathBuf::from(sibling);
+            if std::fs::metadata(&sibling).is_ok_and(|m| m.is_file()) {
+                vary = true;
+                if encoding.is_none() && accepted.iter().any(|a| a == name) {
+                    encoding = Some((name, sibling));
+                }
+            }
+        }
+    }
+    let content_type = mime_guess::from_path(&found).first_or_octet_stream();
+    let file_path = encoding.as_ref().map_or(&found, |(_, p)| p);
+    let mut file = std::fs::File::open(file_path).map_err(|_| ProxyError::FileNotFound)?;
+    let metadata = file.metadata().map_err(|_| ProxyError::FileNotFound)?;
+    if !metadata.is_file() {
+        return Err(ProxyError::FileNotFound);
+    }
+    let len = metadata.len();
+    let contents = if len <= READ_AT_ONCE {
+        let mut buf = Vec::with_capacity(len as usize);
+        std::io::Read::read_to_end(&mut file, &mut buf).map_err(|_| ProxyError::FileNotFound)?;
+        // A file that changed size while being read is served as read.
+        Some(Bytes::from(buf))
+    } else {
+        None
+    };
+    let len = contents.as_ref().map_or(len, |c| c.len() as u64);
+    Ok(Lookup::Found(Found {
+        file: Some(file),
+        contents,
+        len,
+        modified: metadata.modified().unwrap_or(UNIX_EPOCH),
+        encoding: encoding.map(|(name, _)| name),
+        vary,
+        content_type,
+    }))
+}
+
 /// The request path's segments under `root`, percent-decoded; refuses
 /// segments that could climb out or confuse the file system.
 fn resolve(root: &Path, path: &str) -> Result<PathBuf, ProxyError> {
@@ -231,10 +410,8 @@ fn resolve(root: &Path, path: &str) -> Result<PathBuf, ProxyError> {
 }
 
 /// `candidate` with symlinks resolved, if it exists and is still under `root`.
-async fn within_root(root: &Path, candidate: &Path) -> Result<PathBuf, ProxyError> {
-    let real = tokio::fs::canonicalize(candidate)
-        .await
-        .map_err(|_| ProxyError::FileNotFound)?;
+fn within_root(root: &Path, candidate: &Path) -> Result<PathBuf, ProxyError> {
+    let real = std::fs::canonicalize(candidate).map_err(|_| ProxyError::FileNotFound)?;
     if real.starts_with(root) {
         Ok(real)
     } else {

@@ -109,6 +109,14 @@ async fn files_come_with_their_type_and_validators() {
     assert_eq!(reply.header("content-length"), Some("100"));
     assert!(reply.body.is_empty());
 
+    // A file changed on disk is served changed once the small-file cache's
+    // second has passed.
+    std::fs::write(dir.path().join("public/app.js"), "console.log('changed');").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let reply = get(&c, &gw.url("/app.js"), &[]).await;
+    assert_eq!(reply.text(), "console.log('changed');");
+    assert_ne!(reply.header("etag"), Some(etag.as_str()));
+
     // Other methods are refused with the allowed ones.
     let request = http::Request::post(gw.url("/app.js"))
         .body(support::client::empty())
