@@ -13,6 +13,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+/// A request body as the pipeline carries it: the client's, or none for a
+/// request the gateway makes itself (a background refresh, say).
+pub type RequestBody = http_body_util::Either<Incoming, http_body_util::Empty<Bytes>>;
 use pin_project_lite::pin_project;
 use switchyard_balance::InFlight;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
@@ -252,13 +256,13 @@ pin_project! {
     pub struct UpstreamRequestBody {
         prefix: VecDeque<Bytes>,
         #[pin]
-        rest: Option<TimedBody<Incoming>>,
+        rest: Option<TimedBody<RequestBody>>,
     }
 }
 
 impl UpstreamRequestBody {
     /// The client's stream as it arrives.
-    pub fn stream(body: TimedBody<Incoming>) -> Self {
+    pub fn stream(body: TimedBody<RequestBody>) -> Self {
         Self {
             prefix: VecDeque::new(),
             rest: Some(body),
@@ -274,7 +278,7 @@ impl UpstreamRequestBody {
     }
 
     /// Chunks read ahead, then the rest of the stream.
-    pub fn prefixed(prefix: Vec<Bytes>, rest: TimedBody<Incoming>) -> Self {
+    pub fn prefixed(prefix: Vec<Bytes>, rest: TimedBody<RequestBody>) -> Self {
         Self {
             prefix: prefix.into(),
             rest: Some(rest),
@@ -325,19 +329,21 @@ fn prefixed_hint(prefix: &VecDeque<Bytes>, inner: SizeHint) -> SizeHint {
 }
 
 /// What [`read_ahead`] got of a body.
-pub enum ReadAhead {
+pub enum ReadAhead<B> {
     /// The whole body, within the limit.
     Complete(Vec<Bytes>),
     /// More than the limit: what was read, and the rest of the stream.
-    TooLarge {
-        prefix: Vec<Bytes>,
-        rest: TimedBody<Incoming>,
-    },
+    TooLarge { prefix: Vec<Bytes>, rest: TimedBody<B> },
 }
 
-/// Reads `body` until it ends or more than `limit` bytes have come.
-/// Trailers, if any, are dropped (a body kept for replay has none).
-pub async fn read_ahead(mut body: TimedBody<Incoming>, limit: u64) -> Result<ReadAhead, BodyError> {
+/// Reads `body` (a request's or a response's) until it ends or more than
+/// `limit` bytes have come. Trailers, if any, are dropped (a body kept for
+/// replay has none).
+pub async fn read_ahead<B>(mut body: TimedBody<B>, limit: u64) -> Result<ReadAhead<B>, BodyError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     use http_body_util::BodyExt;
     let mut chunks = Vec::new();
     let mut total = 0u64;

@@ -30,7 +30,7 @@ use switchyard_resilience::idempotency::{Begin, IdempotencyStore, StoredResponse
 use switchyard_resilience::Transition;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::body::{read_ahead, ProxyBody, ReadAhead, TimedBody, UpstreamRequestBody};
+use crate::body::{read_ahead, ProxyBody, ReadAhead, RequestBody, TimedBody, UpstreamRequestBody};
 use crate::error::{ProxyError, Side};
 use crate::grpc;
 use crate::headers::{apply_ops, set_forwarding, strip_hop_by_hop, Forwarding};
@@ -54,7 +54,7 @@ pub(crate) async fn forward<'s>(
     entry: &'s RouteEntry,
     listener: &switchyard_config::Listener,
     conn: &ConnectionInfo,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     ids: RequestIds<'_>,
     started: Instant,
     outcome: &mut Outcome<'s>,
@@ -366,11 +366,11 @@ fn admit_websocket(entry: &RouteEntry, cluster: &ClusterRuntime) -> Result<webso
 /// How the request body travels.
 enum Plan {
     /// Streamed as it arrives; one attempt only.
-    Once(Option<TimedBody<Incoming>>),
+    Once(Option<TimedBody<RequestBody>>),
     /// Read ahead to its end: sent again on each attempt.
     Replay(Vec<Bytes>),
     /// Too big to keep: the chunks read so far, then the stream; one attempt.
-    Prefixed(Option<(Vec<Bytes>, TimedBody<Incoming>)>),
+    Prefixed(Option<(Vec<Bytes>, TimedBody<RequestBody>)>),
 }
 
 impl Plan {

@@ -463,6 +463,7 @@ async fn serve<'s>(
         }
         RouteAction::Forward { .. } => {
             let ids = RequestIds { request_id, trace };
+            let req = req.map(http_body_util::Either::Left);
             forward(entry, &listener.config, conn, req, ids, started, outcome).await?
         }
     };
