@@ -128,11 +128,10 @@ pub fn vary_values(request: &HeaderMap, names: &[HeaderName]) -> Vec<String> {
         .collect()
 }
 
-/// The content coding among `br`, `zstd` and `gzip` a request accepts,
-/// best q-value first (ties in that order), else `identity`.
-pub fn preferred_encoding(request: &HeaderMap) -> &'static str {
-    let mut best = ("identity", 0.0f32);
-    let items: Vec<(String, f32)> = request
+/// The codings a request's `Accept-Encoding` lists, as (lower-case name,
+/// q-value), in the order given; a missing or unreadable q counts as 1 and 0.
+pub fn accepted_codings(request: &HeaderMap) -> Vec<(String, f32)> {
+    request
         .get_all(ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -140,6 +139,9 @@ pub fn preferred_encoding(request: &HeaderMap) -> &'static str {
         .filter_map(|item| {
             let mut parts = item.split(';');
             let name = parts.next()?.trim().to_ascii_lowercase();
+            if name.is_empty() {
+                return None;
+            }
             let q = parts
                 .find_map(|p| {
                     p.trim()
@@ -149,16 +151,25 @@ pub fn preferred_encoding(request: &HeaderMap) -> &'static str {
                 .unwrap_or(1.0);
             Some((name, q))
         })
-        .collect();
-    let q_of = |coding: &str| {
-        items
-            .iter()
-            .find(|(n, _)| n == coding)
-            .or_else(|| items.iter().find(|(n, _)| n == "*"))
-            .map_or(0.0, |(_, q)| *q)
-    };
+        .collect()
+}
+
+/// The q-value `codings` give `coding` (named, else through `*`; 0 if neither).
+pub fn coding_q(codings: &[(String, f32)], coding: &str) -> f32 {
+    codings
+        .iter()
+        .find(|(n, _)| n == coding)
+        .or_else(|| codings.iter().find(|(n, _)| n == "*"))
+        .map_or(0.0, |(_, q)| *q)
+}
+
+/// The content coding among `br`, `zstd` and `gzip` a request accepts,
+/// best q-value first (ties in that order), else `identity`.
+pub fn preferred_encoding(request: &HeaderMap) -> &'static str {
+    let codings = accepted_codings(request);
+    let mut best = ("identity", 0.0f32);
     for coding in ["br", "zstd", "gzip"] {
-        let q = q_of(coding);
+        let q = coding_q(&codings, coding);
         if q > best.1 {
             best = (coding, q);
         }

@@ -16,4 +16,4 @@ pub mod key;
 
 pub use control::CacheControl;
 pub use freshness::{initial_age, storable, usable, NotStored, Usable};
-pub use key::{preferred_encoding, vary_names, vary_values, KeySpec, QueryKey};
+pub use key::{accepted_codings, coding_q, preferred_encoding, vary_names, vary_values, KeySpec, QueryKey};

@@ -40,14 +40,8 @@ impl Negotiated {
         if method == Method::HEAD {
             return None;
         }
-        let accepts = parse_accept(headers);
-        let q = |name: &str| {
-            accepts
-                .iter()
-                .find(|(n, _)| n == name)
-                .or_else(|| accepts.iter().find(|(n, _)| n == "*"))
-                .map_or(0.0, |(_, q)| *q)
-        };
+        let accepts = switchyard_cache::accepted_codings(headers);
+        let q = |name: &str| switchyard_cache::coding_q(&accepts, name);
         // Highest q first; the route's order breaks ties.
         let wanted = settings
             .algorithms
@@ -63,34 +57,8 @@ impl Negotiated {
     }
 
     fn reads(&self, token: &str) -> bool {
-        let q = |name: &str| self.accepts.iter().find(|(n, _)| n == name).map(|(_, q)| *q);
-        q(token).or_else(|| q("*")).is_some_and(|q| q > 0.0)
+        switchyard_cache::coding_q(&self.accepts, token) > 0.0
     }
-}
-
-/// `Accept-Encoding` as (lower-case token, q).
-fn parse_accept(headers: &HeaderMap) -> Vec<(String, f32)> {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|item| {
-            let mut parts = item.split(';');
-            let name = parts.next()?.trim().to_ascii_lowercase();
-            if name.is_empty() {
-                return None;
-            }
-            let q = parts
-                .find_map(|p| {
-                    p.trim()
-                        .strip_prefix("q=")
-                        .map(|q| q.trim().parse::<f32>().unwrap_or(0.0))
-                })
-                .unwrap_or(1.0);
-            Some((name, q))
-        })
-        .collect()
 }
 
 /// Compresses (or, for a client that cannot read its encoding, decodes)

@@ -54,7 +54,7 @@ pub(crate) async fn serve<B>(
         Method::HEAD => true,
         _ => return Err(ProxyError::MethodNotAllowed { allow: "GET, HEAD" }),
     };
-    let accepted: Vec<&str> = accepted_encodings(req.headers());
+    let accepted = accepted_encodings(req.headers());
     let key = (path.to_owned(), FileCache::mask(&accepted));
     let lookup = match cache.and_then(|c| c.get(&key)) {
         Some(found) => Lookup::Found(found),
@@ -63,7 +63,6 @@ pub(crate) async fn serve<B>(
             // pool (not one per call), a small file read in the same trip.
             let settings = settings.clone();
             let path = path.to_owned();
-            let accepted: Vec<String> = accepted.into_iter().map(str::to_owned).collect();
             let lookup = tokio::task::spawn_blocking(move || look_up(&settings, &path, &accepted))
                 .await
                 .map_err(|_| ProxyError::FileNotFound)??;
@@ -277,11 +276,11 @@ impl FileCache {
 
     /// The precompressed encodings among `accepted`, as bits (the part of
     /// the request the answer depends on).
-    fn mask(accepted: &[&str]) -> u8 {
+    fn mask(accepted: &[String]) -> u8 {
         ENCODINGS
             .iter()
             .enumerate()
-            .filter(|(_, (name, _))| accepted.contains(name))
+            .filter(|(_, (name, _))| accepted.iter().any(|a| a == name))
             .fold(0, |mask, (i, _)| mask | 1 << i)
     }
 
@@ -442,23 +441,11 @@ fn etag(modified: SystemTime, len: u64, encoding: Option<&str>) -> String {
 }
 
 /// Encodings the client takes (q > 0), by name.
-fn accepted_encodings(headers: &HeaderMap) -> Vec<&str> {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|item| {
-            let mut parts = item.split(';');
-            let name = parts.next()?.trim();
-            let refused = parts.any(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            (!refused && !name.is_empty()).then_some(name)
-        })
+fn accepted_encodings(headers: &HeaderMap) -> Vec<String> {
+    switchyard_cache::accepted_codings(headers)
+        .into_iter()
+        .filter(|(_, q)| *q > 0.0)
+        .map(|(name, _)| name)
         .collect()
 }
 
