@@ -530,30 +530,25 @@ impl Settler {
             ListenerProtocol::Tcp => "tcp",
             ListenerProtocol::Udp => "udp",
         };
-        let only = |key: &str, allowed: &[ListenerProtocol]| {
-            (!allowed.contains(&protocol)).then(|| {
-                let kinds: Vec<String> = allowed
-                    .iter()
-                    .map(|p| format!("\"{}\"", if *p == ListenerProtocol::Tcp { "tcp" } else { "udp" }))
-                    .collect();
-                (
-                    key.to_owned(),
-                    format!(
-                        "`{key}` is for `protocol = {}` listeners, not \"{name}\"",
-                        kinds.join(" or ")
-                    ),
-                )
-            })
-        };
         use ListenerProtocol::{Tcp, Udp};
-        let misplaced = [
-            l.cluster.as_ref().and_then(|_| only("cluster", &[Tcp, Udp])),
-            (!l.sni_routes.is_empty()).then(|| only("sni_routes", &[Tcp])).flatten(),
-            l.connect_attempts.and_then(|_| only("connect_attempts", &[Tcp])),
-            l.max_sessions.and_then(|_| only("max_sessions", &[Udp])),
+        // (key, present, the protocols it is for, as the message names them)
+        let keys = [
+            ("cluster", l.cluster.is_some(), &[Tcp, Udp][..], "\"tcp\" or \"udp\""),
+            ("sni_routes", !l.sni_routes.is_empty(), &[Tcp][..], "\"tcp\""),
+            ("connect_attempts", l.connect_attempts.is_some(), &[Tcp][..], "\"tcp\""),
+            ("max_sessions", l.max_sessions.is_some(), &[Udp][..], "\"udp\""),
         ];
-        for (key, message) in misplaced.into_iter().flatten() {
-            self.error(at.key(&key), message);
+        let misplaced = keys
+            .into_iter()
+            .filter(|(_, present, allowed, _)| *present && !allowed.contains(&protocol))
+            .map(|(key, _, _, kinds)| {
+                (
+                    key,
+                    format!("`{key}` is for `protocol = {kinds}` listeners, not \"{name}\""),
+                )
+            });
+        for (key, message) in misplaced {
+            self.error(at.key(key), message);
         }
         if protocol == Udp && l.proxy_protocol == Some(true) {
             self.error(

@@ -22,7 +22,7 @@ use http::uri::Scheme;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use switchyard_balance::{EndpointState, Failure, InFlight, PickContext};
+use switchyard_balance::{EndpointState, Failure, InFlight};
 use switchyard_config::{BalancerKind, ConcurrentDuplicate, HashKey, Retry, Route, Sticky, UpstreamProtocol};
 use switchyard_resilience::backoff::Backoff;
 use switchyard_resilience::breaker::Permit;
@@ -59,7 +59,11 @@ pub(crate) async fn forward<'s>(
     started: Instant,
     outcome: &mut Outcome<'s>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let RequestIds { request_id, trace } = ids;
+    let RequestIds {
+        request_id,
+        trace,
+        grpc: is_grpc,
+    } = ids;
     let route = &entry.route;
     let cluster: &'s ClusterRuntime = entry
         .cluster
@@ -115,8 +119,10 @@ pub(crate) async fn forward<'s>(
         _ => None,
     };
     // A gRPC call's own deadline bounds the whole exchange, like max_duration.
-    let call_deadline = grpc::timeout(&head.headers).map(|t| tokio::time::Instant::from_std(started) + t);
-    let is_grpc = grpc::content_type(&head.headers).is_some();
+    let call_deadline = is_grpc
+        .then(|| grpc::timeout(&head.headers))
+        .flatten()
+        .map(|t| tokio::time::Instant::from_std(started) + t);
     let path_and_query = prepare_head(&mut head, entry, conn, request_id);
     if let Some((handshake, ..)) = &websocket {
         websocket::prepare_upstream(&mut head, *handshake);
@@ -646,13 +652,7 @@ impl<'s> Exchange<'s, '_> {
     /// Chooses the endpoint of the next attempt and takes its breaker permit.
     fn pick(&self) -> Result<(usize, Option<Permit>), ProxyError> {
         let cluster = self.cluster;
-        let threshold = cluster.config.panic_threshold;
-        let ctx = PickContext {
-            now: Instant::now(),
-            client_ip: Some(self.client_ip),
-            hash_key: self.hash_key,
-            panic: threshold > 0 && cluster.health.panic(threshold),
-        };
+        let ctx = cluster.pick_context(self.client_ip, self.hash_key);
         let no_endpoint = || ProxyError::NoHealthyEndpoint {
             cluster: cluster.config.name.clone(),
         };
@@ -679,7 +679,7 @@ impl<'s> Exchange<'s, '_> {
             .or_else(|| cluster.balancer.pick(&cluster.endpoints, &ctx))
             .ok_or_else(no_endpoint)?;
         let index = if self.tried.contains(&first) {
-            self.untried_usable(first, &ctx).unwrap_or(first)
+            cluster.next_untried(first, &ctx, &self.tried).unwrap_or(first)
         } else {
             first
         };
@@ -705,14 +705,6 @@ impl<'s> Exchange<'s, '_> {
             cluster: cluster.config.name.clone(),
             retry_after,
         })
-    }
-
-    /// A usable endpoint not tried yet, scanning from `after`.
-    fn untried_usable(&self, after: usize, ctx: &PickContext<'_>) -> Option<usize> {
-        let n = self.cluster.endpoints.len();
-        (1..n)
-            .map(|offset| (after + offset) % n)
-            .find(|i| !self.tried.contains(i) && ctx.usable(&self.cluster.endpoints[*i]))
     }
 
     /// Sends `request` to endpoint `index` and waits for response headers

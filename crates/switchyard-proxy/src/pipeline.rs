@@ -143,6 +143,8 @@ impl ConnectionInfo {
 pub(crate) struct RequestIds<'a> {
     pub(crate) request_id: &'a HeaderValue,
     pub(crate) trace: &'a RequestTrace,
+    /// Whether the request is a gRPC call (its content type), decided once.
+    pub(crate) grpc: bool,
 }
 
 /// What the access log learns while the request is handled; borrowed from
@@ -185,7 +187,12 @@ pub async fn handle(
     });
 
     let mut outcome = Outcome::default();
-    let result = serve(&snapshot, &conn, req, &request_id, &trace, started, &mut outcome).await;
+    let ids = RequestIds {
+        request_id: &request_id,
+        trace: &trace,
+        grpc: grpc.is_some(),
+    };
+    let result = serve(&snapshot, &conn, req, ids, started, &mut outcome).await;
     let (mut response, error) = match result {
         Ok(response) => (response, None),
         Err(error) => {
@@ -340,8 +347,7 @@ async fn serve<'s>(
     snapshot: &'s Snapshot,
     conn: &ConnectionInfo,
     mut req: Request<Incoming>,
-    request_id: &HeaderValue,
-    trace: &RequestTrace,
+    ids: RequestIds<'_>,
     started: Instant,
     outcome: &mut Outcome<'s>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -462,7 +468,6 @@ async fn serve<'s>(
             crate::static_files::serve(files, entry.files.as_deref(), &req, target.path()).await?
         }
         RouteAction::Forward { .. } => {
-            let ids = RequestIds { request_id, trace };
             let req = req.map(http_body_util::Either::Left);
             forward(entry, &listener.config, conn, req, ids, started, outcome).await?
         }

@@ -14,7 +14,9 @@ use http::uri::Authority;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde_json::json;
-use switchyard_balance::{Algorithm, Balancer, ClusterHealth, Cursor, EndpointState, Options, OutlierPolicy};
+use switchyard_balance::{
+    Algorithm, Balancer, ClusterHealth, Cursor, EndpointState, Options, OutlierPolicy, PickContext,
+};
 use switchyard_config::{BalancerKind, Cluster, ClusterMode, Config, Listener, Route, RouteAction};
 use switchyard_resilience::fault::{AbortFault, DelayFault, FaultSettings};
 use switchyard_resilience::idempotency::{IdempotencyStore, MemoryStore, MemoryStoreSettings};
@@ -129,6 +131,26 @@ pub struct ClusterRuntime {
 }
 
 impl ClusterRuntime {
+    /// The context of a pick now: the client, the hash key, and whether too
+    /// few endpoints are available (panic mode spreads over all of them).
+    pub fn pick_context<'k>(&self, client_ip: std::net::IpAddr, hash_key: Option<&'k [u8]>) -> PickContext<'k> {
+        let threshold = self.config.panic_threshold;
+        PickContext {
+            now: Instant::now(),
+            client_ip: Some(client_ip),
+            hash_key,
+            panic: threshold > 0 && self.health.panic(threshold),
+        }
+    }
+
+    /// A usable endpoint not in `tried`, scanning on from `after`.
+    pub fn next_untried(&self, after: usize, ctx: &PickContext<'_>, tried: &[usize]) -> Option<usize> {
+        let n = self.endpoints.len();
+        (1..n)
+            .map(|offset| (after + offset) % n)
+            .find(|i| !tried.contains(i) && ctx.usable(&self.endpoints[*i]))
+    }
+
     /// The endpoint a sticky cookie value (the endpoint id in hex) names.
     pub fn sticky_endpoint(&self, cookie: &str) -> Option<usize> {
         let id = u64::from_str_radix(cookie, 16).ok()?;

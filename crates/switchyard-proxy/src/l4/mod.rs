@@ -7,10 +7,8 @@ pub(crate) mod tcp;
 pub(crate) mod udp;
 
 use std::net::IpAddr;
-use std::time::Instant;
 
 use prometheus::{IntCounter, IntGauge};
-use switchyard_balance::PickContext;
 
 use crate::snapshot::ClusterRuntime;
 use crate::tunnel::Meters;
@@ -37,7 +35,6 @@ pub(crate) struct L4Metrics {
 /// the cluster's balancer first (hashing balancers hash the client's
 /// address, so a client keeps its endpoint), then the next usable one.
 pub(crate) fn pick(cluster: &ClusterRuntime, client: IpAddr, tried: &[usize]) -> Option<usize> {
-    let threshold = cluster.config.panic_threshold;
     let mut key = [0u8; 16];
     let key: &[u8] = match client {
         IpAddr::V4(ip) => {
@@ -49,18 +46,11 @@ pub(crate) fn pick(cluster: &ClusterRuntime, client: IpAddr, tried: &[usize]) ->
             &key
         }
     };
-    let ctx = PickContext {
-        now: Instant::now(),
-        client_ip: Some(client),
-        hash_key: Some(key),
-        panic: threshold > 0 && cluster.health.panic(threshold),
-    };
+    let ctx = cluster.pick_context(client, Some(key));
     let first = cluster.balancer.pick(&cluster.endpoints, &ctx)?;
-    if !tried.contains(&first) {
-        return Some(first);
+    if tried.contains(&first) {
+        cluster.next_untried(first, &ctx, tried)
+    } else {
+        Some(first)
     }
-    let n = cluster.endpoints.len();
-    (1..n)
-        .map(|offset| (first + offset) % n)
-        .find(|i| !tried.contains(i) && ctx.usable(&cluster.endpoints[*i]))
 }

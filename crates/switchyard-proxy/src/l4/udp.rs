@@ -65,7 +65,6 @@ impl Session {
     /// usable, and still in the cluster the listener forwards to now.
     fn usable(&self, snapshot: &Snapshot, cluster: Option<&str>) -> bool {
         if self.refused.load(Ordering::Relaxed) {
-            record_outcome(&self.cluster, &self.endpoint, Some(Failure::Connect));
             return false;
         }
         let current = cluster.and_then(|name| snapshot.clusters.get(name));
@@ -94,7 +93,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, socket: UdpSo
                 let cluster = runtime.config.cluster.as_deref();
                 let before = sessions.len();
                 sessions.retain(|_, s| {
-                    now.saturating_sub(s.last_active.load(Ordering::Relaxed)) < idle && s.usable(&snapshot, cluster)
+                    let keep = now.saturating_sub(s.last_active.load(Ordering::Relaxed)) < idle
+                        && s.usable(&snapshot, cluster);
+                    if !keep && s.refused.load(Ordering::Relaxed) {
+                        record_outcome(&s.cluster, &s.endpoint, Some(Failure::Connect));
+                    }
+                    keep
                 });
                 let ended = before - sessions.len();
                 if ended > 0 {
