@@ -33,6 +33,13 @@
 #            br, zstd  = the same with brotli / zstd (Switchyard only: stock nginx
 #                        and HAProxy have neither). Not in the default list:
 #                        SCENARIOS="static gzip br zstd".
+#            cache     = cache hits: a 1 KiB upstream response with
+#                        `Cache-Control: max-age=3600`, stored by nginx
+#                        (`proxy_cache`), Varnish (`-s malloc`) and Switchyard
+#                        (`cache`); only those three run it. Varnish (port 18083)
+#                        runs when PROXIES names it, pinned to one CPU with taskset
+#                        (it has no worker-count knob; the others run WORKERS=1):
+#                        SCENARIOS=cache PROXIES="nginx varnish switchyard".
 set -u
 cd "$(dirname "$0")/.."   # repository root
 DURATION=${DURATION:-10}; CONNS=${CONNS:-64}; WORKERS=${WORKERS:-1}; ROUNDS=${ROUNDS:-2}
@@ -45,6 +52,9 @@ for t in nginx haproxy wrk curl python3; do command -v $t >/dev/null || need=1; 
 if [ $need = 1 ]; then
   apt-get update -qq && apt-get install -y -qq nginx haproxy wrk curl python3 >/dev/null \
     || { echo "could not install nginx/haproxy/wrk" >&2; exit 1; }
+fi
+if [[ " $PROXIES " == *" varnish "* ]] && ! command -v varnishd >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq varnish >/dev/null || { echo "could not install varnish" >&2; exit 1; }
 fi
 if [[ " $PROXIES " == *" switchyard "* ]] && [ ! -x "$SWITCHYARD" ]; then
   echo "building $SWITCHYARD ..." >&2
@@ -76,7 +86,8 @@ events { worker_connections 4096; }
 http { access_log off; keepalive_requests 100000;
   server { listen 127.0.0.1:19001; listen 127.0.0.1:19002; root $D;
     location = / { return 200 "hello from upstream\n"; }
-    location = /1m { try_files /1m =404; } } }
+    location = /1m { try_files /1m =404; }
+    location /cache/ { alias $D/static/; add_header Cache-Control "max-age=3600"; } } }
 C
 nginx -c "$D/up.conf" -e "$D/up.err" & PIDS+=($!)
 wait_port 19001 && wait_port 19002 || { cat "$D/up.err" >&2; exit 1; }
@@ -92,9 +103,11 @@ cat >"$D/nginx.conf" <<C
 user root; worker_processes $WORKERS; daemon off; pid $D/nx.pid; error_log $D/nx.err;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 100000;
+  proxy_cache_path $D/nxcache levels=1:2 keys_zone=c:10m max_size=256m inactive=1h;
   upstream up { server 127.0.0.1:19001; server 127.0.0.1:19002; keepalive 128; }
   server { listen 127.0.0.1:18081;
     location /static/ { alias $D/static/; }
+    location /cache/ { proxy_cache c; proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
     location /gz/ { gzip on; gzip_comp_level 6; gzip_types text/plain application/json; gzip_min_length 1024;
       gzip_proxied any; proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } }
@@ -142,6 +155,12 @@ rewrite = { prefix = "/" }
 static = { root = "$D/static" }
 
 [[routes]]
+name = "cache"
+match = { path_prefix = "/cache/" }
+cluster = "up"
+cache = {}
+
+[[routes]]
 name = "gzip"
 match = { path_prefix = "/gz/" }
 cluster = "up"
@@ -170,6 +189,8 @@ start() { # name -> sets PORT and PPID_
     direct) PORT=19001; TLSPORT=; PPID_= ;;
     nginx) nginx -c "$D/nginx.conf" -e "$D/nx.err" & PPID_=$!; PORT=18081; TLSPORT=18443 ;;
     haproxy) haproxy -f "$D/haproxy.cfg" -db >>"$D/haproxy.log" 2>&1 & PPID_=$!; PORT=18082; TLSPORT=18445 ;;
+    varnish) taskset -c 0 varnishd -F -n "$D/varnish" -a 127.0.0.1:18083 -b 127.0.0.1:19001 -s malloc,256m \
+               -p thread_pools=1 >>"$D/varnish.log" 2>&1 & PPID_=$!; PORT=18083; TLSPORT= ;;
     switchyard) "$SWITCHYARD" run --config "$D/switchyard.toml" --log-level warn >>"$D/switchyard.log" 2>&1 &
                 PPID_=$!; PORT=18080; TLSPORT=18444 ;;
     *) echo "unknown proxy $1" >&2; return 1 ;;
@@ -197,6 +218,7 @@ run() { # scenario port -> "rps p50 p99 MBps non2xx sockerr"
   local args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency) path=/ url
   case $1 in close|tlsnew) args+=(-H 'Connection: close'); args[1]=-c16 ;; 1m) path=/1m; args[1]=-c8 ;;
     static) path=/static/small.txt ;;
+    cache) path=/cache/small.txt ;;
     gzip) path=/gz/page.json; args+=(-H 'Accept-Encoding: gzip') ;;
     br|zstd) path=/$1/page.json; args+=(-H "Accept-Encoding: $1") ;;
   esac
@@ -221,10 +243,12 @@ for r in $(seq 1 "$ROUNDS"); do
       sleep 1   # idle: ~1s after it listens, before any request
       printf '%s\t%s\n' "$r" "$(rss_kib VmRSS $PPID_)" >>"$D/idle.tsv"
     fi
-    sanity $p
+    [ "$p" != varnish ] && sanity $p
     for s in $SCENARIOS; do
       case $s in tls*) [ -z "$TLSPORT" ] && continue ;; esac   # no TLS straight to the upstream
       case $s:$p in static:direct|static:haproxy|gzip:direct|br:[!s]*|zstd:[!s]*) continue ;; esac   # not something it does
+      case $s:$p in cache:direct|cache:haproxy) continue ;; *:varnish) [ $s = cache ] || continue ;; esac
+      [ $s = cache ] && curl -s -o /dev/null "http://127.0.0.1:$PORT/cache/small.txt"   # stored before the run
       wrk -t1 -c8 -d1s "http://127.0.0.1:$PORT/" >/dev/null 2>&1   # warm-up
       res=$(run $s $PORT)
       rss=-; [ -n "$PPID_" ] && rss=$(rss_kib VmHWM $PPID_)

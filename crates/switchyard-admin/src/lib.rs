@@ -209,6 +209,8 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<AdminBody
             ),
         },
         (&Method::PUT, "/api/log-level") => put_log_level(req).await,
+        (&Method::GET, "/api/cache") => json_response(StatusCode::OK, &state.gateway.cache_stats()),
+        (&Method::POST, "/api/cache/purge") => purge_cache(state, req).await,
         (&Method::GET, "/") => static_document(DASHBOARD, "text/html; charset=utf-8"),
         (&Method::GET, "/api/openapi.json") => static_document(OPENAPI, "application/json"),
         (&Method::GET, "/api/registry") => json_response(
@@ -257,6 +259,8 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/api/stream"),
     ("GET", "/api/log-level"),
     ("PUT", "/api/log-level"),
+    ("GET", "/api/cache"),
+    ("POST", "/api/cache/purge"),
 ];
 
 /// The dashboard: one self-contained page (no outside scripts, styles or fonts).
@@ -381,6 +385,38 @@ async fn registry_call(state: &AdminState, req: Request<Incoming>, rest: &str) -
 }
 
 /// `PUT /api/log-level` with `{"level": "info,switchyard_proxy=debug"}`.
+/// `POST /api/cache/purge` with `{"keys": [...], "prefixes": [...], "tags": [...]}`.
+async fn purge_cache(state: &AdminState, req: Request<Incoming>) -> Response<AdminBody> {
+    const EXPECTED: &str = "expected {\"keys\": [...], \"prefixes\": [...], \"tags\": [...]} with at least one entry";
+    let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("the body could not be read: {e}"),
+            )
+        }
+    };
+    let purge: switchyard_proxy::cache::Purge = match serde_json::from_slice(&body) {
+        Ok(purge) => purge,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &format!("{EXPECTED}: {e}")),
+    };
+    let named = [&purge.keys, &purge.prefixes, &purge.tags];
+    if named.iter().all(|list| list.is_empty()) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", EXPECTED);
+    }
+    if named.iter().any(|list| list.iter().any(String::is_empty)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "an empty key, prefix or tag would name everything: list what to purge",
+        );
+    }
+    let purged = state.gateway.cache_purge(&purge);
+    json_response(StatusCode::OK, &json!({ "purged": purged }))
+}
+
 async fn put_log_level(req: Request<Incoming>) -> Response<AdminBody> {
     let Some((control, current)) = LOG_LEVEL.get() else {
         return error(

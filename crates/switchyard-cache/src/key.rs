@@ -38,8 +38,14 @@ impl KeySpec {
     /// part before any header or cookie (`host/path?query`).
     pub fn key(&self, host: &str, path: &str, query: Option<&str>, headers: &HeaderMap) -> String {
         let mut key = String::with_capacity(host.len() + path.len() + query.map_or(0, str::len) + 1);
+        self.write_key(&mut key, host, path, query, headers);
+        key
+    }
+
+    /// [`KeySpec::key`], appended to `key` (which may hold a prefix).
+    pub fn write_key(&self, key: &mut String, host: &str, path: &str, query: Option<&str>, headers: &HeaderMap) {
         if !self.ignore_host {
-            key.push_str(&host.to_ascii_lowercase());
+            key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
         }
         key.push_str(path);
         if let Some(query) = query.filter(|q| !q.is_empty()) {
@@ -79,7 +85,6 @@ impl KeySpec {
             key.push('=');
             key.push_str(cookie(headers, name).unwrap_or_default());
         }
-        key
     }
 }
 

@@ -8,7 +8,7 @@
 //!   headers and cookies) and `Vary`, normalised on `Accept-Encoding`.
 //!
 //! The response cache of routes (storage, coalescing, revalidation, purge)
-//! builds on these; it is not in this version yet.
+//! builds on these in `switchyard-proxy`'s `cache` module.
 
 pub mod control;
 pub mod freshness;

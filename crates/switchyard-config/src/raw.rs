@@ -27,6 +27,17 @@ pub struct RawConfig {
     /// `[tracing]`: span export over OTLP/HTTP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracing: Option<RawTracing>,
+    /// `[cache]`: the response store that routes with `cache` share.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<RawCacheStore>,
+}
+
+/// `[cache] max_size = "256MiB"`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawCacheStore {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<String>,
 }
 
 /// `[tracing] otlp_endpoint = "http://collector:4318/v1/traces"`.
@@ -280,6 +291,49 @@ pub struct RawRoute {
     pub static_files: Option<RawStatic>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compression: Option<RawCompression>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<RawRouteCache>,
+}
+
+/// `cache = { ttl, max_object, stale_while_revalidate, stale_if_error,
+/// lock_timeout, tag_header, key }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawRouteCache {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_object: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_while_revalidate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_if_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag_header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<RawCacheKey>,
+}
+
+/// `key = { host, query, query_include, query_exclude, sort_query, headers, cookies }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawCacheKey {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_include: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_exclude: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sort_query: Option<bool>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cookies: Vec<String>,
 }
 
 /// `compression = { algorithms, min_size, content_types }`.

@@ -63,6 +63,10 @@ impl Settler {
             .and_then(|c| self.cluster_mode(c, &root.key("cluster")));
         self.cluster_mode_present = cluster_mode.is_some();
         let tracing = raw.tracing.as_ref().and_then(|t| self.tracing(t, &root.key("tracing")));
+        let cache = raw
+            .cache
+            .as_ref()
+            .map_or_else(CacheStore::default, |c| self.cache_store(c, &root.key("cache")));
         let l4_listener_names: Vec<&str> = raw
             .listeners
             .iter()
@@ -85,6 +89,7 @@ impl Settler {
             clusters,
             cluster_mode,
             tracing,
+            cache,
             raw: RawConfig::default(),
         }
     }
@@ -1206,6 +1211,12 @@ impl Settler {
                 .compression
                 .as_ref()
                 .map(|raw| self.compression(raw, &at.key("compression")));
+            let cache = r.cache.as_ref().map(|raw| {
+                if !forwards {
+                    self.error(at.key("cache"), "only routes with a `cluster` take `cache`");
+                }
+                self.route_cache(raw, &at.key("cache"))
+            });
             if r.grpc_web.is_some() && !forwards {
                 self.error(at.key("grpc_web"), "only routes with a `cluster` take `grpc_web`");
             }
@@ -1233,6 +1244,7 @@ impl Settler {
                     websocket,
                     grpc_web: r.grpc_web.unwrap_or(false),
                     compression,
+                    cache,
                 });
             }
         }
@@ -1287,6 +1299,82 @@ impl Settler {
             algorithms,
             min_size,
             content_types,
+        }
+    }
+
+    fn cache_store(&mut self, raw: &RawCacheStore, at: &KeyPath) -> CacheStore {
+        let max_size = self.size(&raw.max_size, at.key("max_size"), defaults::CACHE_MAX_SIZE);
+        if max_size == 0 {
+            self.error(at.key("max_size"), "must be greater than zero");
+        }
+        CacheStore { max_size }
+    }
+
+    fn route_cache(&mut self, raw: &RawRouteCache, at: &KeyPath) -> RouteCache {
+        let optional = |s: &mut Self, value: &Option<String>, key: &str| {
+            value
+                .is_some()
+                .then(|| s.duration_or_zero(value, at.key(key), Duration::ZERO))
+        };
+        let ttl = optional(self, &raw.ttl, "ttl");
+        let stale_while_revalidate = optional(self, &raw.stale_while_revalidate, "stale_while_revalidate");
+        let stale_if_error = optional(self, &raw.stale_if_error, "stale_if_error");
+        let max_object = self.size(&raw.max_object, at.key("max_object"), defaults::CACHE_MAX_OBJECT);
+        let lock_timeout =
+            self.duration_or_zero(&raw.lock_timeout, at.key("lock_timeout"), defaults::CACHE_LOCK_TIMEOUT);
+        let tag_header = raw
+            .tag_header
+            .as_ref()
+            .and_then(|name| self.header_name(name, at.key("tag_header")));
+        let key = match &raw.key {
+            Some(raw) => self.cache_key(raw, &at.key("key")),
+            None => switchyard_cache::KeySpec::default(),
+        };
+        RouteCache {
+            ttl,
+            max_object,
+            stale_while_revalidate,
+            stale_if_error,
+            lock_timeout,
+            tag_header,
+            key,
+        }
+    }
+
+    fn cache_key(&mut self, raw: &RawCacheKey, at: &KeyPath) -> switchyard_cache::KeySpec {
+        use switchyard_cache::QueryKey;
+        let query = match (raw.query, &raw.query_include, &raw.query_exclude) {
+            (_, Some(_), Some(_)) => {
+                self.error(
+                    at.key("query_exclude"),
+                    "use `query_include` or `query_exclude`, not both",
+                );
+                QueryKey::All
+            }
+            (Some(false), Some(_), _) | (Some(false), _, Some(_)) => {
+                self.error(
+                    at.key("query"),
+                    "`query = false` leaves the query out of the key: drop `query_include`/`query_exclude`",
+                );
+                QueryKey::Ignore
+            }
+            (Some(false), None, None) => QueryKey::Ignore,
+            (_, Some(names), None) => QueryKey::Include(names.clone()),
+            (_, None, Some(names)) => QueryKey::Exclude(names.clone()),
+            (_, None, None) => QueryKey::All,
+        };
+        let headers = raw
+            .headers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| self.header_name(name, at.key("headers").index(i)))
+            .collect();
+        switchyard_cache::KeySpec {
+            ignore_host: raw.host == Some(false),
+            query,
+            sort_query: raw.sort_query.unwrap_or(false),
+            headers,
+            cookies: raw.cookies.clone(),
         }
     }
 

@@ -30,8 +30,48 @@ pub struct Config {
     /// Span export (`[tracing]`); `None`: trace context is still propagated
     /// and logged, but no spans are recorded.
     pub tracing: Option<Tracing>,
+    /// The response store routes with `cache` share (`[cache]`).
+    pub cache: CacheStore,
     /// The document this was settled from, served back by `GET /api/config`.
     pub raw: RawConfig,
+}
+
+/// `[cache]`: the one response store of the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStore {
+    /// Bytes of stored responses (bodies, headers and keys) kept at most;
+    /// past it the least likely to be asked again are evicted.
+    pub max_size: u64,
+}
+
+impl Default for CacheStore {
+    fn default() -> Self {
+        Self {
+            max_size: defaults::CACHE_MAX_SIZE,
+        }
+    }
+}
+
+/// A route's response cache (RFC 9111 shared-cache rules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteCache {
+    /// Lifetime of responses that give none (no `max-age`, `s-maxage` or
+    /// `Expires`); `None`: such responses are not stored.
+    pub ttl: Option<Duration>,
+    /// Responses larger than this are passed on, not stored.
+    pub max_object: u64,
+    /// `stale-while-revalidate` for responses that do not say.
+    pub stale_while_revalidate: Option<Duration>,
+    /// `stale-if-error` for responses that do not say.
+    pub stale_if_error: Option<Duration>,
+    /// Longest a request waits for another request's fetch of the same
+    /// object before going to the origin itself.
+    pub lock_timeout: Duration,
+    /// The response header whose (space or comma separated) values tag the
+    /// object for purges, such as `Surrogate-Key`; not sent to clients.
+    pub tag_header: Option<http::HeaderName>,
+    /// What makes two requests ask for the same object.
+    pub key: switchyard_cache::KeySpec,
 }
 
 /// `[cluster]`: where nodes share state.
@@ -271,6 +311,8 @@ pub struct Route {
     pub grpc_web: bool,
     /// Responses compressed for clients that accept it; `None`: as they are.
     pub compression: Option<Compression>,
+    /// Responses stored and reused; `None`: every request goes upstream.
+    pub cache: Option<RouteCache>,
 }
 
 /// A route's response compression.
@@ -881,6 +923,9 @@ pub mod defaults {
     pub const UDP_MAX_SESSIONS: usize = 10_000;
     pub const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     pub const COMPRESSION_MIN_SIZE: u64 = 1024;
+    pub const CACHE_MAX_SIZE: u64 = 256 << 20;
+    pub const CACHE_MAX_OBJECT: u64 = 8 << 20;
+    pub const CACHE_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
     /// Media types compressed unless a route lists its own.
     pub const COMPRESSIBLE_TYPES: [&str; 12] = [
         "text/*",

@@ -91,6 +91,8 @@ pub enum ProxyError {
     PreconditionFailed,
     #[error("no requested range is within the {len} bytes")]
     RangeNotSatisfiable { len: u64 },
+    #[error("only a stored response was asked for (only-if-cached) and none is stored")]
+    NotCached,
 }
 
 impl ProxyError {
@@ -114,7 +116,8 @@ impl ProxyError {
             | Self::MethodNotAllowed { .. }
             | Self::FileNotFound
             | Self::PreconditionFailed
-            | Self::RangeNotSatisfiable { .. } => Side::Downstream,
+            | Self::RangeNotSatisfiable { .. }
+            | Self::NotCached => Side::Downstream,
             Self::WebSocketLimit { .. } => Side::Upstream,
             Self::FaultInjected { .. }
             | Self::IdempotencyStoreFull
@@ -180,6 +183,7 @@ impl ProxyError {
             Self::FileNotFound => StatusCode::NOT_FOUND,
             Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::NotCached => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamConnect { .. } | Self::Upstream { .. } | Self::WebSocketUpstream { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -220,6 +224,7 @@ impl ProxyError {
             Self::FileNotFound => "not_found",
             Self::PreconditionFailed => "precondition_failed",
             Self::RangeNotSatisfiable { .. } => "range_not_satisfiable",
+            Self::NotCached => "not_cached",
         }
     }
 
@@ -347,6 +352,7 @@ impl ProxyError {
                 "a precondition of the request (If-Match, If-Unmodified-Since) does not hold".into()
             }
             Self::RangeNotSatisfiable { len } => format!("no requested range is within the {len} bytes"),
+            Self::NotCached => "the request allows only a stored response (only-if-cached) and none is stored".into(),
             Self::RateLimited { decision } => format!(
                 "rate limit of {} requests exceeded; retry in {} s",
                 decision.limit,

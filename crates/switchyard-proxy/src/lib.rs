@@ -10,7 +10,9 @@
 pub mod access_log;
 mod auth;
 pub mod body;
+pub mod cache;
 mod compress;
+mod conditional;
 pub mod discovery;
 pub mod error;
 mod filters;
@@ -345,6 +347,32 @@ impl Gateway {
             .iter()
             .map(|(n, b)| (n.clone(), b.local))
             .collect()
+    }
+
+    /// Removes the stored responses `purge` names (`POST /api/cache/purge`);
+    /// returns how many went.
+    pub fn cache_purge(&self, purge: &cache::Purge) -> u64 {
+        let purged = self.shared.snapshot.load().cache.purge(purge);
+        tracing::info!(
+            purged,
+            keys = purge.keys.len(),
+            prefixes = purge.prefixes.len(),
+            tags = purge.tags.len(),
+            "response cache purged"
+        );
+        purged
+    }
+
+    /// What the response store holds (`GET /api/cache`).
+    pub fn cache_stats(&self) -> serde_json::Value {
+        let store = self.shared.snapshot.load().cache.clone();
+        let stats = store.stats();
+        serde_json::json!({
+            "entries": stats.entries,
+            "bytes": stats.bytes,
+            "max_size": stats.max_size,
+            "evictions": store.evictions(),
+        })
     }
 
     /// The service registry (`/api/registry`).

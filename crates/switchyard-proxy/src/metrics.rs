@@ -74,6 +74,10 @@ pub struct Metrics {
     rate_limit_decisions: IntCounterVec,
     reloads: IntCounterVec,
     config_version: IntGauge,
+    cache_requests: IntCounterVec,
+    cache_evictions: IntCounter,
+    cache_bytes: IntGauge,
+    cache_entries: IntGauge,
     // Read from the snapshot at scrape time.
     endpoint_healthy: IntGaugeVec,
     endpoint_available: IntGaugeVec,
@@ -132,7 +136,33 @@ impl Metrics {
         .expect("valid metric definition");
         r.register(Box::new(endpoint_latency.clone()))
             .expect("unique metric name");
+        let single_gauge = |name: &str, help: &str| {
+            let gauge = IntGauge::new(name, help).expect("valid metric definition");
+            r.register(Box::new(gauge.clone())).expect("unique metric name");
+            gauge
+        };
+        let cache_bytes = single_gauge(
+            "switchyard_cache_stored_bytes",
+            "Bytes of responses in the response store (bodies, heads and keys).",
+        );
+        let cache_entries = single_gauge("switchyard_cache_entries", "Entries in the response store.");
+        let cache_evictions = IntCounter::new(
+            "switchyard_cache_evictions_total",
+            "Stored responses pushed out of the response store by its byte bound.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(cache_evictions.clone()))
+            .expect("unique metric name");
         Self {
+            cache_requests: counter(
+                &r,
+                "switchyard_cache_requests_total",
+                "Requests on routes with a cache, by what the cache did (hit, miss, stale, revalidated, bypass).",
+                &["route", "status"],
+            ),
+            cache_evictions,
+            cache_bytes,
+            cache_entries,
             requests: counter(
                 &r,
                 "switchyard_requests_total",
@@ -343,6 +373,16 @@ impl Metrics {
         }
     }
 
+    /// A route's cache counters, in `cache::Status` order.
+    pub(crate) fn cache(&self, route: &str) -> [IntCounter; 5] {
+        crate::cache::Status::ALL.map(|status| self.cache_requests.with_label_values(&[route, status.label()]))
+    }
+
+    /// The counter of responses the store's byte bound pushes out.
+    pub(crate) fn cache_evictions(&self) -> IntCounter {
+        self.cache_evictions.clone()
+    }
+
     /// The handles one cluster's requests use.
     pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
         ClusterMetrics {
@@ -475,6 +515,9 @@ impl Metrics {
 
     fn refresh_state(&self, snapshot: &Snapshot) {
         let now = std::time::Instant::now();
+        let stats = snapshot.cache.stats();
+        self.cache_bytes.set(stats.bytes as i64);
+        self.cache_entries.set(stats.entries as i64);
         for family in [
             &self.endpoint_healthy,
             &self.endpoint_available,

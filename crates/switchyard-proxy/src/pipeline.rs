@@ -344,8 +344,8 @@ fn protocol_version(version: Version) -> &'static str {
 
 /// Steps 3 to 5: check, route, act.
 async fn serve<'s>(
-    snapshot: &'s Snapshot,
-    conn: &ConnectionInfo,
+    snapshot: &'s Arc<Snapshot>,
+    conn: &Arc<ConnectionInfo>,
     mut req: Request<Incoming>,
     ids: RequestIds<'_>,
     started: Instant,
@@ -467,10 +467,23 @@ async fn serve<'s>(
             let target = rewritten_path_and_query(entry, req.uri());
             crate::static_files::serve(files, entry.files.as_deref(), &req, target.path()).await?
         }
-        RouteAction::Forward { .. } => {
-            let req = req.map(http_body_util::Either::Left);
-            forward(entry, &listener.config, conn, req, ids, started, outcome).await?
-        }
+        RouteAction::Forward { .. } => match &entry.cache {
+            Some(cache) => {
+                let origin = crate::cache::Origin {
+                    snapshot,
+                    listener,
+                    entry,
+                    conn,
+                    ids,
+                    started,
+                };
+                crate::cache::serve(cache, origin, req, outcome).await?
+            }
+            None => {
+                let req = req.map(http_body_util::Either::Left);
+                forward(entry, &listener.config, conn, req, ids, started, outcome).await?
+            }
+        },
     };
     if let Some((settings, negotiated)) = &compression {
         response = crate::compress::apply(settings, negotiated, response);
@@ -616,7 +629,7 @@ fn host_of<'a>(uri: &'a Uri, headers: &'a http::HeaderMap) -> Option<&'a str> {
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
-fn strip_port(host: &str) -> &str {
+pub(crate) fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |end| &host[..=end]);
     }

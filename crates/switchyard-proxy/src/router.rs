@@ -70,6 +70,11 @@ impl<R: AsRef<Route>> Router<R> {
         router
     }
 
+    /// Every route, in declared order.
+    pub fn routes(&self) -> &[R] {
+        &self.routes
+    }
+
     /// The route for `req`, if any.
     pub fn find(&self, req: &RequestView<'_>) -> Option<&R> {
         let host = req.host.map(lowercase);

@@ -47,6 +47,8 @@ pub struct Snapshot {
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
     /// Span export (`[tracing]`).
     pub tracer: Option<Arc<Tracer>>,
+    /// The response store (`[cache]`), shared by routes with `cache`.
+    pub cache: Arc<crate::cache::ResponseStore>,
 }
 
 /// A listener's settings and its router.
@@ -97,6 +99,8 @@ pub struct RouteEntry {
     pub websockets: Arc<std::sync::atomic::AtomicUsize>,
     /// Small files served lately (`static` routes).
     pub files: Option<Arc<crate::static_files::FileCache>>,
+    /// The route's response cache (`cache`).
+    pub(crate) cache: Option<crate::cache::RouteCache>,
 }
 
 impl AsRef<Route> for RouteEntry {
@@ -274,6 +278,8 @@ pub struct Registry {
     tls: HashMap<String, Arc<rustls::ServerConfig>>,
     /// The span exporter, kept while `[tracing]` stays the same.
     tracer: Option<Arc<Tracer>>,
+    /// The response store, kept while `[cache] max_size` stays the same.
+    store: Option<Arc<crate::cache::ResponseStore>>,
     /// Whether a snapshot was built before (endpoints added later slow-start).
     built: bool,
 }
@@ -512,6 +518,11 @@ impl Registry {
             }
         }
         self.tls = tls_in_use;
+        let store = match self.store.take() {
+            Some(store) if store.max_size() == config.cache.max_size => store,
+            _ => crate::cache::ResponseStore::new(config.cache.max_size, metrics.cache_evictions()),
+        };
+        self.store = Some(store.clone());
 
         let listeners = config
             .listeners
@@ -546,6 +557,11 @@ impl Registry {
                         websockets: self.websockets[&route.name].clone(),
                         files: matches!(route.action, RouteAction::Static(_))
                             .then(|| Arc::new(crate::static_files::FileCache::new())),
+                        cache: route.cache.as_ref().map(|settings| crate::cache::RouteCache {
+                            settings: settings.clone(),
+                            store: store.clone(),
+                            counters: metrics.cache(&route.name),
+                        }),
                         limits: route
                             .rate_limits
                             .iter()
@@ -599,6 +615,7 @@ impl Registry {
         };
         Snapshot {
             tracer: self.tracer.clone(),
+            cache: store,
             config,
             version,
             unrouted: metrics.route("-", "-"),

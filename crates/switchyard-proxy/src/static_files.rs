@@ -31,12 +31,11 @@ use switchyard_config::StaticFiles;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::body::{BodyError, ProxyBody};
+use crate::conditional::{self, preconditions, Part, Plan, Precondition, Validators};
 use crate::error::{ProxyError, Side};
 
 /// Bytes read from a file per body frame.
 const READ_SIZE: usize = 64 * 1024;
-/// More ranges than this in one request are answered with the whole file.
-const MAX_RANGES: usize = 16;
 
 /// Precompressed siblings, in the order they are preferred.
 const ENCODINGS: [(&str, &str); 3] = [("br", ".br"), ("zstd", ".zst"), ("gzip", ".gz")];
@@ -108,74 +107,21 @@ pub(crate) async fn serve<B>(
         headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     }
 
-    match preconditions(req.headers(), &etag, modified) {
+    let held = Validators {
+        etag: Some(&etag),
+        modified: Some(modified),
+    };
+    match preconditions(req.headers(), &held) {
         Precondition::Failed => return Err(ProxyError::PreconditionFailed),
-        Precondition::NotModified => {
-            let mut response = Response::new(ProxyBody::empty());
-            *response.status_mut() = StatusCode::NOT_MODIFIED;
-            for name in [header::ETAG, header::LAST_MODIFIED, header::VARY] {
-                if let Some(v) = headers.remove(&name) {
-                    response.headers_mut().insert(name, v);
-                }
-            }
-            return Ok(response);
-        }
+        Precondition::NotModified => return Ok(conditional::not_modified(&headers)),
         Precondition::Proceed => {}
     }
-
-    let ranges = match req.headers().get(header::RANGE) {
-        Some(range) if if_range_holds(req.headers(), &etag, modified) => parse_ranges(range, len),
-        _ => Ranges::Whole,
-    };
-    let (status, body_len, body) = match ranges {
-        Ranges::Whole => (StatusCode::OK, len, Plan::Whole),
-        Ranges::Unsatisfiable => {
-            return Err(ProxyError::RangeNotSatisfiable { len });
-        }
-        Ranges::Some(ranges) if ranges.len() == 1 => {
-            let (start, end) = ranges[0];
-            headers.insert(header::CONTENT_RANGE, value(&format!("bytes {start}-{end}/{len}")));
-            (StatusCode::PARTIAL_CONTENT, end - start + 1, Plan::One(start, end))
-        }
-        Ranges::Some(ranges) => {
-            let boundary = format!("{:016x}", fastrand::u64(..));
-            let parts: VecDeque<Part> = ranges
-                .iter()
-                .map(|&(start, end)| Part {
-                    head: Bytes::from(format!(
-                        "\r\n--{boundary}\r\ncontent-type: {content_type}\r\ncontent-range: bytes {start}-{end}/{len}\r\n\r\n"
-                    )),
-                    start,
-                    len: end - start + 1,
-                })
-                .collect();
-            let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
-            let total = parts.iter().map(|p| p.head.len() as u64 + p.len).sum::<u64>() + tail.len() as u64;
-            headers.insert(
-                header::CONTENT_TYPE,
-                value(&format!("multipart/byteranges; boundary={boundary}")),
-            );
-            (StatusCode::PARTIAL_CONTENT, total, Plan::Multipart(parts, tail))
-        }
-    };
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+    let (status, body) = conditional::plan(req.headers(), &held, len, &mut headers)?;
 
     let body = match (head, contents) {
         (true, _) => ProxyBody::empty(),
         // Read already: slices of it.
-        (false, Some(contents)) => match body {
-            Plan::Whole => ProxyBody::full(contents),
-            Plan::One(start, end) => ProxyBody::full(contents.slice(start as usize..=end as usize)),
-            Plan::Multipart(parts, tail) => {
-                let mut out = BytesMut::with_capacity(body_len as usize);
-                for part in parts {
-                    out.extend_from_slice(&part.head);
-                    out.extend_from_slice(&contents[part.start as usize..(part.start + part.len) as usize]);
-                }
-                out.extend_from_slice(&tail);
-                ProxyBody::full(out.freeze())
-            }
-        },
+        (false, Some(contents)) => conditional::sliced(&contents, body),
         (false, None) => {
             let file = tokio::fs::File::from_std(file.ok_or(ProxyError::FileNotFound)?);
             match body {
@@ -189,30 +135,6 @@ pub(crate) async fn serve<B>(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     Ok(response)
-}
-
-/// What the body carries.
-enum Plan {
-    Whole,
-    One(u64, u64),
-    Multipart(VecDeque<Part>, Bytes),
-}
-
-/// One stretch of the file, after its multipart head (empty for plain bodies).
-struct Part {
-    head: Bytes,
-    start: u64,
-    len: u64,
-}
-
-impl Part {
-    fn plain(start: u64, len: u64) -> Self {
-        Self {
-            head: Bytes::new(),
-            start,
-            len,
-        }
-    }
 }
 
 /// What the file system says about a request path.
@@ -449,126 +371,6 @@ fn accepted_encodings(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// What the preconditions say.
-#[derive(Debug, PartialEq, Eq)]
-enum Precondition {
-    Proceed,
-    NotModified,
-    Failed,
-}
-
-/// RFC 9110 section 13.2.2, in its order.
-fn preconditions(headers: &HeaderMap, etag: &str, modified: SystemTime) -> Precondition {
-    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-    let date = |name| text(name).and_then(|v| httpdate::parse_http_date(v).ok());
-    // Whole seconds: what Last-Modified can say.
-    let modified_secs = modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    if let Some(list) = text(header::IF_MATCH) {
-        if !matches_list(list, etag, true) {
-            return Precondition::Failed;
-        }
-    } else if let Some(since) = date(header::IF_UNMODIFIED_SINCE) {
-        if modified_secs > secs(since) {
-            return Precondition::Failed;
-        }
-    }
-    if let Some(list) = text(header::IF_NONE_MATCH) {
-        if matches_list(list, etag, false) {
-            return Precondition::NotModified;
-        }
-    } else if let Some(since) = date(header::IF_MODIFIED_SINCE) {
-        if modified_secs <= secs(since) {
-            return Precondition::NotModified;
-        }
-    }
-    Precondition::Proceed
-}
-
-/// Whether `etag` is in an entity-tag list (or the list is `*`); `strong`
-/// comparison refuses weak tags.
-fn matches_list(list: &str, etag: &str, strong: bool) -> bool {
-    if list.trim() == "*" {
-        return true;
-    }
-    list.split(',').map(str::trim).any(|tag| match tag.strip_prefix("W/") {
-        Some(weak) => !strong && weak == etag,
-        None => tag == etag,
-    })
-}
-
-/// `If-Range`: the range applies only if the validator still matches.
-fn if_range_holds(headers: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
-    let Some(value) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    if value.starts_with('"') {
-        return value == etag;
-    }
-    let modified_secs = modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    httpdate::parse_http_date(value)
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .is_some_and(|t| t.as_secs() == modified_secs)
-}
-
-/// What a `Range` header asks of a file of `len` bytes.
-#[derive(Debug, PartialEq, Eq)]
-enum Ranges {
-    /// Not a byte range we serve (bad syntax, too many): the whole file.
-    Whole,
-    /// Byte ranges, none of which the file has.
-    Unsatisfiable,
-    /// Inclusive `(first, last)` offsets, in the order asked.
-    Some(Vec<(u64, u64)>),
-}
-
-fn parse_ranges(header: &HeaderValue, len: u64) -> Ranges {
-    let Some(spec) = header.to_str().ok().and_then(|v| v.trim().strip_prefix("bytes=")) else {
-        return Ranges::Whole;
-    };
-    let mut out = Vec::new();
-    let mut asked = 0;
-    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        asked += 1;
-        if asked > MAX_RANGES {
-            return Ranges::Whole;
-        }
-        let Some((first, last)) = item.split_once('-') else {
-            return Ranges::Whole;
-        };
-        let range = match (first.trim(), last.trim()) {
-            ("", suffix) => match suffix.parse::<u64>() {
-                Ok(0) => None,
-                Ok(n) if len > 0 => Some((len.saturating_sub(n), len - 1)),
-                Ok(_) => None,
-                Err(_) => return Ranges::Whole,
-            },
-            (first, last) => {
-                let Ok(first) = first.parse::<u64>() else {
-                    return Ranges::Whole;
-                };
-                let last = match last {
-                    "" => len.saturating_sub(1),
-                    last => match last.parse::<u64>() {
-                        Ok(last) if last >= first => last.min(len.saturating_sub(1)),
-                        _ => return Ranges::Whole,
-                    },
-                };
-                (first < len).then_some((first, last))
-            }
-        };
-        out.extend(range);
-    }
-    if asked == 0 {
-        Ranges::Whole
-    } else if out.is_empty() {
-        Ranges::Unsatisfiable
-    } else {
-        Ranges::Some(out)
-    }
-}
-
 /// The file's bytes for `parts` (each after its head), then `tail`.
 fn file_body(file: tokio::fs::File, parts: VecDeque<Part>, tail: Option<Bytes>) -> ProxyBody {
     struct State {
@@ -684,30 +486,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranges_follow_rfc_9110() {
-        let parse = |v: &'static str| parse_ranges(&HeaderValue::from_static(v), 100);
-        assert_eq!(parse("bytes=0-9"), Ranges::Some(vec![(0, 9)]));
-        assert_eq!(parse("bytes=90-"), Ranges::Some(vec![(90, 99)]));
-        assert_eq!(parse("bytes=-10"), Ranges::Some(vec![(90, 99)]));
-        assert_eq!(parse("bytes=-500"), Ranges::Some(vec![(0, 99)]));
-        assert_eq!(parse("bytes=95-200"), Ranges::Some(vec![(95, 99)]));
-        assert_eq!(parse("bytes=0-0, 50-59"), Ranges::Some(vec![(0, 0), (50, 59)]));
-        assert_eq!(parse("bytes=100-"), Ranges::Unsatisfiable);
-        assert_eq!(parse("bytes=200-300, 150-"), Ranges::Unsatisfiable);
-        assert_eq!(parse("bytes=-0"), Ranges::Unsatisfiable);
-        // Not something to honour: the whole file.
-        assert_eq!(parse("items=0-9"), Ranges::Whole);
-        assert_eq!(parse("bytes=9-0"), Ranges::Whole);
-        assert_eq!(parse("bytes=x-1"), Ranges::Whole);
-        let many = HeaderValue::from_str(&format!("bytes={}", vec!["0-0"; 17].join(","))).unwrap();
-        assert_eq!(parse_ranges(&many, 100), Ranges::Whole);
-        assert_eq!(
-            parse_ranges(&HeaderValue::from_static("bytes=0-"), 0),
-            Ranges::Unsatisfiable
-        );
-    }
-
-    #[test]
     fn traversal_is_refused_before_the_file_system() {
         let root = Path::new("/srv/www");
         assert_eq!(resolve(root, "/a/b.txt").unwrap(), Path::new("/srv/www/a/b.txt"));
@@ -725,40 +503,6 @@ mod tests {
         ] {
             assert!(resolve(root, bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn preconditions_in_their_order() {
-        let modified = UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        let etag = "\"abc-10\"";
-        let check = |pairs: &[(&'static str, &'static str)]| {
-            let mut headers = HeaderMap::new();
-            for (name, value) in pairs {
-                headers.insert(*name, HeaderValue::from_static(value));
-            }
-            preconditions(&headers, etag, modified)
-        };
-        assert_eq!(check(&[]), Precondition::Proceed);
-        assert_eq!(check(&[("if-none-match", "\"abc-10\"")]), Precondition::NotModified);
-        assert_eq!(check(&[("if-none-match", "W/\"abc-10\"")]), Precondition::NotModified);
-        assert_eq!(check(&[("if-none-match", "\"other\"")]), Precondition::Proceed);
-        assert_eq!(check(&[("if-match", "\"other\"")]), Precondition::Failed);
-        assert_eq!(check(&[("if-match", "W/\"abc-10\"")]), Precondition::Failed);
-        assert_eq!(check(&[("if-match", "*")]), Precondition::Proceed);
-        let later = httpdate::fmt_http_date(modified + std::time::Duration::from_secs(60));
-        let earlier = httpdate::fmt_http_date(modified - std::time::Duration::from_secs(60));
-        let mut headers = HeaderMap::new();
-        headers.insert("if-modified-since", HeaderValue::from_str(&later).unwrap());
-        assert_eq!(preconditions(&headers, etag, modified), Precondition::NotModified);
-        headers.insert("if-modified-since", HeaderValue::from_str(&earlier).unwrap());
-        assert_eq!(preconditions(&headers, etag, modified), Precondition::Proceed);
-        // If-None-Match wins over If-Modified-Since.
-        headers.insert("if-none-match", HeaderValue::from_static("\"other\""));
-        headers.insert("if-modified-since", HeaderValue::from_str(&later).unwrap());
-        assert_eq!(preconditions(&headers, etag, modified), Precondition::Proceed);
-        let mut headers = HeaderMap::new();
-        headers.insert("if-unmodified-since", HeaderValue::from_str(&earlier).unwrap());
-        assert_eq!(preconditions(&headers, etag, modified), Precondition::Failed);
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub fn code_of(error: &ProxyError) -> u8 {
         ProxyError::NoRoute { .. } | ProxyError::MethodNotAllowed { .. } | ProxyError::FileNotFound => UNIMPLEMENTED,
         ProxyError::PreconditionFailed => FAILED_PRECONDITION,
         ProxyError::RangeNotSatisfiable { .. } => OUT_OF_RANGE,
+        ProxyError::NotCached => UNAVAILABLE,
         ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } | ProxyError::UriTooLong { .. } => INTERNAL,
         ProxyError::ClientTimeout | ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
             DEADLINE_EXCEEDED
