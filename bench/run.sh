@@ -37,8 +37,9 @@
 #                        `Cache-Control: max-age=3600`, stored by nginx
 #                        (`proxy_cache`), Varnish (`-s malloc`) and Switchyard
 #                        (`cache`); only those three run it. Varnish (port 18083)
-#                        runs when PROXIES names it, pinned to one CPU with taskset
-#                        (it has no worker-count knob; the others run WORKERS=1):
+#                        runs when PROXIES names it, pinned with taskset to the CPUs
+#                        in VARNISH_CPUS (default "0": one CPU, as WORKERS=1 gives
+#                        the others; VARNISH_CPUS=0-1 lets it use both):
 #                        SCENARIOS=cache PROXIES="nginx varnish switchyard".
 set -u
 cd "$(dirname "$0")/.."   # repository root
@@ -189,7 +190,7 @@ start() { # name -> sets PORT and PPID_
     direct) PORT=19001; TLSPORT=; PPID_= ;;
     nginx) nginx -c "$D/nginx.conf" -e "$D/nx.err" & PPID_=$!; PORT=18081; TLSPORT=18443 ;;
     haproxy) haproxy -f "$D/haproxy.cfg" -db >>"$D/haproxy.log" 2>&1 & PPID_=$!; PORT=18082; TLSPORT=18445 ;;
-    varnish) taskset -c 0 varnishd -F -n "$D/varnish" -a 127.0.0.1:18083 -b 127.0.0.1:19001 -s malloc,256m \
+    varnish) taskset -c "${VARNISH_CPUS:-0}" varnishd -F -n "$D/varnish" -a 127.0.0.1:18083 -b 127.0.0.1:19001 -s malloc,256m \
                -p thread_pools=1 >>"$D/varnish.log" 2>&1 & PPID_=$!; PORT=18083; TLSPORT= ;;
     switchyard) "$SWITCHYARD" run --config "$D/switchyard.toml" --log-level warn >>"$D/switchyard.log" 2>&1 &
                 PPID_=$!; PORT=18080; TLSPORT=18444 ;;
