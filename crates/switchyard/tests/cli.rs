@@ -155,6 +155,26 @@ fn check_reports_each_kind_of_mistake_with_its_location() {
             "[runtime]\nworkers = \"four\"\n",
             "bad.toml:14:11: invalid type: string \"four\", expected usize",
         ),
+        (
+            "cache on a route that does not forward",
+            "[[routes]]\nname = \"r\"\ndirect = { status = 200 }\ncache = { ttl = \"1m\" }\n",
+            "bad.toml:16:1: `routes[1].cache`: only routes with a `cluster` take `cache`",
+        ),
+        (
+            "cache key with both query lists",
+            "[[routes]]\nname = \"r\"\ncluster = \"api\"\ncache = { key = { query_include = [\"a\"], query_exclude = [\"b\"] } }\n",
+            "bad.toml:16:42: `routes[1].cache.key.query_exclude`: use `query_include` or `query_exclude`, not both",
+        ),
+        (
+            "cache tag header that is no header name",
+            "[[routes]]\nname = \"r\"\ncluster = \"api\"\ncache = { tag_header = \"bad header\" }\n",
+            "bad.toml:16:11: `routes[1].cache.tag_header`: invalid header name \"bad header\"",
+        ),
+        (
+            "bad store size",
+            "[cache]\nmax_size = \"lots\"\n",
+            "bad.toml:14:1: `cache.max_size`: invalid size \"lots\"",
+        ),
         ("TOML syntax", "[[routes]\n", "bad.toml:13:"),
         (
             "exposed admin without token",
