@@ -70,12 +70,19 @@ impl KeySpec {
                 key.push_str(&pairs.join("&"));
             }
         }
+        // Each value after a separator that cannot appear in one (\u{1});
+        // an absent header or cookie reads \u{2}, so it differs from an empty one.
         for name in &self.headers {
             key.push('\n');
             key.push_str(name.as_str());
             key.push(':');
-            for value in headers.get_all(name) {
-                key.push_str(value.to_str().unwrap_or_default());
+            let mut values = headers.get_all(name).iter().peekable();
+            if values.peek().is_none() {
+                key.push('\u{2}');
+            }
+            for value in values {
+                key.push('\u{1}');
+                key.push_str(&String::from_utf8_lossy(value.as_bytes()));
             }
         }
         for name in &self.cookies {
@@ -83,19 +90,28 @@ impl KeySpec {
             key.push_str("cookie:");
             key.push_str(name);
             key.push('=');
-            key.push_str(cookie(headers, name).unwrap_or_default());
+            let mut found = false;
+            for value in cookies(headers, name) {
+                found = true;
+                key.push('\u{1}');
+                key.push_str(value);
+            }
+            if !found {
+                key.push('\u{2}');
+            }
         }
     }
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// Every value of cookie `name` in the request's `Cookie` headers (a
+/// repeated name is keyed whole: origins differ on which one wins).
+fn cookies<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> + 'h {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
+        .filter_map(move |pair| {
             let (n, v) = pair.trim().split_once('=')?;
             (n == name).then_some(v)
         })
@@ -232,7 +248,25 @@ mod tests {
         let req = headers(&[("x-tenant", "acme"), ("cookie", "a=1; lang=fr")]);
         assert_eq!(
             personal.key("h", "/a", None, &req),
-            "h/a\nx-tenant:acme\ncookie:lang=fr"
+            "h/a\nx-tenant:\u{1}acme\ncookie:lang=\u{1}fr"
+        );
+        // Absent and empty differ; split values do not run together; every
+        // occurrence of a repeated cookie counts.
+        let empty = headers(&[("x-tenant", ""), ("cookie", "lang=en; lang=x")]);
+        assert_eq!(
+            personal.key("h", "/a", None, &empty),
+            "h/a\nx-tenant:\u{1}\ncookie:lang=\u{1}en\u{1}x"
+        );
+        assert_eq!(
+            personal.key("h", "/a", None, &none),
+            "h/a\nx-tenant:\u{2}\ncookie:lang=\u{2}"
+        );
+        let mut split = HeaderMap::new();
+        split.append("x-tenant", http::HeaderValue::from_static("ac"));
+        split.append("x-tenant", http::HeaderValue::from_static("me"));
+        assert_ne!(
+            personal.key("h", "/a", None, &split),
+            personal.key("h", "/a", None, &req)
         );
     }
 

@@ -160,6 +160,10 @@ pub(crate) fn parse_ranges(header: &HeaderValue, len: u64) -> Ranges {
         Ranges::Whole
     } else if out.is_empty() {
         Ranges::Unsatisfiable
+    } else if out.iter().map(|(first, last)| last - first + 1).sum::<u64>() > len {
+        // Overlapping ranges asking for more than the whole (`0-,0-,...`):
+        // the whole, once, rather than many copies.
+        Ranges::Whole
     } else {
         Ranges::Some(out)
     }
@@ -303,6 +307,8 @@ mod tests {
         assert_eq!(parse("items=0-9"), Ranges::Whole);
         assert_eq!(parse("bytes=9-0"), Ranges::Whole);
         assert_eq!(parse("bytes=x-1"), Ranges::Whole);
+        assert_eq!(parse("bytes=0-,0-"), Ranges::Whole);
+        assert_eq!(parse("bytes=0-60,40-99"), Ranges::Whole);
         let many = HeaderValue::from_str(&format!("bytes={}", vec!["0-0"; 17].join(","))).unwrap();
         assert_eq!(parse_ranges(&many, 100), Ranges::Whole);
         assert_eq!(

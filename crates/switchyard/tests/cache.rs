@@ -187,7 +187,7 @@ async fn answer(state: &'static OriginState, req: Request<Incoming>) -> Response
         let value = req.headers().get(vary.as_str()).map(|v| v.to_str().unwrap().to_owned());
         body = Bytes::from(format!("{path} #{n} for {}", value.unwrap_or_default()));
     }
-    if path.starts_with("/c/stream/") {
+    if path.contains("/stream/") {
         // The first half now, the rest when the test says.
         let (first, rest) = (body.slice(..body.len() / 2), body.slice(body.len() / 2..));
         let frames = futures_util::stream::unfold(0, move |step| {
@@ -262,6 +262,13 @@ name = "keyed"
 match = {{ path_prefix = "/k/" }}
 cluster = "origin"
 cache = {{ ttl = "60s", key = {{ query_exclude = ["utm_source"], sort_query = true, headers = ["x-tenant"] }} }}
+
+[[routes]]
+name = "members"
+match = {{ path_prefix = "/auth/" }}
+cluster = "origin"
+auth = {{ api_keys = {{ header = "x-api-key", keys = [{{ id = "k", sha256 = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b" }}] }} }}
+cache = {{ ttl = "60s" }}
 
 [[routes]]
 name = "small"
@@ -624,8 +631,10 @@ async fn purges_by_key_prefix_and_tag() {
             .unwrap();
         send(&c, request)
     };
-    // By exact key: host (no port), path and query as the route keys them.
-    let reply = purge(r#"{"keys": ["127.0.0.1/c/r/5?cc=max-age%3D60"]}"#).await;
+    // By exact key: host (as sent, port included), path and query as the
+    // route keys them.
+    let host = format!("127.0.0.1:{}", gw.addr().port());
+    let reply = purge(&format!(r#"{{"keys": ["{host}/c/r/5?cc=max-age%3D60"]}}"#)).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["purged"], 1);
     assert_eq!(status(get(&c, &url("/c/r/5", ""), &[]).await), "MISS");
@@ -636,7 +645,7 @@ async fn purges_by_key_prefix_and_tag() {
     assert_eq!(status(get(&c, &url("/c/p/2", "tags=red%20blue"), &[]).await), "MISS");
     assert_eq!(status(get(&c, &url("/c/q/3", "tags=blue"), &[]).await), "HIT");
 
-    let reply = purge(r#"{"prefixes": ["127.0.0.1/c/q/"]}"#).await;
+    let reply = purge(&format!(r#"{{"prefixes": ["{host}/c/q/"]}}"#)).await;
     assert_eq!(reply.json()["purged"], 2);
     assert_eq!(status(get(&c, &url("/c/q/3", "tags=blue"), &[]).await), "MISS");
     assert_eq!(status(get(&c, &url("/c/q/4", "tags=green"), &[]).await), "MISS");
@@ -775,16 +784,28 @@ async fn large_bodies_stream_while_stored_and_oversized_pass() {
     let origin = self::origin().await;
     let gw = gateway(&origin, "");
     let url = gw.url("/small/big?size=100000");
-    for _ in 0..2 {
+    for detail in ["too-large", "uncacheable"] {
         let reply = get(&c, &url, &[]).await;
         assert_eq!(reply.body.len(), 100_000);
         assert_eq!(reply.header("x-cache"), Some("MISS"));
         assert_eq!(
-            reply.header("cache-status"),
-            Some("switchyard; fwd=uri-miss; detail=too-large")
+            reply.header("cache-status").unwrap(),
+            format!("switchyard; fwd=uri-miss; detail={detail}")
         );
     }
     assert_eq!(origin.full("/small/big"), 2);
+
+    // Of unknown length (chunked), found too large while it streams: the
+    // client still gets all of it.
+    origin.state.release.notify_one();
+    let reply = get(&c, &gw.url("/small/stream/big?size=100000"), &[]).await;
+    assert_eq!(reply.body, body_of("", 0, Some(100_000)));
+    origin.state.release.notify_one();
+    let again = get(&c, &gw.url("/small/stream/big?size=100000"), &[]).await;
+    assert_eq!(
+        again.header("cache-status"),
+        Some("switchyard; fwd=uri-miss; detail=uncacheable")
+    );
 }
 
 #[tokio::test]
@@ -826,4 +847,98 @@ async fn the_store_outlives_reloads() {
     );
     assert_eq!(get(&c, &url, &[]).await.header("x-cache"), Some("HIT"));
     assert_eq!(origin.full("/c/kept"), 1);
+}
+
+#[tokio::test]
+async fn empty_bodies_are_stored() {
+    let (origin, gw) = cached_gateway().await;
+    let c = client(Proto::H1);
+    for (path, query) in [("/c/empty", "size=0"), ("/c/no-content", "status=204")] {
+        let url = gw.url(&format!("{path}?cc=max-age%3D60&{query}"));
+        let first = get(&c, &url, &[]).await;
+        assert!(first.body.is_empty(), "{path}");
+        let second = get(&c, &url, &[]).await;
+        assert_eq!(second.header("x-cache"), Some("HIT"), "{path}");
+        assert_eq!(origin.full(path), 1, "{path}");
+    }
+    let no_content = get(&c, &gw.url("/c/no-content?cc=max-age%3D60&status=204"), &[]).await;
+    assert_eq!(no_content.status, 204);
+    assert_eq!(no_content.header("content-length"), None, "a 204 has no Content-Length");
+}
+
+#[tokio::test]
+async fn a_stalled_client_holds_up_nobody() {
+    let (origin, gw) = cached_gateway().await;
+    let url = gw.url("/c/stall?cc=max-age%3D60&size=1500000&delay=100");
+    // The first client reads the head, then stops reading.
+    let stalled = client(Proto::H1)
+        .request(Request::get(&url).body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stalled.headers()["x-cache"], "MISS");
+    // The response is stored at the origin's pace all the same.
+    let c = client(Proto::H1);
+    let mut hit = None;
+    for _ in 0..100 {
+        let reply = get(&c, &url, &[]).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body.len(), 1_500_000);
+        if reply.header("x-cache") == Some("HIT") {
+            hit = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(hit.is_some(), "stored while the first client stalls");
+    assert_eq!(origin.full("/c/stall"), 1);
+    // And the stalled client still gets all of it when it reads.
+    let body = stalled.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, body_of("", 0, Some(1_500_000)));
+}
+
+#[tokio::test]
+async fn uncacheable_responses_keep_the_clients_semantics() {
+    let (origin, gw) = cached_gateway().await;
+    let c = client(Proto::H1);
+    let url = gw.url("/c/mine?cc=private&etag=m1&size=100");
+    // The first request learns it cannot be stored; a matching validator
+    // still gets a 304.
+    let first = get(&c, &url, &[("if-none-match", "\"m1\"")]).await;
+    assert_eq!(first.status, 304);
+    assert_eq!(
+        first.header("cache-status"),
+        Some("switchyard; fwd=uri-miss; detail=private")
+    );
+    // Later ones go to the origin as the client sent them.
+    let ranged = get(&c, &url, &[("range", "bytes=0-9")]).await;
+    assert_eq!(
+        ranged.header("cache-status"),
+        Some("switchyard; fwd=uri-miss; detail=uncacheable")
+    );
+    let head = send(&c, Request::head(&url).body(empty()).unwrap()).await;
+    assert!(head.body.is_empty());
+    let heads = origin.heads("/c/mine");
+    assert_eq!(heads.len(), 3);
+    assert_eq!(heads[1].headers["range"], "bytes=0-9", "Range passed on");
+    assert_eq!(heads[2].method, http::Method::HEAD, "HEAD passed on");
+}
+
+#[tokio::test]
+async fn routes_with_gateway_auth_share_only_public_responses() {
+    let (origin, gw) = cached_gateway().await;
+    let c = client(Proto::H1);
+    let key = [("x-api-key", "secret")];
+    assert_eq!(get(&c, &gw.url("/auth/x"), &[]).await.status, 401, "auth runs first");
+    let personal = gw.url("/auth/personal?cc=max-age%3D60");
+    get(&c, &personal, &key).await;
+    let again = get(&c, &personal, &key).await;
+    assert_eq!(
+        again.header("cache-status"),
+        Some("switchyard; fwd=uri-miss; detail=authorization")
+    );
+    assert_eq!(origin.full("/auth/personal"), 2);
+    let shared = gw.url("/auth/shared?cc=public,max-age%3D60");
+    get(&c, &shared, &key).await;
+    assert_eq!(get(&c, &shared, &key).await.header("x-cache"), Some("HIT"));
+    assert_eq!(origin.full("/auth/shared"), 1);
 }

@@ -30,9 +30,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
-use switchyard_cache::{storable, usable, CacheControl, Usable};
+use switchyard_cache::{storable, usable, CacheControl, NotStored, Usable};
 
 use crate::body::{ProxyBody, RequestBody};
 use crate::conditional::{self, preconditions, Precondition, Validators};
@@ -42,7 +43,7 @@ use crate::pipeline::{ConnectionInfo, Outcome, RequestIds};
 use crate::snapshot::{ListenerRuntime, RouteEntry, Snapshot};
 use crate::trace::RequestTrace;
 
-use store::{Claim, FetchGuard, Stored};
+use store::{Claim, FetchGuard, Found, Stored};
 pub use store::{Purge, ResponseStore, StoreStats};
 
 /// What happened, for clients.
@@ -115,18 +116,23 @@ pub(crate) struct Origin<'s, 'a> {
 }
 
 impl RouteCache {
-    /// The store key of a request: the route's name, then its key spec's
-    /// (the host without its port).
-    fn key<B>(&self, route: &str, req: &Request<B>) -> String {
+    /// The store key of a request: the route and listener (a route on
+    /// several listeners, http and https say, keeps their answers apart),
+    /// then what the route's key spec makes of the request, with the host
+    /// as the client sent it (port included).
+    fn key<B>(&self, origin: &Origin<'_, '_>, req: &Request<B>) -> String {
         let host = req
             .uri()
             .authority()
             .map(|a| a.as_str())
             .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
-            .map(crate::pipeline::strip_port)
             .unwrap_or_default();
-        let mut key = String::with_capacity(route.len() + host.len() + req.uri().path().len() + 16);
+        let route = &origin.entry.route.name;
+        let listener = &origin.listener.config.name;
+        let mut key = String::with_capacity(route.len() + listener.len() + host.len() + req.uri().path().len() + 16);
         key.push_str(route);
+        key.push('@');
+        key.push_str(listener);
         key.push('\0');
         self.settings
             .key
@@ -160,7 +166,7 @@ async fn lookup<'s>(
     req: Request<Incoming>,
     outcome: &mut Outcome<'s>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let key = cache.key(&origin.entry.route.name, &req);
+    let key = cache.key(&origin, &req);
     let method = req.method().clone();
     if !(method == Method::GET || method == Method::HEAD) || crate::websocket::requested(&req).is_some() {
         let response = send(&origin, req.map(Either::Left), outcome).await?;
@@ -173,24 +179,36 @@ async fn lookup<'s>(
 
     let request_cc = CacheControl::parse(req.headers());
     let head = method == Method::HEAD;
-    let mut found = cache.store.find(&key, req.headers());
-    let mut stale_if_error = false;
-    if let Some(stored) = &found {
-        match usable(
+    let usable_now = |stored: &Stored| {
+        usable(
             &stored.control,
             &request_cc,
             stored.age(Instant::now()),
             stored.lifetime,
-        ) {
-            Usable::Fresh => return answer(stored, req.headers(), head, Status::Hit),
+        )
+    };
+    let mut stale = None;
+    let mut stale_if_error = false;
+    match cache.store.find(&key, req.headers()) {
+        Found::Stored(stored) => match usable_now(&stored) {
+            Usable::Fresh => return answer(&stored, req.headers(), head, Status::Hit),
             Usable::StaleWhileRevalidate => {
                 refresh(&origin, &req, &key);
-                return answer(stored, req.headers(), head, Status::Stale);
+                return answer(&stored, req.headers(), head, Status::Stale);
             }
             Usable::Revalidate {
                 stale_if_error: allowed,
-            } => stale_if_error = allowed,
+            } => {
+                stale_if_error = allowed;
+                stale = Some(stored);
+            }
+        },
+        // Lately not storable: straight to the origin, as the client asked.
+        Found::Pass if !request_cc.only_if_cached => {
+            let response = send(&origin, req.map(Either::Left), outcome).await?;
+            return Ok(mark(response, Status::Miss, "fwd=uri-miss; detail=uncacheable"));
         }
+        Found::Pass | Found::Nothing => {}
     }
     if request_cc.only_if_cached {
         return Err(ProxyError::NotCached);
@@ -201,27 +219,25 @@ async fn lookup<'s>(
         Claim::Fetch(guard) => Some(guard),
         Claim::Wait(mut done) => {
             let _ = tokio::time::timeout(cache.settings.lock_timeout, done.changed()).await;
-            found = cache.store.find(&key, req.headers());
-            if let Some(stored) = &found {
-                match usable(
-                    &stored.control,
-                    &request_cc,
-                    stored.age(Instant::now()),
-                    stored.lifetime,
-                ) {
-                    Usable::Fresh => return answer(stored, req.headers(), head, Status::Hit),
+            if let Found::Stored(stored) = cache.store.find(&key, req.headers()) {
+                match usable_now(&stored) {
+                    Usable::Fresh => return answer(&stored, req.headers(), head, Status::Hit),
                     Usable::Revalidate {
                         stale_if_error: allowed,
-                    } => stale_if_error = allowed,
-                    Usable::StaleWhileRevalidate => {}
+                    } => {
+                        stale_if_error = allowed;
+                        stale = Some(stored);
+                    }
+                    Usable::StaleWhileRevalidate => stale = Some(stored),
                 }
             }
             None
         }
     };
     let fetch = Fetch {
+        generation: cache.store.generation(),
         key,
-        stale: found,
+        stale,
         stale_if_error,
         guard,
     };
@@ -231,6 +247,9 @@ async fn lookup<'s>(
 /// A trip to the origin for a key.
 struct Fetch {
     key: String,
+    /// The store's generation when the fetch began (a purge since then
+    /// keeps what it gets from being stored).
+    generation: u64,
     /// The stored response being revalidated, if any.
     stale: Option<Arc<Stored>>,
     /// Whether `stale` may answer if the origin fails.
@@ -250,11 +269,16 @@ impl Fetch {
         let (mut head, body) = req.into_parts();
         let client = head.headers.clone();
         let client_head = head.method == Method::HEAD;
-        // The whole representation, as a GET, with the stored validators.
+        // The whole representation, as a GET, with the stored validators,
+        // and asked in the one coding the stored variant stands for.
         for name in &PARTIAL {
             head.headers.remove(name);
         }
         head.method = Method::GET;
+        head.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static(switchyard_cache::preferred_encoding(&client)),
+        );
         if let Some(stored) = &self.stale {
             if let Some(etag) = stored.headers.get(header::ETAG) {
                 head.headers.insert(header::IF_NONE_MATCH, etag.clone());
@@ -280,38 +304,48 @@ impl Fetch {
         };
 
         let settings = &cache.settings;
+        let store = &cache.store;
         if response.status() == StatusCode::NOT_MODIFIED {
             if let Some(stored) = &self.stale {
-                return match freshen(
-                    settings,
-                    stored,
-                    response.headers(),
-                    &client,
-                    request_time,
-                    response_time,
-                ) {
+                let fresh = freshen(settings, stored, response.headers(), request_time, response_time);
+                return match fresh {
                     Some(fresh) => {
                         let fresh = Arc::new(fresh);
-                        cache.store.insert(&self.key, &client, fresh.clone());
+                        store.insert(&self.key, &client, fresh.clone(), self.generation);
                         answer(&fresh, &client, client_head, Status::Revalidated)
                     }
                     None => {
-                        cache.store.invalidate(&self.key);
+                        store.invalidate(&self.key);
                         answer(stored, &client, client_head, Status::Revalidated)
                     }
                 };
             }
         }
 
+        let gateway_auth = origin.entry.auth.is_some();
         let lifetime = match storable(
             &Method::GET,
             &client,
             response.status(),
             response.headers(),
             settings.ttl,
-        ) {
+        )
+        .and_then(|lifetime| shared_despite_auth(gateway_auth, response.headers()).map(|()| lifetime))
+        {
             Ok(lifetime) => lifetime,
-            Err(reason) => return Ok(not_stored(response, reason.as_str())),
+            Err(reason) => {
+                // Reasons of the response (not of this request) hold for
+                // the next requests of the key too.
+                let of_response = match reason {
+                    NotStored::Authorization => false,
+                    NotStored::NoStore => CacheControl::parse(response.headers()).no_store,
+                    _ => true,
+                };
+                if of_response {
+                    store.pass(&self.key);
+                }
+                return Ok(passed(response, &client, client_head, reason.as_str()));
+            }
         };
         let declared = response
             .headers()
@@ -319,7 +353,8 @@ impl Fetch {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > settings.max_object) {
-            return Ok(not_stored(response, "too-large"));
+            store.pass(&self.key);
+            return Ok(passed(response, &client, client_head, "too-large"));
         }
         let (mut parts, body) = response.into_parts();
         let stored = Stored::from_head(settings, &parts, lifetime, request_time, response_time);
@@ -327,6 +362,12 @@ impl Fetch {
             parts.headers.remove(tag);
         }
 
+        // Nothing to read (Content-Length 0, 204): stored at once.
+        if body.is_end_stream() {
+            let stored = Arc::new(stored);
+            store.insert(&self.key, &client, stored.clone(), self.generation);
+            return answer(&stored, &client, client_head, Status::Miss);
+        }
         // A HEAD, a range or a conditional request is answered from the
         // whole body; other requests get it as it comes.
         let whole_first = client_head || PARTIAL.iter().any(|name| client.contains_key(name));
@@ -335,27 +376,64 @@ impl Fetch {
             return match collect(body, settings.max_object, endpoint).await? {
                 Collected::Whole(bytes) => {
                     let stored = Arc::new(stored.with_body(bytes));
-                    cache.store.insert(&self.key, &client, stored.clone());
+                    store.insert(&self.key, &client, stored.clone(), self.generation);
                     answer(&stored, &client, client_head, Status::Miss)
                 }
                 Collected::TooLarge(body) => {
-                    let body = if client_head { ProxyBody::empty() } else { body };
-                    Ok(not_stored(Response::from_parts(parts, body), "too-large"))
+                    store.pass(&self.key);
+                    Ok(passed(
+                        Response::from_parts(parts, body),
+                        &client,
+                        client_head,
+                        "too-large",
+                    ))
                 }
             };
         }
         let sink = storing::Sink {
-            store: cache.store.clone(),
+            store: store.clone(),
             key: self.key,
             request: client,
             stored,
             limit: settings.max_object,
+            generation: self.generation,
             guard: self.guard,
         };
-        let body = ProxyBody::translated(body, |body| storing::Storing::new(body, sink));
+        let body = storing::start(body, sink);
         let detail = format!("fwd=uri-miss; stored; ttl={}", lifetime.as_secs());
         Ok(mark(Response::from_parts(parts, body), Status::Miss, &detail))
     }
+}
+
+/// On a route with the gateway's own authentication, a response is shared
+/// between callers only if it says a shared cache may (as RFC 9111 section
+/// 3.5 asks for requests with `Authorization`).
+fn shared_despite_auth(gateway_auth: bool, response: &HeaderMap) -> Result<(), NotStored> {
+    if !gateway_auth {
+        return Ok(());
+    }
+    let cc = CacheControl::parse(response);
+    if cc.public || cc.s_maxage.is_some() || cc.must_revalidate {
+        Ok(())
+    } else {
+        Err(NotStored::Authorization)
+    }
+}
+
+/// A response passed on without being stored: the client's preconditions
+/// still apply to it (a 304 for a matching validator), and a `HEAD` gets
+/// no body.
+fn passed(response: Response<ProxyBody>, client: &HeaderMap, head: bool, reason: &str) -> Response<ProxyBody> {
+    let response = if response.status() == StatusCode::OK
+        && preconditions(client, &Validators::of(response.headers())) == Precondition::NotModified
+    {
+        conditional::not_modified(response.headers())
+    } else if head {
+        response.map(|_| ProxyBody::empty())
+    } else {
+        response
+    };
+    mark(response, Status::Miss, &format!("fwd=uri-miss; detail={reason}"))
 }
 
 /// Proxies `req` to the route's cluster.
@@ -441,13 +519,12 @@ fn freshen(
     settings: &switchyard_config::RouteCache,
     stored: &Stored,
     update: &HeaderMap,
-    request: &HeaderMap,
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> Option<Stored> {
     let mut headers = stored.headers.clone();
     for name in update.keys() {
-        if *name == header::CONTENT_LENGTH || *name == header::AGE || *name == header::TRANSFER_ENCODING {
+        if *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING {
             continue;
         }
         headers.remove(name);
@@ -455,7 +532,16 @@ fn freshen(
             headers.append(name.clone(), value.clone());
         }
     }
-    let lifetime = storable(&Method::GET, request, stored.status, &headers, settings.ttl).ok()?;
+    // Without a Date of its own, the 304 is dated now (RFC 9110 section
+    // 6.6.1): the stored Date would make the response look old.
+    if !update.contains_key(header::DATE) {
+        if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(response_time)) {
+            headers.insert(header::DATE, date);
+        }
+    }
+    // Whether the updated response may be stored is the response's call;
+    // the request that happened to revalidate it does not matter.
+    let lifetime = storable(&Method::GET, &HeaderMap::new(), stored.status, &headers, settings.ttl).ok()?;
     let mut parts = Response::new(()).into_parts().0;
     parts.status = stored.status;
     parts.headers = headers;
@@ -493,7 +579,9 @@ fn answer(stored: &Stored, request: &HeaderMap, head: bool, status: Status) -> R
         };
         (code, body)
     } else {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
+        if stored.status != StatusCode::NO_CONTENT {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
+        }
         let body = if head {
             ProxyBody::empty()
         } else {
@@ -533,11 +621,6 @@ fn mark(mut response: Response<ProxyBody>, status: Status, detail: &str) -> Resp
         headers.insert(CACHE_STATUS.clone(), value);
     }
     response
-}
-
-/// A miss whose response is passed on without being kept, and why.
-fn not_stored(response: Response<ProxyBody>, reason: &str) -> Response<ProxyBody> {
-    mark(response, Status::Miss, &format!("fwd=uri-miss; detail={reason}"))
 }
 
 /// A body read whole, or found too large (then still sendable).
@@ -625,8 +708,13 @@ fn refresh(origin: &Origin<'_, '_>, req: &Request<Incoming>, key: &str) {
             },
             started: Instant::now(),
         };
+        let stale = match cache.store.find(&key, request.headers()) {
+            Found::Stored(stored) => Some(stored),
+            Found::Pass | Found::Nothing => None,
+        };
         let fetch = Fetch {
-            stale: cache.store.find(&key, request.headers()),
+            generation: cache.store.generation(),
+            stale,
             stale_if_error: false,
             key,
             guard: Some(guard),

@@ -10,6 +10,7 @@
 //! naming the headers to read.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,11 @@ use tokio::sync::watch;
 /// kept, so that it can still be revalidated with a 304 (unless its bytes
 /// are wanted for something asked for more often).
 const KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(600);
+
+/// How long a key whose response could not be stored is passed straight to
+/// the origin, untouched and without waiting for other requests of the key
+/// (Varnish's "hit-for-miss"). A storable response ends it early.
+pub(crate) const PASS_FOR: Duration = Duration::from_secs(10);
 
 /// A stored response.
 #[derive(Debug)]
@@ -91,6 +97,16 @@ enum Entry {
     /// The request headers the responses under this key vary on, and how
     /// long the longest-kept variant stays.
     Vary(Arc<(Box<[HeaderName]>, Duration)>),
+    /// The last response for this key could not be stored ([`PASS_FOR`]).
+    Pass,
+}
+
+/// What the store has for a request.
+pub(crate) enum Found {
+    Stored(Arc<Stored>),
+    /// Not storable lately: go to the origin untouched.
+    Pass,
+    Nothing,
 }
 
 struct Expiry;
@@ -109,6 +125,7 @@ fn keep(entry: &Entry) -> Duration {
     match entry {
         Entry::Object(stored) => stored.keep(),
         Entry::Vary(marker) => marker.1,
+        Entry::Pass => PASS_FOR,
     }
 }
 
@@ -139,6 +156,9 @@ pub struct ResponseStore {
     max_size: u64,
     /// Fetches under way by key; a request that finds one waits for it.
     in_flight: Mutex<HashMap<String, watch::Receiver<()>>>,
+    /// One more for each purge and invalidation: a fetch that started
+    /// before one does not store what it got.
+    generation: AtomicU64,
     evictions: prometheus::IntCounter,
 }
 
@@ -189,6 +209,7 @@ impl ResponseStore {
                     + match entry {
                         Entry::Object(stored) => stored.weight(),
                         Entry::Vary(marker) => marker.0.len() * 24 + 64,
+                        Entry::Pass => 64,
                     };
                 u32::try_from(weight).unwrap_or(u32::MAX)
             })
@@ -203,6 +224,7 @@ impl ResponseStore {
             objects,
             max_size,
             in_flight: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
             evictions,
         })
     }
@@ -213,18 +235,29 @@ impl ResponseStore {
 
     /// The stored response for the request with key `key` and headers
     /// `request` (its `Vary` values).
-    pub(crate) fn find(&self, key: &str, request: &HeaderMap) -> Option<Arc<Stored>> {
-        match self.objects.get(key)? {
-            Entry::Object(stored) => Some(stored),
-            Entry::Vary(marker) => match self.objects.get(&variant_key(key, &marker.0, request))? {
-                Entry::Object(stored) => Some(stored),
-                Entry::Vary(_) => None,
+    pub(crate) fn find(&self, key: &str, request: &HeaderMap) -> Found {
+        match self.objects.get(key) {
+            None => Found::Nothing,
+            Some(Entry::Object(stored)) => Found::Stored(stored),
+            Some(Entry::Pass) => Found::Pass,
+            Some(Entry::Vary(marker)) => match self.objects.get(&variant_key(key, &marker.0, request)) {
+                Some(Entry::Object(stored)) => Found::Stored(stored),
+                _ => Found::Nothing,
             },
         }
     }
 
-    /// Stores `stored` for requests with key `key` and headers `request`.
-    pub(crate) fn insert(&self, key: &str, request: &HeaderMap, stored: Arc<Stored>) {
+    /// The current generation, to hand back to [`ResponseStore::insert`].
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Stores `stored` for requests with key `key` and headers `request`,
+    /// unless a purge or invalidation came since `generation`.
+    pub(crate) fn insert(&self, key: &str, request: &HeaderMap, stored: Arc<Stored>, generation: u64) {
+        if self.generation() != generation {
+            return;
+        }
         if stored.vary.is_empty() {
             self.objects.insert(key.to_owned(), Entry::Object(stored));
             return;
@@ -239,9 +272,18 @@ impl ResponseStore {
         self.objects.insert(variant, Entry::Object(stored));
     }
 
+    /// Marks `key` as not storable for a while ([`PASS_FOR`]), unless
+    /// something is stored under it.
+    pub(crate) fn pass(&self, key: &str) {
+        if self.objects.get(key).is_none() {
+            self.objects.insert(key.to_owned(), Entry::Pass);
+        }
+    }
+
     /// Forgets every variant stored under `key` (an unsafe method succeeded
     /// on its URI, RFC 9111 section 4.4).
     pub(crate) fn invalidate(&self, key: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(Entry::Vary(_)) = self.objects.get(key) {
             let variants = format!("{key}\0");
             for (stored_key, _) in self.objects.iter() {
@@ -278,6 +320,7 @@ impl ResponseStore {
 
     /// Removes what `purge` names; returns how many stored responses went.
     pub fn purge(&self, purge: &Purge) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let mut purged = 0;
         for (stored_key, entry) in self.objects.iter() {
             // The key as routes make it, without the route and the variant.
@@ -290,7 +333,7 @@ impl ResponseStore {
             let by_prefix = purge.prefixes.iter().any(|p| primary.starts_with(p.as_str()));
             let by_tag = match &entry {
                 Entry::Object(stored) => purge.tags.iter().any(|t| stored.tags.contains(t)),
-                Entry::Vary(_) => false,
+                Entry::Vary(_) | Entry::Pass => false,
             };
             if by_key || by_prefix || by_tag {
                 self.objects.invalidate(stored_key.as_str());
@@ -320,13 +363,15 @@ impl ResponseStore {
 }
 
 /// The key of the variant of `key` that a request with headers `request`
-/// selects.
+/// selects: the header names and the request's (normalised) values.
 fn variant_key(key: &str, names: &[HeaderName], request: &HeaderMap) -> String {
     let values = switchyard_cache::vary_values(request, names);
-    let mut variant = String::with_capacity(key.len() + 1 + values.iter().map(|v| v.len() + 1).sum::<usize>());
+    let mut variant = String::with_capacity(key.len() + 1 + values.iter().map(|v| v.len() + 24).sum::<usize>());
     variant.push_str(key);
     variant.push('\0');
-    for value in values {
+    for (name, value) in names.iter().zip(values) {
+        variant.push_str(name.as_str());
+        variant.push(':');
         variant.push_str(&value);
         variant.push('\u{1}');
     }
@@ -352,6 +397,13 @@ mod tests {
         })
     }
 
+    fn body(found: Found) -> Option<Bytes> {
+        match found {
+            Found::Stored(stored) => Some(stored.body.clone()),
+            _ => None,
+        }
+    }
+
     fn store() -> Arc<ResponseStore> {
         ResponseStore::new(1 << 20, prometheus::IntCounter::new("evictions", "test").unwrap())
     }
@@ -363,33 +415,47 @@ mod tests {
         en.insert("accept-language", HeaderValue::from_static("en"));
         let mut fr = HeaderMap::new();
         fr.insert("accept-language", HeaderValue::from_static("fr"));
-        store.insert("r\0h/a", &en, stored("hello", &["accept-language"], &[]));
-        store.insert("r\0h/a", &fr, stored("bonjour", &["accept-language"], &[]));
-        assert_eq!(store.find("r\0h/a", &en).unwrap().body, "hello");
-        assert_eq!(store.find("r\0h/a", &fr).unwrap().body, "bonjour");
-        assert!(store.find("r\0h/a", &HeaderMap::new()).is_none());
+        store.insert("r\0h/a", &en, stored("hello", &["accept-language"], &[]), 0);
+        store.insert("r\0h/a", &fr, stored("bonjour", &["accept-language"], &[]), 0);
+        assert_eq!(body(store.find("r\0h/a", &en)).unwrap(), "hello");
+        assert_eq!(body(store.find("r\0h/a", &fr)).unwrap(), "bonjour");
+        assert!(body(store.find("r\0h/a", &HeaderMap::new())).is_none());
         store.invalidate("r\0h/a");
-        assert!(store.find("r\0h/a", &en).is_none());
-        assert!(store.find("r\0h/a", &fr).is_none());
+        assert!(body(store.find("r\0h/a", &en)).is_none());
+        assert!(body(store.find("r\0h/a", &fr)).is_none());
+        // A fetch that began before the invalidation does not store.
+        store.insert("r\0h/a", &en, stored("old", &["accept-language"], &[]), 0);
+        assert!(body(store.find("r\0h/a", &en)).is_none());
+        store.pass("r\0h/b");
+        assert!(matches!(store.find("r\0h/b", &en), Found::Pass));
+        store.insert("r\0h/b", &en, stored("b", &[], &[]), store.generation());
+        assert_eq!(
+            body(store.find("r\0h/b", &en)).unwrap(),
+            "b",
+            "a storable response ends the pass"
+        );
     }
 
     #[test]
     fn purges_by_key_prefix_and_tag() {
         let store = store();
         let none = HeaderMap::new();
-        store.insert("r\0h/a", &none, stored("a", &[], &["red"]));
-        store.insert("s\0h/a", &none, stored("a2", &[], &[]));
-        store.insert("r\0h/a\nx-tenant:1", &none, stored("a-tenant", &[], &[]));
-        store.insert("r\0h/ab", &none, stored("ab", &[], &[]));
-        store.insert("r\0h/img/1", &none, stored("1", &[], &["blue"]));
-        store.insert("r\0h/img/2", &none, stored("2", &[], &["blue", "red"]));
-        store.insert("r\0h/other", &none, stored("o", &[], &[]));
+        store.insert("r\0h/a", &none, stored("a", &[], &["red"]), 0);
+        store.insert("s\0h/a", &none, stored("a2", &[], &[]), 0);
+        store.insert("r\0h/a\nx-tenant:1", &none, stored("a-tenant", &[], &[]), 0);
+        store.insert("r\0h/ab", &none, stored("ab", &[], &[]), 0);
+        store.insert("r\0h/img/1", &none, stored("1", &[], &["blue"]), 0);
+        store.insert("r\0h/img/2", &none, stored("2", &[], &["blue", "red"]), 0);
+        store.insert("r\0h/other", &none, stored("o", &[], &[]), 0);
         let purged = store.purge(&Purge {
             keys: vec!["h/a".into()],
             ..Purge::default()
         });
         assert_eq!(purged, 3, "both routes and the header-keyed one");
-        assert!(store.find("r\0h/ab", &none).is_some(), "an exact key is not a prefix");
+        assert!(
+            body(store.find("r\0h/ab", &none)).is_some(),
+            "an exact key is not a prefix"
+        );
         assert_eq!(
             store.purge(&Purge {
                 tags: vec!["red".into()],
@@ -397,7 +463,7 @@ mod tests {
             }),
             1
         );
-        assert!(store.find("r\0h/img/2", &none).is_none());
+        assert!(body(store.find("r\0h/img/2", &none)).is_none());
         assert_eq!(
             store.purge(&Purge {
                 prefixes: vec!["h/img/".into()],
@@ -405,8 +471,8 @@ mod tests {
             }),
             1
         );
-        assert!(store.find("r\0h/other", &none).is_some());
-        assert!(store.find("r\0h/ab", &none).is_some());
+        assert!(body(store.find("r\0h/other", &none)).is_some());
+        assert!(body(store.find("r\0h/ab", &none)).is_some());
     }
 
     #[test]

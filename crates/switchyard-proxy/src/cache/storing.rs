@@ -1,20 +1,26 @@
-//! A response body that is kept while it streams to the client: each chunk
-//! is passed on at once and held (shared, not copied) until the body ends,
-//! when the whole response is stored. A body larger than `max_object`, one
-//! that fails, or one the client stops reading is not stored; in every case
-//! the claim on the key is released, waking requests that waited for it.
+//! Storing a response while it streams to the client.
+//!
+//! A task of its own reads the origin's body at the origin's pace into a
+//! shared list of chunks (shared, not copied), and stores the response when
+//! it ends; the client reads the same chunks at its own pace. So a slow or
+//! stalled client neither holds the other requests of the key waiting nor
+//! stops the response being stored, and a client that goes away does not
+//! cancel the fill. A body larger than `max_object` is not stored: the fill
+//! stops and hands the rest of the origin's body to the client's reader.
+//! In every case the claim on the key is released when the fill ends, waking
+//! requests that waited for it.
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tokio::sync::Notify;
 
 use super::store::{FetchGuard, ResponseStore, Stored};
 use crate::body::{BodyError, ProxyBody};
+use crate::error::Side;
 
 /// Where the body goes once it is whole.
 pub(super) struct Sink {
@@ -25,89 +31,148 @@ pub(super) struct Sink {
     /// The response head, without a body yet.
     pub(super) stored: Stored,
     pub(super) limit: u64,
+    /// The store's generation when the fetch began.
+    pub(super) generation: u64,
     pub(super) guard: Option<FetchGuard>,
 }
 
-struct Held {
-    sink: Sink,
+/// The chunks read so far and how the body ended.
+#[derive(Default)]
+struct Fill {
+    state: Mutex<FillState>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct FillState {
     chunks: Vec<Bytes>,
-    size: u64,
+    end: End,
 }
 
-impl Held {
-    /// Stores the response; the claim is released after, so waiters find it.
-    fn finish(self) {
-        let Held { sink, chunks, size } = self;
-        let stored = sink.stored.with_body(super::join(chunks, size as usize));
-        sink.store.insert(&sink.key, &sink.request, Arc::new(stored));
-        drop(sink.guard);
-    }
+#[derive(Default)]
+enum End {
+    #[default]
+    Open,
+    Complete,
+    Failed(String),
+    /// The body ended with trailers: passed on, not stored.
+    Trailers(Option<HeaderMap>),
+    /// Too large to store: the rest of the origin's body, for the reader.
+    HandedOver(Option<ProxyBody>),
 }
 
-pin_project! {
-    pub(super) struct Storing {
-        #[pin]
-        body: ProxyBody,
-        held: Option<Box<Held>>,
-    }
+/// Starts filling from `body`; returns the client's body.
+pub(super) fn start(body: ProxyBody, sink: Sink) -> ProxyBody {
+    let fill = Arc::new(Fill::default());
+    tokio::spawn(run(fill.clone(), body, sink));
+    ProxyBody::stream(futures_util::stream::unfold(
+        Reader::Buffer { fill, next: 0 },
+        Reader::next,
+    ))
 }
 
-impl Storing {
-    pub(super) fn new(body: ProxyBody, sink: Sink) -> Self {
-        Self {
-            body,
-            held: Some(Box::new(Held {
-                sink,
-                chunks: Vec::new(),
-                size: 0,
-            })),
-        }
-    }
-}
-
-impl Body for Storing {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let mut this = self.project();
-        let frame = ready!(this.body.as_mut().poll_frame(cx));
-        match &frame {
-            Some(Ok(frame)) => match frame.data_ref() {
-                Some(data) => {
-                    if let Some(held) = this.held.as_mut() {
-                        held.size += data.len() as u64;
-                        if held.size > held.sink.limit {
-                            *this.held = None;
-                        } else {
-                            held.chunks.push(data.clone());
-                        }
-                    }
+async fn run(fill: Arc<Fill>, mut body: ProxyBody, sink: Sink) {
+    let mut size = 0u64;
+    let end = loop {
+        match body.frame().await {
+            None => break End::Complete,
+            Some(Err(error)) => break End::Failed(error.to_string()),
+            Some(Ok(frame)) => {
+                // A response with trailers is passed on, not stored.
+                let data = match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => break End::Trailers(frame.into_trailers().ok()),
+                };
+                size += data.len() as u64;
+                let mut state = fill.state.lock().expect("fill lock is never poisoned");
+                state.chunks.push(data);
+                if size > sink.limit {
+                    state.end = End::HandedOver(Some(body));
+                    drop(state);
+                    fill.changed.notify_waiters();
+                    sink.store.pass(&sink.key);
+                    return;
                 }
-                // Trailers are not stored: neither is a response with them.
-                None => *this.held = None,
+                drop(state);
+                fill.changed.notify_waiters();
+            }
+        }
+    };
+    let complete = matches!(end, End::Complete);
+    let chunks = {
+        let mut state = fill.state.lock().expect("fill lock is never poisoned");
+        state.end = end;
+        complete.then(|| state.chunks.clone())
+    };
+    fill.changed.notify_waiters();
+    if let Some(chunks) = chunks {
+        let Sink {
+            store,
+            key,
+            request,
+            stored,
+            generation,
+            guard,
+            ..
+        } = sink;
+        let stored = stored.with_body(super::join(chunks, size as usize));
+        store.insert(&key, &request, Arc::new(stored), generation);
+        // Released after the insert, so that waiters find the response.
+        drop(guard);
+    }
+}
+
+/// The client's side: the fill's chunks in order, then its end.
+enum Reader {
+    Buffer { fill: Arc<Fill>, next: usize },
+    Rest(Box<ProxyBody>),
+    Done,
+}
+
+type Item = Result<Frame<Bytes>, BodyError>;
+
+impl Reader {
+    async fn next(self) -> Option<(Item, Reader)> {
+        match self {
+            Reader::Done => None,
+            Reader::Rest(mut body) => match body.frame().await {
+                Some(Ok(frame)) => Some((Ok(frame), Reader::Rest(body))),
+                Some(Err(error)) => Some((Err(error), Reader::Done)),
+                None => None,
             },
-            Some(Err(_)) => *this.held = None,
-            None => {
-                if let Some(held) = this.held.take() {
-                    held.finish();
+            Reader::Buffer { fill, next } => loop {
+                let watched = fill.clone();
+                let changed = watched.changed.notified();
+                tokio::pin!(changed);
+                // Registered before the state is read: no change is missed.
+                changed.as_mut().enable();
+                let rest = {
+                    let mut state = watched.state.lock().expect("fill lock is never poisoned");
+                    if let Some(chunk) = state.chunks.get(next) {
+                        let chunk = chunk.clone();
+                        return Some((Ok(Frame::data(chunk)), Reader::Buffer { fill, next: next + 1 }));
+                    }
+                    match &mut state.end {
+                        End::Open => None,
+                        End::Complete => return None,
+                        End::Trailers(trailers) => {
+                            return trailers.take().map(|t| (Ok(Frame::trailers(t)), Reader::Done));
+                        }
+                        End::Failed(message) => {
+                            let error = BodyError::Failed {
+                                side: Side::Upstream,
+                                source: message.clone().into(),
+                            };
+                            return Some((Err(error), Reader::Done));
+                        }
+                        End::HandedOver(rest) => rest.take(),
+                    }
+                };
+                if let Some(rest) = rest {
+                    return Box::pin(Reader::Rest(Box::new(rest)).next()).await;
                 }
-            }
+                changed.await;
+            },
         }
-        // hyper may stop polling once the body says it has ended.
-        if this.body.is_end_stream() {
-            if let Some(held) = this.held.take() {
-                held.finish();
-            }
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
