@@ -479,6 +479,12 @@ fn routes(config: &switchyard_config::Config) -> Value {
                     "listing": files.listing,
                     "precompressed": files.precompressed,
                 }}),
+                switchyard_config::RouteAction::Hub(hub) => json!({"hub": {
+                    "history": hub.history,
+                    "queue": hub.queue,
+                    "publish_rules": hub.publish.len(),
+                    "subscribe_rules": hub.subscribe.as_ref().map(Vec::len),
+                }}),
             };
             let mut filters = Vec::new();
             if route.ip_filter.is_some() {

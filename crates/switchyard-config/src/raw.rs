@@ -293,6 +293,53 @@ pub struct RawRoute {
     pub compression: Option<RawCompression>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<RawRouteCache>,
+    /// Be a pub/sub hub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub: Option<RawHub>,
+}
+
+/// `hub = { history, history_ttl, max_message, queue, slow_consumer,
+/// heartbeat, retry, long_poll_timeout, max_topics, max_subscriptions,
+/// publish, subscribe }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawHub {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_consumer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub long_poll_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_topics: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_subscriptions: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Vec<RawHubRule>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<Vec<RawHubRule>>,
+}
+
+/// `{ topics = "orders.*", identities = [...], claims = { role = "admin" } }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawHubRule {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topics: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, String>,
 }
 
 /// `cache = { ttl, max_object, stale_while_revalidate, stale_if_error,

@@ -2280,6 +2280,7 @@ impl Settler {
             ("redirect", r.redirect.is_some()),
             ("direct", r.direct.is_some()),
             ("static", r.static_files.is_some()),
+            ("hub", r.hub.is_some()),
         ]
         .iter()
         .filter(|(_, present)| *present)
@@ -2289,7 +2290,7 @@ impl Settler {
             0 => {
                 self.error(
                     at.clone(),
-                    "a route needs one of `cluster`, `redirect`, `direct` or `static`",
+                    "a route needs one of `cluster`, `redirect`, `direct`, `static` or `hub`",
                 );
                 return None;
             }
@@ -2298,7 +2299,7 @@ impl Settler {
                 self.error(
                     at.key(given[1]),
                     format!(
-                        "a route takes only one of `cluster`, `redirect`, `direct` and `static` (found `{}`)",
+                        "a route takes only one of `cluster`, `redirect`, `direct`, `static` and `hub` (found `{}`)",
                         given.join("` and `")
                     ),
                 );
@@ -2323,10 +2324,99 @@ impl Settler {
         if let Some(raw) = &r.static_files {
             return self.static_files(raw, &at.key("static")).map(RouteAction::Static);
         }
+        if let Some(raw) = &r.hub {
+            return Some(RouteAction::Hub(self.hub(raw, &at.key("hub"))));
+        }
         r.direct
             .as_ref()
             .and_then(|d| self.direct(d, &at.key("direct")))
             .map(RouteAction::Direct)
+    }
+
+    fn hub(&mut self, raw: &RawHub, at: &KeyPath) -> Hub {
+        let count = |s: &mut Self, value: Option<usize>, key: &str, default: usize, min: usize| match value {
+            Some(n) if n < min => {
+                s.error(at.key(key), format!("must be at least {min}"));
+                default
+            }
+            Some(n) => n,
+            None => default,
+        };
+        let history = count(self, raw.history, "history", defaults::HUB_HISTORY, 0);
+        let queue = count(self, raw.queue, "queue", defaults::HUB_QUEUE, 1);
+        let max_topics = count(self, raw.max_topics, "max_topics", defaults::HUB_MAX_TOPICS, 1);
+        let max_subscriptions = count(
+            self,
+            raw.max_subscriptions,
+            "max_subscriptions",
+            defaults::HUB_MAX_SUBSCRIPTIONS,
+            1,
+        );
+        let slow_consumer = match raw.slow_consumer.as_deref() {
+            None | Some("drop_oldest") => SlowConsumer::DropOldest,
+            Some("disconnect") => SlowConsumer::Disconnect,
+            Some(other) => {
+                let hint = did_you_mean(other, ["drop_oldest", "disconnect"]);
+                self.error_with_hint(
+                    at.key("slow_consumer"),
+                    format!("unknown policy \"{other}\": use \"drop_oldest\" or \"disconnect\""),
+                    hint,
+                );
+                SlowConsumer::DropOldest
+            }
+        };
+        let rules = |s: &mut Self, raw: &[RawHubRule], key: &str| -> Vec<HubRule> {
+            raw.iter()
+                .enumerate()
+                .filter_map(|(i, rule)| {
+                    let path = at.key(key).index(i);
+                    let Some(topics) = &rule.topics else {
+                        s.error(
+                            path.key("topics"),
+                            "every rule needs `topics`, a pattern such as \"orders.*\"",
+                        );
+                        return None;
+                    };
+                    match TopicPattern::parse(topics) {
+                        Ok(topics) => Some(HubRule {
+                            topics,
+                            require: switchyard_security::auth::Require {
+                                identities: rule.identities.clone(),
+                                claims: rule.claims.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                            },
+                        }),
+                        Err(message) => {
+                            s.error(path.key("topics"), message);
+                            None
+                        }
+                    }
+                })
+                .collect()
+        };
+        let publish = raw
+            .publish
+            .as_deref()
+            .map(|r| rules(self, r, "publish"))
+            .unwrap_or_default();
+        let subscribe = raw.subscribe.as_deref().map(|r| rules(self, r, "subscribe"));
+        Hub {
+            history,
+            history_ttl: self.duration(&raw.history_ttl, at.key("history_ttl"), defaults::HUB_HISTORY_TTL),
+            max_message: self.size(&raw.max_message, at.key("max_message"), defaults::HUB_MAX_MESSAGE),
+            queue,
+            slow_consumer,
+            heartbeat: self.duration(&raw.heartbeat, at.key("heartbeat"), defaults::HUB_HEARTBEAT),
+            retry: self.duration(&raw.retry, at.key("retry"), defaults::HUB_RETRY),
+            long_poll_timeout: self.duration(
+                &raw.long_poll_timeout,
+                at.key("long_poll_timeout"),
+                defaults::HUB_LONG_POLL_TIMEOUT,
+            ),
+            max_topics,
+            max_subscriptions,
+            publish,
+            subscribe,
+        }
     }
 
     fn static_files(&mut self, raw: &RawStatic, at: &KeyPath) -> Option<StaticFiles> {

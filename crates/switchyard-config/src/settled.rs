@@ -545,6 +545,162 @@ pub enum RouteAction {
     Direct(Direct),
     /// Serve files from a directory.
     Static(StaticFiles),
+    /// Be a pub/sub hub.
+    Hub(Hub),
+}
+
+/// `hub = { ... }`: a pub/sub hub (SSE, WebSocket and long-poll
+/// subscribers, HTTP and WebSocket publishers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hub {
+    /// Messages kept per topic for resuming subscribers.
+    pub history: usize,
+    /// Messages older than this leave the history.
+    pub history_ttl: Duration,
+    /// Largest message body.
+    pub max_message: u64,
+    /// Messages a subscriber may fall behind before `slow_consumer` applies.
+    pub queue: usize,
+    pub slow_consumer: SlowConsumer,
+    /// Comment lines keeping quiet SSE streams (and their proxies) open.
+    pub heartbeat: Duration,
+    /// The SSE `retry:` hint for reconnecting browsers.
+    pub retry: Duration,
+    /// Longest a long poll waits for a message.
+    pub long_poll_timeout: Duration,
+    pub max_topics: usize,
+    /// Topics (or patterns) one subscriber may follow.
+    pub max_subscriptions: usize,
+    /// Who may publish where; empty: nobody.
+    pub publish: Vec<HubRule>,
+    /// Who may subscribe where; `None`: anyone the route admits, anywhere.
+    pub subscribe: Option<Vec<HubRule>>,
+}
+
+/// What a hub does with a subscriber that falls `queue` messages behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// It misses the oldest messages and is told how many.
+    DropOldest,
+    /// Its connection is closed (it can resume from its last id).
+    Disconnect,
+}
+
+/// One hub permission: topics matching `topics`, for principals `require` admits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubRule {
+    pub topics: TopicPattern,
+    pub require: switchyard_security::auth::Require,
+}
+
+/// A topic pattern: dot-separated segments, `*` for any one segment, `>`
+/// (last) for one or more, `{identity}` for the caller's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPattern {
+    text: String,
+    segments: Vec<TopicSegment>,
+}
+
+impl std::fmt::Display for TopicPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TopicSegment {
+    Literal(String),
+    One,
+    Rest,
+    Identity,
+}
+
+impl TopicPattern {
+    /// Parses a pattern, or says what is wrong with it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut segments = Vec::new();
+        let parts: Vec<&str> = text.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let segment = match *part {
+                "*" => TopicSegment::One,
+                ">" if i + 1 == parts.len() => TopicSegment::Rest,
+                ">" => return Err(format!("\"{text}\": `>` may only end a pattern")),
+                "{identity}" => TopicSegment::Identity,
+                literal if valid_topic_segment(literal) => TopicSegment::Literal(literal.to_owned()),
+                _ => {
+                    return Err(format!(
+                        "\"{text}\" is not a topic pattern: dot-separated segments of letters, digits, '_', '-' and ':', or `*`, `>`, `{{identity}}`"
+                    ))
+                }
+            };
+            segments.push(segment);
+        }
+        Ok(Self {
+            text: text.to_owned(),
+            segments,
+        })
+    }
+
+    /// Whether `topic` matches, `{identity}` standing for `identity`.
+    pub fn matches(&self, topic: &str, identity: Option<&str>) -> bool {
+        let mut parts = topic.split('.');
+        for segment in &self.segments {
+            match segment {
+                TopicSegment::Rest => return parts.next().is_some(),
+                _ => {
+                    let Some(part) = parts.next() else { return false };
+                    let ok = match segment {
+                        TopicSegment::Literal(literal) => literal == part,
+                        TopicSegment::One => true,
+                        TopicSegment::Identity => identity == Some(part),
+                        TopicSegment::Rest => unreachable!(),
+                    };
+                    if !ok {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+
+    /// Whether every topic `other` matches also matches this pattern (a
+    /// rule covering a subscription), `{identity}` standing for `identity`.
+    pub fn covers(&self, other: &TopicPattern, identity: Option<&str>) -> bool {
+        let mut theirs = other.segments.iter();
+        for mine in &self.segments {
+            let Some(their) = theirs.next() else { return false };
+            let ok = match (mine, their) {
+                (TopicSegment::Rest, _) => return true,
+                (_, TopicSegment::Rest) => false,
+                (TopicSegment::One, TopicSegment::Literal(_) | TopicSegment::One) => true,
+                (TopicSegment::Literal(a), TopicSegment::Literal(b)) => a == b,
+                (TopicSegment::Identity, TopicSegment::Literal(b)) => identity == Some(b.as_str()),
+                _ => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        theirs.next().is_none()
+    }
+
+    /// Whether it names one topic only (no wildcard).
+    pub fn is_exact(&self) -> bool {
+        self.segments.iter().all(|s| matches!(s, TopicSegment::Literal(_)))
+    }
+}
+
+/// Whether `topic` is a valid topic name (not a pattern).
+pub fn valid_topic(topic: &str) -> bool {
+    topic.len() <= 256 && topic.split('.').all(valid_topic_segment)
+}
+
+fn valid_topic_segment(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':'))
 }
 
 /// `static = { ... }`: a directory served as it is.
@@ -926,6 +1082,15 @@ pub mod defaults {
     pub const CACHE_MAX_SIZE: u64 = 256 << 20;
     pub const CACHE_MAX_OBJECT: u64 = 8 << 20;
     pub const CACHE_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const HUB_HISTORY: usize = 100;
+    pub const HUB_HISTORY_TTL: Duration = Duration::from_secs(3600);
+    pub const HUB_MAX_MESSAGE: u64 = 64 << 10;
+    pub const HUB_QUEUE: usize = 256;
+    pub const HUB_HEARTBEAT: Duration = Duration::from_secs(15);
+    pub const HUB_RETRY: Duration = Duration::from_secs(3);
+    pub const HUB_LONG_POLL_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const HUB_MAX_TOPICS: usize = 10_000;
+    pub const HUB_MAX_SUBSCRIPTIONS: usize = 16;
     /// Media types compressed unless a route lists its own.
     pub const COMPRESSIBLE_TYPES: [&str; 12] = [
         "text/*",
@@ -978,4 +1143,37 @@ pub mod defaults {
     pub const BREAKER_PENDING_TIMEOUT: Duration = Duration::from_secs(1);
     pub const RATE_LIMIT_MAX_KEYS: usize = 100_000;
     pub const MAX_URI_LENGTH: u64 = 8 * 1024;
+}
+
+#[cfg(test)]
+mod topic_tests {
+    use super::*;
+
+    #[test]
+    fn topic_patterns() {
+        let p = |t: &str| TopicPattern::parse(t).unwrap();
+        assert!(p("news.sport").matches("news.sport", None));
+        assert!(!p("news.sport").matches("news.sport.x", None));
+        assert!(p("news.*").matches("news.sport", None));
+        assert!(!p("news.*").matches("news", None));
+        assert!(!p("news.*").matches("news.a.b", None));
+        assert!(p("news.>").matches("news.a.b", None));
+        assert!(!p("news.>").matches("news", None));
+        assert!(p(">").matches("anything.at.all", None));
+        assert!(p("user.{identity}.*").matches("user.alice.inbox", Some("alice")));
+        assert!(!p("user.{identity}.*").matches("user.bob.inbox", Some("alice")));
+        assert!(!p("user.{identity}").matches("user.alice", None));
+        assert!(p("a.b").is_exact() && !p("a.*").is_exact());
+        assert!(p("news.*").covers(&p("news.sport"), None));
+        assert!(p("news.*").covers(&p("news.*"), None));
+        assert!(!p("news.*").covers(&p("news.>"), None));
+        assert!(p("news.>").covers(&p("news.a.*"), None));
+        assert!(!p("news.sport").covers(&p("news.*"), None));
+        assert!(p("user.{identity}").covers(&p("user.alice"), Some("alice")));
+        assert!(!p("user.{identity}").covers(&p("user.*"), Some("alice")));
+        assert!(TopicPattern::parse("a.>.b").is_err());
+        assert!(TopicPattern::parse("a..b").is_err());
+        assert!(TopicPattern::parse("a b").is_err());
+        assert!(valid_topic("orders.eu-west:1") && !valid_topic("a.*") && !valid_topic(""));
+    }
 }

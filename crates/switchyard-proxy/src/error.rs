@@ -93,6 +93,10 @@ pub enum ProxyError {
     RangeNotSatisfiable { len: u64 },
     #[error("only a stored response was asked for (only-if-cached) and none is stored")]
     NotCached,
+    #[error("{0}")]
+    HubRequest(String),
+    #[error("the hub has {limit} topics, its maximum")]
+    HubFull { limit: usize },
 }
 
 impl ProxyError {
@@ -117,7 +121,9 @@ impl ProxyError {
             | Self::FileNotFound
             | Self::PreconditionFailed
             | Self::RangeNotSatisfiable { .. }
-            | Self::NotCached => Side::Downstream,
+            | Self::NotCached
+            | Self::HubRequest(_) => Side::Downstream,
+            Self::HubFull { .. } => Side::Internal,
             Self::WebSocketLimit { .. } => Side::Upstream,
             Self::FaultInjected { .. }
             | Self::IdempotencyStoreFull
@@ -184,6 +190,8 @@ impl ProxyError {
             Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::NotCached => StatusCode::GATEWAY_TIMEOUT,
+            Self::HubRequest(_) => StatusCode::BAD_REQUEST,
+            Self::HubFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. } | Self::Upstream { .. } | Self::WebSocketUpstream { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -225,6 +233,8 @@ impl ProxyError {
             Self::PreconditionFailed => "precondition_failed",
             Self::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             Self::NotCached => "not_cached",
+            Self::HubRequest(_) => "invalid_hub_request",
+            Self::HubFull { .. } => "hub_full",
         }
     }
 
@@ -353,6 +363,8 @@ impl ProxyError {
             }
             Self::RangeNotSatisfiable { len } => format!("no requested range is within the {len} bytes"),
             Self::NotCached => "the request allows only a stored response (only-if-cached) and none is stored".into(),
+            Self::HubRequest(message) => message.clone(),
+            Self::HubFull { limit } => format!("the hub follows {limit} topics, its maximum; retry later"),
             Self::RateLimited { decision } => format!(
                 "rate limit of {} requests exceeded; retry in {} s",
                 decision.limit,

@@ -21,6 +21,7 @@ mod global_limit;
 pub mod grpc;
 pub mod headers;
 mod health;
+pub mod hub;
 mod l4;
 pub mod metrics;
 pub mod pipeline;

@@ -75,6 +75,11 @@ pub struct Metrics {
     reloads: IntCounterVec,
     config_version: IntGauge,
     cache_requests: IntCounterVec,
+    hub_published: IntCounterVec,
+    hub_subscribers: IntGaugeVec,
+    hub_delivered: IntCounterVec,
+    hub_dropped: IntCounterVec,
+    hub_topic_subscribers: IntGaugeVec,
     cache_evictions: IntCounter,
     cache_bytes: IntGauge,
     cache_entries: IntGauge,
@@ -154,6 +159,36 @@ impl Metrics {
         r.register(Box::new(cache_evictions.clone()))
             .expect("unique metric name");
         Self {
+            hub_published: counter(
+                &r,
+                "switchyard_hub_messages_published_total",
+                "Messages published on hub routes.",
+                &["route"],
+            ),
+            hub_subscribers: gauge(
+                &r,
+                "switchyard_hub_subscribers",
+                "Hub subscribers connected, by transport (sse, websocket, long_poll).",
+                &["route", "transport"],
+            ),
+            hub_delivered: counter(
+                &r,
+                "switchyard_hub_deliveries_total",
+                "Messages delivered to hub subscribers, by transport.",
+                &["route", "transport"],
+            ),
+            hub_dropped: counter(
+                &r,
+                "switchyard_hub_dropped_total",
+                "Slow hub subscribers: messages they missed (lagged) and subscribers disconnected for it.",
+                &["route", "reason"],
+            ),
+            hub_topic_subscribers: gauge(
+                &r,
+                "switchyard_hub_topic_subscribers",
+                "Subscribers following each hub topic by name, read at scrape time (pattern subscribers count under topic \"*\").",
+                &["route", "topic"],
+            ),
             cache_requests: counter(
                 &r,
                 "switchyard_cache_requests_total",
@@ -378,6 +413,18 @@ impl Metrics {
         crate::cache::Status::ALL.map(|status| self.cache_requests.with_label_values(&[route, status.label()]))
     }
 
+    /// A hub route's handles.
+    pub(crate) fn hub(&self, route: &str) -> crate::hub::HubMetrics {
+        let names = crate::hub::Transport::NAMES;
+        crate::hub::HubMetrics {
+            published: self.hub_published.with_label_values(&[route]),
+            subscribers: names.map(|t| self.hub_subscribers.with_label_values(&[route, t])),
+            delivered: names.map(|t| self.hub_delivered.with_label_values(&[route, t])),
+            lagged: self.hub_dropped.with_label_values(&[route, "lagged"]),
+            disconnected: self.hub_dropped.with_label_values(&[route, "disconnected"]),
+        }
+    }
+
     /// The counter of responses the store's byte bound pushes out.
     pub(crate) fn cache_evictions(&self) -> IntCounter {
         self.cache_evictions.clone()
@@ -518,6 +565,24 @@ impl Metrics {
         let stats = snapshot.cache.stats();
         self.cache_bytes.set(stats.bytes as i64);
         self.cache_entries.set(stats.entries as i64);
+        self.hub_topic_subscribers.reset();
+        let mut seen = std::collections::HashSet::new();
+        for listener in snapshot.listeners.values() {
+            for entry in listener.router.routes() {
+                let Some(hub) = &entry.hub else { continue };
+                if !seen.insert(entry.route.name.as_str()) {
+                    continue;
+                }
+                for (topic, subscribers, _) in hub.topics() {
+                    self.hub_topic_subscribers
+                        .with_label_values(&[entry.route.name.as_str(), topic.as_str()])
+                        .set(subscribers as i64);
+                }
+                self.hub_topic_subscribers
+                    .with_label_values(&[entry.route.name.as_str(), "*"])
+                    .set(hub.pattern_subscribers() as i64);
+            }
+        }
         for family in [
             &self.endpoint_healthy,
             &self.endpoint_available,

@@ -454,6 +454,11 @@ async fn serve<'s>(
     if let (Some(auth), Some(principal)) = (&entry.auth, &principal) {
         auth.forward(principal, req.headers_mut());
     }
+    if let Some(hub) = &entry.hub {
+        let mut response = crate::hub::serve(hub, entry, conn, req, principal).await?;
+        quota.apply(response.headers_mut());
+        return Ok(response);
+    }
 
     let compression = entry
         .route
@@ -463,6 +468,7 @@ async fn serve<'s>(
     let mut response = match &entry.route.action {
         RouteAction::Direct(direct) => direct_response(direct),
         RouteAction::Redirect(redirect) => redirect_response(redirect, entry, &req),
+        RouteAction::Hub(_) => unreachable!("hub routes are answered above"),
         RouteAction::Static(files) => {
             let target = rewritten_path_and_query(entry, req.uri());
             crate::static_files::serve(files, entry.files.as_deref(), &req, target.path()).await?

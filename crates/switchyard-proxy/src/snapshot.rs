@@ -101,6 +101,8 @@ pub struct RouteEntry {
     pub files: Option<Arc<crate::static_files::FileCache>>,
     /// The route's response cache (`cache`).
     pub(crate) cache: Option<crate::cache::RouteCache>,
+    /// The route's pub/sub hub (`hub`; outlives reloads).
+    pub hub: Option<Arc<crate::hub::Hub>>,
 }
 
 impl AsRef<Route> for RouteEntry {
@@ -280,6 +282,8 @@ pub struct Registry {
     tracer: Option<Arc<Tracer>>,
     /// The response store, kept while `[cache] max_size` stays the same.
     store: Option<Arc<crate::cache::ResponseStore>>,
+    /// Pub/sub hubs by route name (their settings follow reloads).
+    hubs: HashMap<String, Arc<crate::hub::Hub>>,
     /// Whether a snapshot was built before (endpoints added later slow-start).
     built: bool,
 }
@@ -523,6 +527,21 @@ impl Registry {
             _ => crate::cache::ResponseStore::new(config.cache.max_size, metrics.cache_evictions()),
         };
         self.store = Some(store.clone());
+        let mut hubs_in_use = HashMap::new();
+        for route in &config.routes {
+            let RouteAction::Hub(settings) = &route.action else {
+                continue;
+            };
+            let hub = match self.hubs.get(&route.name) {
+                Some(hub) => {
+                    hub.update(settings);
+                    hub.clone()
+                }
+                None => crate::hub::Hub::new(settings.clone(), metrics.hub(&route.name)),
+            };
+            hubs_in_use.insert(route.name.clone(), hub);
+        }
+        self.hubs = hubs_in_use;
 
         let listeners = config
             .listeners
@@ -557,6 +576,7 @@ impl Registry {
                         websockets: self.websockets[&route.name].clone(),
                         files: matches!(route.action, RouteAction::Static(_))
                             .then(|| Arc::new(crate::static_files::FileCache::new())),
+                        hub: self.hubs.get(&route.name).cloned(),
                         cache: route.cache.as_ref().map(|settings| crate::cache::RouteCache {
                             settings: settings.clone(),
                             store: store.clone(),
