@@ -301,6 +301,15 @@ impl Gateway {
         let mut summary = self.shared.metrics.summary();
         summary["version"] = snapshot.version.into();
         summary["clusters"] = self.cluster_status();
+        let mut hubs = serde_json::Map::new();
+        for listener in snapshot.listeners.values() {
+            for entry in listener.router.routes() {
+                if let Some(hub) = &entry.hub {
+                    hubs.entry(entry.route.name.clone()).or_insert_with(|| hub.describe());
+                }
+            }
+        }
+        summary["hubs"] = hubs.into();
         summary["reloads"] = self
             .shared
             .metrics

@@ -289,6 +289,8 @@ const READ_PAGE: &str = r##"(() => {
     mix_5xx: !!q('[data-route="status"] [data-field="mix"] [data-class="5xx"]'),
     dead_state: q('[data-cluster="web"] [data-endpoint="DEAD"]')?.dataset.state ?? null,
     failed_reloads: document.querySelectorAll('#reloads li[data-applied="false"]').length,
+    hub_subscribers: num('[data-hub="events"] [data-field="subscribers"]'),
+    hub_published: num('[data-hub="events"] [data-field="published"]'),
     sparkline_points: Number(q("#sparkline").dataset.points || 0),
     background: getComputedStyle(document.body).backgroundColor,
   };
@@ -328,6 +330,11 @@ cluster = "api"
 name = "web"
 match = {{ path_prefix = "/web/" }}
 cluster = "web"
+
+[[routes]]
+name = "events"
+match = {{ path_prefix = "/events/" }}
+hub = {{ publish = [{{ topics = ">" }}] }}
 "#
     )
 }
@@ -434,6 +441,33 @@ async fn the_dashboard_streams_live_figures_in_a_real_browser() {
         })
         .await;
     assert_eq!(second["status"], "live", "{second}");
+
+    // A hub with a subscriber and messages shows both.
+    let subscriber = client(Proto::H1)
+        .request(
+            http::Request::get(gw.url("/events/news"))
+                .header("accept", "text/event-stream")
+                .body(support::client::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(subscriber.status(), 200);
+    let publisher = client(Proto::H1);
+    for i in 0..3 {
+        let request = http::Request::post(gw.url("/events/news"))
+            .body(support::client::full(format!("update {i}")))
+            .unwrap();
+        assert_eq!(support::client::send(&publisher, request).await.status, 200);
+    }
+    cdp.wait_for(
+        "the hub shows its subscriber",
+        Duration::from_secs(15),
+        &read_page,
+        |v| v["hub_subscribers"].as_f64() == Some(1.0) && v["hub_published"].as_f64() == Some(3.0),
+    )
+    .await;
+    drop(subscriber);
 
     // 5xx show in the status mix, the dead endpoint shows as unhealthy.
     cdp.wait_for(

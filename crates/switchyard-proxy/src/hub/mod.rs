@@ -280,6 +280,35 @@ impl Hub {
         out
     }
 
+    /// The hub's figures for the dashboard: subscribers by transport,
+    /// counters, and the most followed topics.
+    pub fn describe(&self) -> serde_json::Value {
+        let m = &self.metrics;
+        let mut topics = self.topics();
+        let count = topics.len();
+        topics.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let top: Vec<_> = topics
+            .iter()
+            .take(5)
+            .map(|(name, subscribers, kept)| json!({"topic": name, "subscribers": subscribers, "kept": kept}))
+            .collect();
+        json!({
+            "subscribers": {
+                "sse": m.subscribers[0].get(),
+                "websocket": m.subscribers[1].get(),
+                "long_poll": m.subscribers[2].get(),
+            },
+            "pattern_subscribers": self.pattern_subscribers(),
+            "published": m.published.get(),
+            "delivered": m.delivered.iter().map(IntCounter::get).sum::<u64>(),
+            "lagged": m.lagged.get(),
+            "disconnected": m.disconnected.get(),
+            "topics": count,
+            "top_topics": top,
+            "last_id": self.last_id(),
+        })
+    }
+
     /// Pattern subscribers (counted apart: they follow the hub-wide channel).
     pub fn pattern_subscribers(&self) -> usize {
         self.wildcard.receiver_count()
