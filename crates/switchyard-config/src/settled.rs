@@ -618,6 +618,9 @@ enum TopicSegment {
 impl TopicPattern {
     /// Parses a pattern, or says what is wrong with it.
     pub fn parse(text: &str) -> Result<Self, String> {
+        if text.len() > MAX_TOPIC_LEN {
+            return Err(format!("a topic or pattern is at most {MAX_TOPIC_LEN} bytes long"));
+        }
         let mut segments = Vec::new();
         let parts: Vec<&str> = text.split('.').collect();
         for (i, part) in parts.iter().enumerate() {
@@ -691,9 +694,12 @@ impl TopicPattern {
     }
 }
 
+/// The longest topic name or pattern.
+pub const MAX_TOPIC_LEN: usize = 256;
+
 /// Whether `topic` is a valid topic name (not a pattern).
 pub fn valid_topic(topic: &str) -> bool {
-    topic.len() <= 256 && topic.split('.').all(valid_topic_segment)
+    topic.len() <= MAX_TOPIC_LEN && topic.split('.').all(valid_topic_segment)
 }
 
 fn valid_topic_segment(segment: &str) -> bool {

@@ -23,7 +23,8 @@ mod poll;
 mod sse;
 mod ws;
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
@@ -142,6 +143,11 @@ struct Topic {
 /// A hub: its topics, histories and subscribers.
 pub struct Hub {
     settings: ArcSwap<HubSettings>,
+    /// Held while a message takes its id, joins its history and is sent,
+    /// and while a subscription reads histories and joins channels: ids go
+    /// out in order across topics, and a subscription sees every message
+    /// either in its replay or live, never both, never neither.
+    order: Mutex<()>,
     last_id: AtomicU64,
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     wildcard: broadcast::Sender<Arc<Message>>,
@@ -166,6 +172,7 @@ impl Hub {
         let (wildcard, _) = broadcast::channel(settings.queue.saturating_mul(WILDCARD_FACTOR).max(16));
         Arc::new(Self {
             settings: ArcSwap::from_pointee(settings),
+            order: Mutex::new(()),
             last_id: AtomicU64::new(0),
             topics: RwLock::new(HashMap::new()),
             wildcard,
@@ -180,8 +187,8 @@ impl Hub {
         }
     }
 
-    pub(crate) fn settings(&self) -> arc_swap::Guard<Arc<HubSettings>> {
-        self.settings.load()
+    pub(crate) fn settings(&self) -> Arc<HubSettings> {
+        self.settings.load_full()
     }
 
     /// The topic named `name`, made if need be (within `max_topics`).
@@ -198,9 +205,13 @@ impl Hub {
             // Forget topics nobody follows and nothing is kept for.
             let now = Instant::now();
             topics.retain(|_, topic| {
+                // Held elsewhere (a publish or subscribe under way): kept.
+                if Arc::strong_count(topic) > 1 || topic.live.receiver_count() > 0 {
+                    return true;
+                }
                 let mut history = topic.history.lock().expect("history lock is never poisoned");
                 prune(&mut history, &settings, now);
-                topic.live.receiver_count() > 0 || !history.is_empty()
+                !history.is_empty()
             });
             if topics.len() >= settings.max_topics {
                 return Err(ProxyError::HubFull {
@@ -236,6 +247,7 @@ impl Hub {
                 .map(|(k, _)| k.clone())
                 .unwrap_or_else(|| Arc::from(topic))
         };
+        let order = self.order.lock().expect("order lock is never poisoned");
         let now = Instant::now();
         let mut history = entry.history.lock().expect("history lock is never poisoned");
         let message = Arc::new(Message {
@@ -251,12 +263,13 @@ impl Hub {
             history.push_back(message.clone());
         }
         prune(&mut history, &settings, now);
-        // Sent under the topic's lock: per topic, ids rise in delivery order.
+        // Sent under the order lock: ids go out in rising order.
         let _ = entry.live.send(message.clone());
         if self.wildcard.receiver_count() > 0 {
             let _ = self.wildcard.send(message.clone());
         }
         drop(history);
+        drop(order);
         self.metrics.published.inc();
         Ok(message)
     }
@@ -344,8 +357,40 @@ pub(crate) struct Subscription {
     replay: VecDeque<Arc<Message>>,
     /// The highest id replayed per topic: live copies of them are skipped.
     replayed: HashMap<Arc<str>, u64>,
+    /// Live messages received but not handed out yet, lowest id first.
+    ready: BinaryHeap<Reverse<ById>>,
+    /// Messages missed since the last notice.
+    missed: u64,
+    /// The hub's last id when the subscription (last) joined its channels.
+    pub(crate) joined_at: u64,
+    /// Per exact topic, the last id before it was followed: the hub-wide
+    /// channel still brings older ones for pattern subscriptions.
+    exact_since: HashMap<Arc<str>, u64>,
     gauge: IntGauge,
 }
+
+/// A message ordered by its id.
+struct ById(Arc<Message>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+impl Eq for ById {}
+impl PartialOrd for ById {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ById {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.id.cmp(&other.0.id)
+    }
+}
+
+/// Most messages one subscribe may queue for replay.
+const MAX_REPLAY: usize = 10_000;
 
 impl Drop for Subscription {
     fn drop(&mut self) {
@@ -370,14 +415,19 @@ impl Subscription {
             wildcard: None,
             replay: VecDeque::new(),
             replayed: HashMap::new(),
+            ready: BinaryHeap::new(),
+            missed: 0,
+            joined_at: 0,
+            exact_since: HashMap::new(),
             gauge,
         };
         subscription.add(patterns, since)?;
         Ok(subscription)
     }
 
-    /// Follows more patterns (receivers first, then the replay, so nothing
-    /// published in between is missed).
+    /// Follows more patterns: joins their channels and reads their
+    /// histories under the hub's order lock, so each message is either
+    /// replayed or delivered live.
     pub(crate) fn add(&mut self, patterns: &[TopicPattern], since: Option<u64>) -> Result<(), ProxyError> {
         let settings = self.hub.settings();
         if self.exact.len() + self.patterns.len() + patterns.len() > settings.max_subscriptions {
@@ -386,43 +436,59 @@ impl Subscription {
                 settings.max_subscriptions
             )));
         }
-        let mut replay = Vec::new();
-        let now = Instant::now();
+        if !self.replay.is_empty() && since.is_some() {
+            return Err(invalid("a replay is still being sent: subscribe again when it is done"));
+        }
+        // Topics are looked up (or made) first, outside the order lock.
+        let mut exact = Vec::new();
         for pattern in patterns {
             let name = pattern.to_string();
-            if pattern.is_exact() {
-                if self.exact.contains_key(name.as_str()) {
-                    continue;
-                }
-                let topic = self.hub.topic(&name)?;
-                self.exact
-                    .insert(Arc::from(name.as_str()), BroadcastStream::new(topic.live.subscribe()));
-                if let Some(since) = since {
-                    let mut history = topic.history.lock().expect("history lock is never poisoned");
-                    prune(&mut history, &settings, now);
-                    replay.extend(history.iter().filter(|m| m.id > since).cloned());
-                }
-            } else {
-                if self.patterns.contains(pattern) {
-                    continue;
-                }
-                if self.wildcard.is_none() {
-                    self.wildcard = Some(BroadcastStream::new(self.hub.wildcard.subscribe()));
-                }
-                if let Some(since) = since {
-                    let topics = self.hub.topics.read().expect("topics lock is never poisoned");
-                    for (topic_name, topic) in topics.iter() {
-                        if pattern.matches(topic_name, None) {
-                            let history = topic.history.lock().expect("history lock is never poisoned");
-                            replay.extend(history.iter().filter(|m| m.id > since).cloned());
-                        }
-                    }
-                }
-                self.patterns.push(pattern.clone());
+            if pattern.is_exact() && !self.exact.contains_key(name.as_str()) {
+                exact.push((name.clone(), self.hub.topic(&name)?));
             }
         }
+        let mut replay = Vec::new();
+        let now = Instant::now();
+        let order = self.hub.order.lock().expect("order lock is never poisoned");
+        let last = self.hub.last_id();
+        for (name, topic) in exact {
+            let name: Arc<str> = Arc::from(name.as_str());
+            self.exact_since.insert(name.clone(), last);
+            self.exact.insert(name, BroadcastStream::new(topic.live.subscribe()));
+            if let Some(since) = since {
+                let mut history = topic.history.lock().expect("history lock is never poisoned");
+                prune(&mut history, &settings, now);
+                replay.extend(history.iter().filter(|m| m.id > since).cloned());
+            }
+        }
+        for pattern in patterns.iter().filter(|p| !p.is_exact()) {
+            if self.patterns.contains(pattern) {
+                continue;
+            }
+            if self.wildcard.is_none() {
+                self.wildcard = Some(BroadcastStream::new(self.hub.wildcard.subscribe()));
+            }
+            if let Some(since) = since {
+                let topics = self.hub.topics.read().expect("topics lock is never poisoned");
+                for (topic_name, topic) in topics.iter() {
+                    if pattern.matches(topic_name, None) && !self.exact.contains_key(&**topic_name) {
+                        let mut history = topic.history.lock().expect("history lock is never poisoned");
+                        prune(&mut history, &settings, now);
+                        replay.extend(history.iter().filter(|m| m.id > since).cloned());
+                    }
+                }
+            }
+            self.patterns.push(pattern.clone());
+        }
+        self.joined_at = self.hub.last_id();
+        drop(order);
         replay.sort_by_key(|m| m.id);
         replay.dedup_by_key(|m| m.id);
+        if replay.len() > MAX_REPLAY {
+            // The newest ones; the client is told how many it missed.
+            self.missed += (replay.len() - MAX_REPLAY) as u64;
+            replay.drain(..replay.len() - MAX_REPLAY);
+        }
         for message in replay {
             let max = self.replayed.entry(message.topic.clone()).or_default();
             *max = (*max).max(message.id);
@@ -440,41 +506,76 @@ impl Subscription {
         if self.patterns.is_empty() {
             self.wildcard = None;
         }
+        let follows =
+            |topic: &str| self.exact.contains_key(topic) || self.patterns.iter().any(|p| p.matches(topic, None));
+        self.replay.retain(|m| follows(&m.topic));
+        self.ready.retain(|m| follows(&m.0 .0.topic));
+        self.exact_since.retain(|topic, _| self.exact.contains_key(&**topic));
     }
 
     /// The next message (or notice of missed ones); waits forever while
-    /// nothing is followed.
+    /// nothing is followed. Live messages are handed out lowest id first:
+    /// whatever is ready on any channel is gathered before one is chosen
+    /// (ids are sent in order, so a lower one is never still on its way).
     pub(crate) async fn next(&mut self) -> Event {
         loop {
+            if self.missed > 0 {
+                return Event::Lagged(std::mem::take(&mut self.missed));
+            }
             if let Some(message) = self.replay.pop_front() {
                 return Event::Message(message);
             }
-            let item = tokio::select! {
-                Some((_, item)) = self.exact.next(), if !self.exact.is_empty() => item,
-                Some(item) = next_wildcard(&mut self.wildcard) => {
-                    if let Ok(message) = &item {
-                        // An exact subscription to the same topic delivers it already.
-                        if self.exact.contains_key(&*message.topic)
-                            || !self.patterns.iter().any(|p| p.matches(&message.topic, None))
-                        {
-                            continue;
-                        }
-                    }
-                    item
-                }
+            self.gather();
+            if self.missed > 0 {
+                continue;
+            }
+            if let Some(Reverse(ById(message))) = self.ready.pop() {
+                return Event::Message(message);
+            }
+            let (item, from_wildcard) = tokio::select! {
+                Some((_, item)) = self.exact.next(), if !self.exact.is_empty() => (item, false),
+                Some(item) = next_wildcard(&mut self.wildcard) => (item, true),
                 else => std::future::pending().await,
             };
-            match item {
-                Ok(message) => {
-                    if self.replayed.get(&message.topic).is_some_and(|&max| message.id <= max) {
-                        continue;
+            self.take(item, from_wildcard);
+        }
+    }
+
+    /// Moves everything ready now on the channels into `ready`.
+    fn gather(&mut self) {
+        use futures_util::FutureExt;
+        while let Some(Some((_, item))) = self.exact.next().now_or_never() {
+            self.take(item, false);
+        }
+        while let Some(stream) = self.wildcard.as_mut() {
+            match stream.next().now_or_never() {
+                Some(Some(item)) => self.take(item, true),
+                _ => break,
+            }
+        }
+    }
+
+    fn take(&mut self, item: Result<Arc<Message>, BroadcastStreamRecvError>, from_wildcard: bool) {
+        match item {
+            Ok(message) => {
+                if self.replayed.get(&message.topic).is_some_and(|&max| message.id <= max) {
+                    return;
+                }
+                if from_wildcard {
+                    // Only what a pattern asks for, and not what an exact
+                    // subscription brings (from when it began).
+                    let exact_from = self.exact_since.get(&message.topic).copied();
+                    if exact_from.is_some_and(|since| message.id > since)
+                        || !self.patterns.iter().any(|p| p.matches(&message.topic, None))
+                    {
+                        return;
                     }
-                    return Event::Message(message);
                 }
-                Err(BroadcastStreamRecvError::Lagged(missed)) => {
-                    self.hub.metrics.lagged.inc_by(missed);
-                    return Event::Lagged(missed);
-                }
+                self.ready.push(Reverse(ById(message)));
+            }
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                self.hub.metrics.lagged.inc_by(missed);
+                self.missed += missed;
             }
         }
     }

@@ -25,23 +25,33 @@ pub(super) async fn answer(hub: &Arc<Hub>, ask: Ask, timeout: Option<u64>) -> Re
     let mut subscription = Subscription::new(hub, &ask.patterns, ask.since, Transport::LongPoll)?;
     let mut messages = Vec::new();
     let mut missed = 0;
+    // Messages come lowest id first; a gap (the client fell behind) ends the
+    // batch, so `last_id` never passes a message it did not get.
     let mut take = |event: Event, messages: &mut Vec<_>| match event {
-        Event::Message(message) => messages.push(message),
-        Event::Lagged(n) => missed += n,
+        Event::Message(message) => {
+            messages.push(message);
+            true
+        }
+        Event::Lagged(n) => {
+            missed += n;
+            false
+        }
     };
     if let Ok(event) = tokio::time::timeout(wait, subscription.next()).await {
-        take(event, &mut messages);
-        while messages.len() < MAX_BATCH {
-            match subscription.ready() {
-                Some(event) => take(event, &mut messages),
-                None => break,
+        if take(event, &mut messages) {
+            while messages.len() < MAX_BATCH {
+                let Some(event) = subscription.ready() else { break };
+                if !take(event, &mut messages) {
+                    break;
+                }
             }
         }
     }
     hub.metrics.delivered[Transport::LongPoll as usize].inc_by(messages.len() as u64);
+    // Nothing came: everything up to when the poll joined was looked at.
     let last_id = messages
         .last()
-        .map_or_else(|| ask.since.unwrap_or(hub.last_id()), |m| m.id);
+        .map_or_else(|| subscription.joined_at.max(ask.since.unwrap_or(0)), |m| m.id);
     let mut body = Vec::with_capacity(64 + messages.iter().map(|m| m.data.len() + 64).sum::<usize>());
     body.extend_from_slice(b"{\"messages\":[");
     for (i, message) in messages.iter().enumerate() {

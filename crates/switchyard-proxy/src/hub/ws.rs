@@ -22,7 +22,7 @@ use serde_json::json;
 use switchyard_config::{SlowConsumer, TopicPattern};
 use switchyard_security::auth::Principal;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
@@ -64,7 +64,12 @@ pub(super) fn open(
     let hub = hub.clone();
     let session = async move {
         let Ok(upgraded) = upgrade.await else { return };
-        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        // Frames no larger than a message and its JSON envelope.
+        let limit = hub.settings().max_message as usize + 4096;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(limit))
+            .max_frame_size(Some(limit));
+        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
         run(hub, socket, subscription, principal).await;
     };
     match &conn.tasks {
@@ -99,17 +104,29 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut sink, mut stream) = socket.split();
-    let settings = hub.settings().clone();
+    let settings = hub.settings();
     let mut heartbeat = tokio::time::interval(settings.heartbeat);
     heartbeat.reset();
+    // A client that does not take a frame within this long, or sends
+    // nothing (not even a pong) for three heartbeats (and 30 s), is gone.
+    let send_timeout = settings.heartbeat.max(std::time::Duration::from_secs(5));
+    let mut heard = tokio::time::Instant::now();
     loop {
         let frame = tokio::select! {
-            frame = stream.next() => match frame {
-                Some(Ok(Frame::Text(text))) => Some(reply(&hub, &mut subscription, principal.as_ref(), text.as_str())),
-                Some(Ok(Frame::Binary(_))) => Some(error("frames are JSON text")),
-                Some(Ok(Frame::Close(_))) | Some(Err(_)) | None => break,
-                Some(Ok(_)) => None,
-            },
+            frame = stream.next() => {
+                heard = tokio::time::Instant::now();
+                match frame {
+                    Some(Ok(Frame::Text(text))) => Some(reply(&hub, &mut subscription, principal.as_ref(), text.as_str())),
+                    Some(Ok(Frame::Binary(_))) => Some(error("frames are JSON text")),
+                    Some(Ok(Frame::Close(_))) => {
+                        // tungstenite queued the closing reply: send it.
+                        let _ = tokio::time::timeout(send_timeout, sink.flush()).await;
+                        break;
+                    }
+                    Some(Err(_)) | None => break,
+                    Some(Ok(_)) => None,
+                }
+            }
             event = subscription.next() => match event {
                 Event::Message(message) => {
                     hub.metrics.delivered[Transport::WebSocket as usize].inc();
@@ -123,16 +140,22 @@ where
                             code: CloseCode::Policy,
                             reason: Utf8Bytes::from(format!("too slow: {missed} messages missed")),
                         };
-                        let _ = sink.send(Frame::Close(Some(close))).await;
+                        let _ = tokio::time::timeout(send_timeout, sink.send(Frame::Close(Some(close)))).await;
                         break;
                     }
                 },
             },
-            _ = heartbeat.tick() => Some(Frame::Ping(Bytes::new())),
+            _ = heartbeat.tick() => {
+                if heard.elapsed() > (settings.heartbeat * 3).max(std::time::Duration::from_secs(30)) {
+                    break;
+                }
+                Some(Frame::Ping(Bytes::new()))
+            }
         };
         if let Some(frame) = frame {
-            if sink.send(frame).await.is_err() {
-                break;
+            match tokio::time::timeout(send_timeout, sink.send(frame)).await {
+                Ok(Ok(())) => {}
+                _ => break,
             }
         }
     }
