@@ -41,6 +41,10 @@
 #                        in VARNISH_CPUS (default "0": one CPU, as WORKERS=1 gives
 #                        the others; VARNISH_CPUS=0-1 lets it use both):
 #                        SCENARIOS=cache PROXIES="nginx varnish switchyard".
+#            cachegz   = cache hits on the 20 KiB JSON text for a client asking for
+#                        gzip: nginx `proxy_cache` + `gzip` (level 6) and
+#                        Switchyard `cache` + `compression` (gzip); nginx and
+#                        Switchyard only.
 set -u
 cd "$(dirname "$0")/.."   # repository root
 DURATION=${DURATION:-10}; CONNS=${CONNS:-64}; WORKERS=${WORKERS:-1}; ROUNDS=${ROUNDS:-2}
@@ -88,7 +92,8 @@ http { access_log off; keepalive_requests 100000;
   server { listen 127.0.0.1:19001; listen 127.0.0.1:19002; root $D;
     location = / { return 200 "hello from upstream\n"; }
     location = /1m { try_files /1m =404; }
-    location /cache/ { alias $D/static/; add_header Cache-Control "max-age=3600"; } } }
+    location /cache/ { alias $D/static/; add_header Cache-Control "max-age=3600"; }
+    location /cachegz/ { alias $D/gz/; add_header Cache-Control "max-age=3600"; } } }
 C
 nginx -c "$D/up.conf" -e "$D/up.err" & PIDS+=($!)
 wait_port 19001 && wait_port 19002 || { cat "$D/up.err" >&2; exit 1; }
@@ -109,6 +114,8 @@ http { access_log off; keepalive_requests 100000;
   server { listen 127.0.0.1:18081;
     location /static/ { alias $D/static/; }
     location /cache/ { proxy_cache c; proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location /cachegz/ { proxy_cache c; gzip on; gzip_comp_level 6; gzip_types text/plain application/json; gzip_min_length 1024;
+      gzip_proxied any; proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
     location /gz/ { gzip on; gzip_comp_level 6; gzip_types text/plain application/json; gzip_min_length 1024;
       gzip_proxied any; proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } }
@@ -160,6 +167,13 @@ name = "cache"
 match = { path_prefix = "/cache/" }
 cluster = "up"
 cache = {}
+
+[[routes]]
+name = "cachegz"
+match = { path_prefix = "/cachegz/" }
+cluster = "up"
+cache = {}
+compression = { algorithms = ["gzip"] }
 
 [[routes]]
 name = "gzip"
@@ -220,6 +234,7 @@ run() { # scenario port -> "rps p50 p99 MBps non2xx sockerr"
   case $1 in close|tlsnew) args+=(-H 'Connection: close'); args[1]=-c16 ;; 1m) path=/1m; args[1]=-c8 ;;
     static) path=/static/small.txt ;;
     cache) path=/cache/small.txt ;;
+    cachegz) path=/cachegz/page.json; args+=(-H 'Accept-Encoding: gzip') ;;
     gzip) path=/gz/page.json; args+=(-H 'Accept-Encoding: gzip') ;;
     br|zstd) path=/$1/page.json; args+=(-H "Accept-Encoding: $1") ;;
   esac
@@ -248,8 +263,9 @@ for r in $(seq 1 "$ROUNDS"); do
     for s in $SCENARIOS; do
       case $s in tls*) [ -z "$TLSPORT" ] && continue ;; esac   # no TLS straight to the upstream
       case $s:$p in static:direct|static:haproxy|gzip:direct|br:[!s]*|zstd:[!s]*) continue ;; esac   # not something it does
-      case $s:$p in cache:direct|cache:haproxy) continue ;; *:varnish) [ $s = cache ] || continue ;; esac
+      case $s:$p in cache*:direct|cache*:haproxy|cachegz:varnish) continue ;; *:varnish) [ $s = cache ] || continue ;; esac
       [ $s = cache ] && curl -s -o /dev/null "http://127.0.0.1:$PORT/cache/small.txt"   # stored before the run
+      [ $s = cachegz ] && curl -s -o /dev/null -H 'Accept-Encoding: gzip' "http://127.0.0.1:$PORT/cachegz/page.json"
       wrk -t1 -c8 -d1s "http://127.0.0.1:$PORT/" >/dev/null 2>&1   # warm-up
       res=$(run $s $PORT)
       rss=-; [ -n "$PPID_" ] && rss=$(rss_kib VmHWM $PPID_)

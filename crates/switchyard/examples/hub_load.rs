@@ -11,6 +11,9 @@
 //! line of key=value figures: deliveries expected and received, publish
 //! rate achieved, delay p50/p99/max in milliseconds.
 //!
+//! `HOLD_SECS=N` keeps the subscribers idle for N seconds before publishing
+//! (to read the server's memory with them connected).
+//!
 //! Loopback only; every wait is bounded (the run gives up 30 s after the
 //! last publish).
 
@@ -106,6 +109,11 @@ impl Run {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let connect_time = started.elapsed();
+        // HOLD_SECS: keep the subscribers idle a while first (to measure memory).
+        if let Some(hold) = std::env::var("HOLD_SECS").ok().and_then(|s| s.parse().ok()) {
+            eprintln!("{} subscribers ready; holding {hold}s", self.subscribers);
+            tokio::time::sleep(Duration::from_secs(hold)).await;
+        }
 
         let publisher = TcpStream::connect(&self.addr).await.expect("publisher connects");
         publisher.set_nodelay(true).unwrap();

@@ -271,6 +271,13 @@ auth = {{ api_keys = {{ header = "x-api-key", keys = [{{ id = "k", sha256 = "2bb
 cache = {{ ttl = "60s" }}
 
 [[routes]]
+name = "zipped"
+match = {{ path_prefix = "/z/" }}
+cluster = "origin"
+cache = {{}}
+compression = {{ algorithms = ["gzip", "br"] }}
+
+[[routes]]
 name = "small"
 match = {{ path_prefix = "/small/" }}
 cluster = "origin"
@@ -941,4 +948,45 @@ async fn routes_with_gateway_auth_share_only_public_responses() {
     get(&c, &shared, &key).await;
     assert_eq!(get(&c, &shared, &key).await.header("x-cache"), Some("HIT"));
     assert_eq!(origin.full("/auth/shared"), 1);
+}
+
+#[tokio::test]
+async fn compressed_variants_are_stored_once_per_coding() {
+    use async_compression::tokio::write::GzipDecoder;
+    use tokio::io::AsyncWriteExt;
+    let (origin, gw) = cached_gateway().await;
+    let c = client(Proto::H1);
+    let url = gw.url("/z/page?cc=max-age%3D60&size=5000");
+    let whole = body_of("", 0, Some(5000));
+    let gzip = [("accept-encoding", "gzip")];
+    let first = get(&c, &url, &gzip).await;
+    assert_eq!(
+        (first.header("x-cache"), first.header("content-encoding")),
+        (Some("MISS"), Some("gzip"))
+    );
+    let hit = get(&c, &url, &gzip).await;
+    assert_eq!(
+        (hit.header("x-cache"), hit.header("content-encoding")),
+        (Some("HIT"), Some("gzip"))
+    );
+    assert_eq!(hit.body, first.body, "the stored compressed bytes");
+    let mut decoder = GzipDecoder::new(Vec::new());
+    decoder.write_all(&hit.body).await.unwrap();
+    decoder.shutdown().await.unwrap();
+    assert_eq!(decoder.into_inner(), whole);
+    assert_eq!(origin.full("/z/page"), 1);
+    // Another coding, and none: their own variants.
+    let br = get(&c, &url, &[("accept-encoding", "br")]).await;
+    assert_eq!(
+        (br.header("x-cache"), br.header("content-encoding")),
+        (Some("MISS"), Some("br"))
+    );
+    get(&c, &url, &[]).await;
+    let plain = get(&c, &url, &[]).await;
+    assert_eq!(
+        (plain.header("x-cache"), plain.header("content-encoding")),
+        (Some("HIT"), None)
+    );
+    assert_eq!(plain.body, whole);
+    assert_eq!(origin.full("/z/page"), 3);
 }

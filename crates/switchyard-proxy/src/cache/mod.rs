@@ -356,6 +356,16 @@ impl Fetch {
             store.pass(&self.key);
             return Ok(passed(response, &client, client_head, "too-large"));
         }
+        // On a route that compresses, the compressed form is what is
+        // stored (a variant per coding, `Vary: Accept-Encoding`): hits are
+        // not compressed again.
+        let response = match &origin.entry.route.compression {
+            Some(compression) => match crate::compress::Negotiated::of(compression, &Method::GET, &client) {
+                Some(negotiated) => crate::compress::apply(compression, &negotiated, response),
+                None => response,
+            },
+            None => response,
+        };
         let (mut parts, body) = response.into_parts();
         let stored = Stored::from_head(settings, &parts, lifetime, request_time, response_time);
         if let Some(tag) = &settings.tag_header {
