@@ -48,6 +48,12 @@ match = { path_prefix = "/tight/" }
 hub = { queue = 64, publish = [{ topics = ">" }] }
 
 [[routes]]
+name = "members"
+match = { path_prefix = "/jwt/" }
+auth = { jwt = { secret = "0123456789abcdef0123456789abcdef" } }
+hub = { publish = [{ topics = ">" }] }
+
+[[routes]]
 name = "wide"
 match = { path_prefix = "/wide/" }
 hub = { history = 1000, queue = 1024, publish = [{ topics = ">" }] }
@@ -608,4 +614,51 @@ async fn resume_across_topics_and_patterns_has_no_gaps() {
     .await;
     assert_eq!(reply.json()["messages"].as_array().unwrap().len(), 0);
     assert!(reply.json()["last_id"].as_u64().unwrap() >= end);
+}
+
+#[tokio::test]
+async fn sessions_end_when_their_token_expires() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let gw = gateway();
+    let c = client(Proto::H1);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 2;
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &serde_json::json!({"sub": "carol", "exp": exp}),
+        &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+    )
+    .unwrap();
+    let bearer = format!("Bearer {token}");
+    let mut sse = SseReader::open(&c, &gw.url("/jwt/news"), &[("authorization", &bearer)]).await;
+    let event = sse.next().await.expect("a notice before the end");
+    assert_eq!(event.event.as_deref(), Some("expired"));
+    assert!(sse.next().await.is_none(), "then the stream ends");
+
+    let mut request = format!("ws://{}/jwt/news", gw.addr()).into_client_request().unwrap();
+    let exp = exp + 2;
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &serde_json::json!({"sub": "carol", "exp": exp}),
+        &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+    )
+    .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(frame) = ws.next().await {
+            if let Ok(WsMessage::Close(Some(close))) = frame {
+                return close.reason.to_string();
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("closed within 10s");
+    assert_eq!(closed, "the credential expired");
 }

@@ -612,6 +612,27 @@ fn allowed(rules: &[HubRule], topic: &TopicPattern, principal: Option<&Principal
 struct Ask {
     patterns: Vec<TopicPattern>,
     since: Option<u64>,
+    /// When the credential the session was opened with expires (a JWT's
+    /// `exp`): the stream or socket is closed then.
+    expires: Option<tokio::time::Instant>,
+}
+
+/// When `principal`'s token expires, as an instant on tokio's clock.
+fn expiry(principal: Option<&Principal>) -> Option<tokio::time::Instant> {
+    let exp = principal?.claims.get("exp")?.as_u64()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(tokio::time::Instant::now() + std::time::Duration::from_secs(exp.saturating_sub(now)))
+}
+
+/// Waits until `at` (forever when `None`).
+pub(crate) async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The topic in the path after the route's prefix, and `topic=` parameters.
@@ -720,6 +741,7 @@ pub(crate) async fn serve(
     let ask = Ask {
         patterns,
         since: since(&req)?,
+        expires: expiry(principal.as_ref()),
     };
     if let Some(handshake) = websocket {
         let upgrade = hyper::upgrade::on(&mut req);

@@ -24,6 +24,7 @@ pub(super) fn open(hub: &Arc<Hub>, ask: Ask) -> Result<Response<ProxyBody>, Prox
         policy: settings.slow_consumer,
         hello: Some(Bytes::from(format!("retry: {}\n\n", settings.retry.as_millis()))),
         done: false,
+        expires: ask.expires,
     };
     let frames = futures_util::stream::unfold(state, |mut state| async move {
         if let Some(hello) = state.hello.take() {
@@ -50,6 +51,10 @@ pub(super) fn open(hub: &Arc<Hub>, ask: Ask) -> Result<Response<ProxyBody>, Prox
                 },
             },
             _ = state.heartbeat.tick() => Bytes::from_static(b": heartbeat\n\n"),
+            _ = super::until(state.expires) => {
+                state.done = true;
+                Bytes::from_static(b"event: expired\ndata: {\"reason\":\"the credential expired\"}\n\n")
+            }
         };
         Some((Ok(Frame::data(chunk)), state))
     });
@@ -68,4 +73,5 @@ struct State {
     policy: SlowConsumer,
     hello: Option<Bytes>,
     done: bool,
+    expires: Option<tokio::time::Instant>,
 }

@@ -70,7 +70,7 @@ pub(super) fn open(
             .max_message_size(Some(limit))
             .max_frame_size(Some(limit));
         let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-        run(hub, socket, subscription, principal).await;
+        run(hub, socket, subscription, principal, ask.expires).await;
     };
     match &conn.tasks {
         Some(tasks) => drop(tasks.spawn(session)),
@@ -99,8 +99,13 @@ enum Command {
     },
 }
 
-async fn run<S>(hub: Arc<Hub>, socket: WebSocketStream<S>, mut subscription: Subscription, principal: Option<Principal>)
-where
+async fn run<S>(
+    hub: Arc<Hub>,
+    socket: WebSocketStream<S>,
+    mut subscription: Subscription,
+    principal: Option<Principal>,
+    expires: Option<tokio::time::Instant>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut sink, mut stream) = socket.split();
@@ -145,6 +150,14 @@ where
                     }
                 },
             },
+            _ = super::until(expires) => {
+                let close = CloseFrame {
+                    code: CloseCode::Policy,
+                    reason: Utf8Bytes::from_static("the credential expired"),
+                };
+                let _ = tokio::time::timeout(send_timeout, sink.send(Frame::Close(Some(close)))).await;
+                break;
+            }
             _ = heartbeat.tick() => {
                 if heard.elapsed() > (settings.heartbeat * 3).max(std::time::Duration::from_secs(30)) {
                     break;
