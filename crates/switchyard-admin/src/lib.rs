@@ -210,6 +210,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<AdminBody
         },
         (&Method::PUT, "/api/log-level") => put_log_level(req).await,
         (&Method::GET, "/api/cache") => json_response(StatusCode::OK, &state.gateway.cache_stats()),
+        (&Method::GET, "/api/nodes") => json_response(StatusCode::OK, &state.gateway.nodes().await),
         (&Method::POST, "/api/cache/purge") => purge_cache(state, req).await,
         (&Method::GET, "/") => static_document(DASHBOARD, "text/html; charset=utf-8"),
         (&Method::GET, "/api/openapi.json") => static_document(OPENAPI, "application/json"),
@@ -261,6 +262,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("PUT", "/api/log-level"),
     ("GET", "/api/cache"),
     ("POST", "/api/cache/purge"),
+    ("GET", "/api/nodes"),
 ];
 
 /// The dashboard: one self-contained page (no outside scripts, styles or fonts).
@@ -413,8 +415,13 @@ async fn purge_cache(state: &AdminState, req: Request<Incoming>) -> Response<Adm
             "an empty key, prefix or tag would name everything: list what to purge",
         );
     }
-    let purged = state.gateway.cache_purge(&purge);
-    json_response(StatusCode::OK, &json!({ "purged": purged }))
+    let (purged, broadcast) = state.gateway.cache_purge(&purge).await;
+    let nodes = match broadcast {
+        None => json!("this node (no cluster mode)"),
+        Some(Ok(())) => json!("all nodes"),
+        Some(Err(why)) => json!(format!("this node only: {why}")),
+    };
+    json_response(StatusCode::OK, &json!({ "purged": purged, "nodes": nodes }))
 }
 
 async fn put_log_level(req: Request<Incoming>) -> Response<AdminBody> {

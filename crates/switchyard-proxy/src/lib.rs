@@ -11,6 +11,7 @@ pub mod access_log;
 mod auth;
 pub mod body;
 pub mod cache;
+mod cluster;
 mod compress;
 mod conditional;
 pub mod discovery;
@@ -71,6 +72,8 @@ pub struct Shared {
     /// Fires when the gateway starts draining.
     pub(crate) drain: CancellationToken,
     draining: AtomicBool,
+    /// This node in cluster mode (`[cluster]`): membership and the bus.
+    pub(crate) cluster: cluster::ClusterState,
 }
 
 /// Why a configuration could not be applied. The running one stays.
@@ -165,10 +168,12 @@ impl Gateway {
             tracker: TaskTracker::new(),
             drain: CancellationToken::new(),
             draining: AtomicBool::new(false),
+            cluster: cluster::ClusterState::new(),
         });
         let gateway = Gateway { shared };
         gateway.apply_versioned(config, None, "start").await?;
         tokio::spawn(follow_discovery(gateway.shared.clone()));
+        tokio::spawn(cluster::follow(gateway.shared.clone()));
         Ok(gateway)
     }
 
@@ -359,9 +364,10 @@ impl Gateway {
             .collect()
     }
 
-    /// Removes the stored responses `purge` names (`POST /api/cache/purge`);
-    /// returns how many went.
-    pub fn cache_purge(&self, purge: &cache::Purge) -> u64 {
+    /// Removes the stored responses `purge` names (`POST /api/cache/purge`)
+    /// here, and in cluster mode on every other node too. Returns how many
+    /// went here, and whether the other nodes were told (or why not).
+    pub async fn cache_purge(&self, purge: &cache::Purge) -> (u64, Option<Result<(), String>>) {
         let purged = self.shared.snapshot.load().cache.purge(purge);
         tracing::info!(
             purged,
@@ -370,7 +376,29 @@ impl Gateway {
             tags = purge.tags.len(),
             "response cache purged"
         );
-        purged
+        let clustered = self.shared.snapshot.load().config.cluster_mode.is_some();
+        let broadcast = match clustered {
+            true => Some(self.shared.cluster.broadcast_purge(purge).await),
+            false => None,
+        };
+        if let Some(Err(error)) = &broadcast {
+            tracing::warn!(%error, "cluster: the purge applied here only");
+        }
+        (purged, broadcast)
+    }
+
+    /// The nodes of the cluster (`GET /api/nodes`): this one, and in cluster
+    /// mode every node whose heartbeat is current.
+    pub async fn nodes(&self) -> serde_json::Value {
+        let snapshot = self.shared.snapshot.load();
+        let this = serde_json::json!({
+            "id": self.shared.cluster.node_id,
+            "this": true,
+            "version": snapshot.version,
+            "admin": snapshot.config.admin.as_ref().map(|a| a.listen.to_string()),
+            "draining": self.is_draining(),
+        });
+        self.shared.cluster.nodes(this).await
     }
 
     /// What the response store holds (`GET /api/cache`).

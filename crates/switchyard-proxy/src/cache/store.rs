@@ -130,7 +130,7 @@ fn keep(entry: &Entry) -> Duration {
 }
 
 /// What a purge names.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Purge {
     /// Keys as routes make them (`host/path?query`): every stored variant

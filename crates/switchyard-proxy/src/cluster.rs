@@ -1,0 +1,279 @@
+//! Cluster mode (`[cluster] redis = ...`), first part: the nodes know each
+//! other, and cache purges reach all of them.
+//!
+//! - Membership: every second each node writes `switchyard:node:{id}` (its
+//!   config version, start time, admin address, whether it drains) with a
+//!   5-second expiry; `GET /api/nodes` lists the keys present.
+//! - The bus: nodes publish events on the Redis channel `switchyard:bus` and
+//!   each node follows it on a connection of its own. A cache purge made on
+//!   one node is applied there at once and published; the others apply it
+//!   when it arrives.
+//! - Without Redis (unreachable, or cluster mode off) a node keeps serving
+//!   alone: purges apply locally and say the broadcast failed; membership and
+//!   the bus come back by themselves (retried every second).
+//!
+//! Shared configuration, registry, hub fan-out and idempotency are not in
+//! this version (see the issue notes).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use switchyard_config::ClusterMode;
+
+use crate::cache::Purge;
+use crate::Shared;
+
+/// The channel every node follows.
+const BUS: &str = "switchyard:bus";
+/// Node keys: `switchyard:node:{id}`.
+const NODE_PREFIX: &str = "switchyard:node:";
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const NODE_TTL: Duration = Duration::from_secs(5);
+const RETRY: Duration = Duration::from_secs(1);
+
+/// This node and its link to the others.
+#[derive(Debug)]
+pub(crate) struct ClusterState {
+    pub(crate) node_id: String,
+    started_ms: u64,
+    /// The connection events and heartbeats go out on, while connected.
+    link: ArcSwapOption<Link>,
+}
+
+#[derive(Debug)]
+struct Link {
+    url: String,
+    manager: ConnectionManager,
+    timeout: Duration,
+}
+
+/// What nodes tell each other.
+#[derive(Debug, Serialize, Deserialize)]
+struct Event {
+    from: String,
+    #[serde(flatten)]
+    kind: EventKind,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum EventKind {
+    Purge { purge: Purge },
+}
+
+/// What a node says of itself in Redis.
+#[derive(Debug, Serialize, Deserialize)]
+struct NodeRecord {
+    id: String,
+    version: u64,
+    started_ms: u64,
+    heartbeat_ms: u64,
+    admin: Option<String>,
+    draining: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl ClusterState {
+    pub(crate) fn new() -> Self {
+        Self {
+            node_id: format!("{:016x}", fastrand::u64(..)),
+            started_ms: now_ms(),
+            link: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Publishes `purge` to the other nodes; `Err` says why it could not.
+    pub(crate) async fn broadcast_purge(&self, purge: &Purge) -> Result<(), String> {
+        let Some(link) = self.link.load_full() else {
+            return Err("not connected to the cluster's Redis".into());
+        };
+        let event = Event {
+            from: self.node_id.clone(),
+            kind: EventKind::Purge { purge: purge.clone() },
+        };
+        let payload = serde_json::to_string(&event).expect("an event serialises");
+        let mut manager = link.manager.clone();
+        match tokio::time::timeout(link.timeout, manager.publish::<_, _, i64>(BUS, payload)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("Redis did not answer within {:?}", link.timeout)),
+        }
+    }
+
+    /// Every node whose heartbeat is current (this one first), or only this
+    /// one without cluster mode or Redis.
+    pub(crate) async fn nodes(&self, this: serde_json::Value) -> serde_json::Value {
+        let mut nodes = vec![this];
+        let Some(link) = self.link.load_full() else {
+            return serde_json::json!({"cluster": false, "nodes": nodes});
+        };
+        let mut manager = link.manager.clone();
+        let listed = tokio::time::timeout(link.timeout * 4, async {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{NODE_PREFIX}*"))
+                .query_async(&mut manager)
+                .await?;
+            if keys.is_empty() {
+                return Ok::<_, redis::RedisError>(Vec::new());
+            }
+            let values: Vec<Option<String>> = manager.mget(&keys).await?;
+            Ok(values.into_iter().flatten().collect())
+        })
+        .await;
+        let now = now_ms();
+        match listed {
+            Ok(Ok(values)) => {
+                for value in values {
+                    let Ok(record) = serde_json::from_str::<NodeRecord>(&value) else {
+                        continue;
+                    };
+                    if record.id == self.node_id {
+                        continue;
+                    }
+                    nodes.push(serde_json::json!({
+                        "id": record.id,
+                        "this": false,
+                        "version": record.version,
+                        "started_ms": record.started_ms,
+                        "heartbeat_age_ms": now.saturating_sub(record.heartbeat_ms),
+                        "admin": record.admin,
+                        "draining": record.draining,
+                    }));
+                }
+                serde_json::json!({"cluster": true, "redis": redacted(&link.url), "nodes": nodes})
+            }
+            Ok(Err(error)) => serde_json::json!({"cluster": true, "error": error.to_string(), "nodes": nodes}),
+            Err(_) => serde_json::json!({"cluster": true, "error": "Redis did not answer", "nodes": nodes}),
+        }
+    }
+}
+
+/// The URL without its password, for the admin API.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Keeps this node in the cluster while cluster mode is configured:
+/// connects, heartbeats, follows the bus, and starts over after a failure
+/// or a change of `[cluster]`. Runs until the gateway drains.
+pub(crate) async fn follow(shared: Arc<Shared>) {
+    loop {
+        let mode = shared.snapshot.load().config.cluster_mode.clone();
+        let outcome = match mode {
+            None => {
+                shared.cluster.link.store(None);
+                Ok(())
+            }
+            Some(mode) => run(&shared, &mode).await,
+        };
+        shared.cluster.link.store(None);
+        if let Err(error) = outcome {
+            tracing::warn!(%error, "cluster: lost the link to Redis; serving alone, retrying");
+        }
+        tokio::select! {
+            _ = shared.drain.cancelled() => return,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+/// One connected stretch: returns when `[cluster]` changes or Redis fails.
+async fn run(shared: &Arc<Shared>, mode: &ClusterMode) -> Result<(), String> {
+    let client = redis::Client::open(mode.redis.as_str()).map_err(|e| e.to_string())?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(mode.redis_timeout))
+        .set_response_timeout(Some(mode.redis_timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1));
+    let connect = async {
+        let manager = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(BUS).await?;
+        Ok::<_, redis::RedisError>((manager, pubsub))
+    };
+    let (manager, mut pubsub) = tokio::time::timeout(mode.redis_timeout * 4, connect)
+        .await
+        .map_err(|_| "Redis did not answer".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let link = Arc::new(Link {
+        url: mode.redis.clone(),
+        manager,
+        timeout: mode.redis_timeout,
+    });
+    heartbeat(shared, &link).await?;
+    shared.cluster.link.store(Some(link.clone()));
+    tracing::info!(node = %shared.cluster.node_id, "cluster: joined");
+    let mut messages = pubsub.on_message();
+    let mut ticks = tokio::time::interval(HEARTBEAT);
+    ticks.reset();
+    loop {
+        tokio::select! {
+            _ = shared.drain.cancelled() => {
+                let mut manager = link.manager.clone();
+                let key = format!("{NODE_PREFIX}{}", shared.cluster.node_id);
+                let _ = tokio::time::timeout(link.timeout, manager.del::<_, i64>(key)).await;
+                return Ok(());
+            }
+            message = messages.next() => {
+                let Some(message) = message else {
+                    return Err("the bus connection closed".into());
+                };
+                let Ok(payload) = message.get_payload::<String>() else { continue };
+                match serde_json::from_str::<Event>(&payload) {
+                    Ok(event) if event.from == shared.cluster.node_id => {}
+                    Ok(event) => apply(shared, event),
+                    Err(error) => tracing::warn!(%error, "cluster: an event on the bus could not be read"),
+                }
+            }
+            _ = ticks.tick() => {
+                if shared.snapshot.load().config.cluster_mode.as_ref() != Some(mode) {
+                    return Ok(());
+                }
+                heartbeat(shared, &link).await?;
+            }
+        }
+    }
+}
+
+fn apply(shared: &Shared, event: Event) {
+    match event.kind {
+        EventKind::Purge { purge } => {
+            let purged = shared.snapshot.load().cache.purge(&purge);
+            tracing::info!(from = %event.from, purged, "cluster: purge from another node applied");
+        }
+    }
+}
+
+async fn heartbeat(shared: &Shared, link: &Link) -> Result<(), String> {
+    let snapshot = shared.snapshot.load();
+    let record = NodeRecord {
+        id: shared.cluster.node_id.clone(),
+        version: snapshot.version,
+        started_ms: shared.cluster.started_ms,
+        heartbeat_ms: now_ms(),
+        admin: snapshot.config.admin.as_ref().map(|a| a.listen.to_string()),
+        draining: shared.draining.load(std::sync::atomic::Ordering::SeqCst),
+    };
+    let key = format!("{NODE_PREFIX}{}", record.id);
+    let value = serde_json::to_string(&record).expect("a record serialises");
+    let mut manager = link.manager.clone();
+    let set = manager.pset_ex::<_, _, ()>(key, value, NODE_TTL.as_millis() as u64);
+    match tokio::time::timeout(link.timeout, set).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("the heartbeat timed out".into()),
+    }
+}
