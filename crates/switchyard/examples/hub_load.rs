@@ -94,13 +94,15 @@ impl Run {
                 .await
                 .expect("connect within 10s")
                 .expect("connect");
-            let (delays, received, ready) = (delays.clone(), received.clone(), ready.clone());
-            let messages = self.messages;
+            let tally = Tally {
+                messages: self.messages,
+                delays: delays.clone(),
+                received: received.clone(),
+                ready: ready.clone(),
+            };
             tasks.push(match &self.kind {
-                Kind::Sse { path } => {
-                    tokio::spawn(sse_subscriber(stream, path.clone(), messages, delays, received, ready))
-                }
-                Kind::Redis => tokio::spawn(redis_subscriber(stream, messages, delays, received, ready)),
+                Kind::Sse { path } => tokio::spawn(sse_subscriber(stream, path.clone(), tally)),
+                Kind::Redis => tokio::spawn(redis_subscriber(stream, tally)),
             });
         }
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -199,14 +201,39 @@ async fn read_http_response(reader: &mut BufReader<TcpStream>) {
     reader.read_exact(&mut body).await.unwrap();
 }
 
-async fn sse_subscriber(
-    mut stream: TcpStream,
-    path: String,
+/// What every subscriber adds to.
+struct Tally {
     messages: u64,
     delays: Arc<Mutex<Vec<u64>>>,
     received: Arc<AtomicU64>,
     ready: Arc<AtomicU64>,
-) {
+}
+
+impl Tally {
+    /// Reads lines until `messages` stamped ones came (those starting with
+    /// `prefix`; other lines are framing), recording each one's delay.
+    async fn receive(&self, reader: &mut BufReader<TcpStream>, prefix: &str) {
+        self.ready.fetch_add(1, Ordering::AcqRel);
+        let mut mine = Vec::with_capacity(self.messages as usize);
+        let mut line = String::new();
+        while (mine.len() as u64) < self.messages {
+            line.clear();
+            if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                break;
+            }
+            let Some(data) = line.strip_prefix(prefix) else {
+                continue;
+            };
+            if let Some(at) = sent_at(data.as_bytes()) {
+                mine.push(now_micros().saturating_sub(at));
+                self.received.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        self.delays.lock().unwrap().extend(mine);
+    }
+}
+
+async fn sse_subscriber(mut stream: TcpStream, path: String, tally: Tally) {
     let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut reader = BufReader::with_capacity(16 * 1024, stream);
@@ -221,33 +248,11 @@ async fn sse_subscriber(
             break;
         }
     }
-    ready.fetch_add(1, Ordering::AcqRel);
-    let mut mine = Vec::with_capacity(messages as usize);
-    let mut got = 0;
-    while got < messages {
-        line.clear();
-        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-            break;
-        }
-        // Chunked framing lines and SSE fields: only `data:` matters.
-        if let Some(data) = line.strip_prefix("data: ") {
-            if let Some(at) = sent_at(data.as_bytes()) {
-                mine.push(now_micros().saturating_sub(at));
-                got += 1;
-                received.fetch_add(1, Ordering::AcqRel);
-            }
-        }
-    }
-    delays.lock().unwrap().extend(mine);
+    // Chunked framing lines and SSE fields: only `data:` matters.
+    tally.receive(&mut reader, "data: ").await;
 }
 
-async fn redis_subscriber(
-    mut stream: TcpStream,
-    messages: u64,
-    delays: Arc<Mutex<Vec<u64>>>,
-    received: Arc<AtomicU64>,
-    ready: Arc<AtomicU64>,
-) {
+async fn redis_subscriber(mut stream: TcpStream, tally: Tally) {
     stream
         .write_all(b"*2\r\n$9\r\nSUBSCRIBE\r\n$5\r\nbench\r\n")
         .await
@@ -261,19 +266,5 @@ async fn redis_subscriber(
             return;
         }
     }
-    ready.fetch_add(1, Ordering::AcqRel);
-    let mut mine = Vec::with_capacity(messages as usize);
-    let mut got = 0;
-    while got < messages {
-        line.clear();
-        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-            break;
-        }
-        if let Some(at) = sent_at(line.as_bytes()) {
-            mine.push(now_micros().saturating_sub(at));
-            got += 1;
-            received.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-    delays.lock().unwrap().extend(mine);
+    tally.receive(&mut reader, "").await;
 }
