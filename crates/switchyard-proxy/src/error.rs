@@ -97,6 +97,8 @@ pub enum ProxyError {
     HubRequest(String),
     #[error("the hub has {limit} topics, its maximum")]
     HubFull { limit: usize },
+    #[error("the cluster's Redis cannot be reached")]
+    ClusterUnavailable,
 }
 
 impl ProxyError {
@@ -123,7 +125,7 @@ impl ProxyError {
             | Self::RangeNotSatisfiable { .. }
             | Self::NotCached
             | Self::HubRequest(_) => Side::Downstream,
-            Self::HubFull { .. } => Side::Internal,
+            Self::HubFull { .. } | Self::ClusterUnavailable => Side::Internal,
             Self::WebSocketLimit { .. } => Side::Upstream,
             Self::FaultInjected { .. }
             | Self::IdempotencyStoreFull
@@ -191,7 +193,7 @@ impl ProxyError {
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::NotCached => StatusCode::GATEWAY_TIMEOUT,
             Self::HubRequest(_) => StatusCode::BAD_REQUEST,
-            Self::HubFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::HubFull { .. } | Self::ClusterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. } | Self::Upstream { .. } | Self::WebSocketUpstream { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -235,6 +237,7 @@ impl ProxyError {
             Self::NotCached => "not_cached",
             Self::HubRequest(_) => "invalid_hub_request",
             Self::HubFull { .. } => "hub_full",
+            Self::ClusterUnavailable => "cluster_unavailable",
         }
     }
 
@@ -365,6 +368,9 @@ impl ProxyError {
             Self::NotCached => "the request allows only a stored response (only-if-cached) and none is stored".into(),
             Self::HubRequest(message) => message.clone(),
             Self::HubFull { limit } => format!("the hub follows {limit} topics, its maximum; retry later"),
+            Self::ClusterUnavailable => {
+                "the cluster's Redis cannot be reached, so the message would not reach every node; retry later".into()
+            }
             Self::RateLimited { decision } => format!(
                 "rate limit of {} requests exceeded; retry in {} s",
                 decision.limit,

@@ -532,12 +532,14 @@ impl Registry {
             let RouteAction::Hub(settings) = &route.action else {
                 continue;
             };
+            let clustered = config.cluster_mode.is_some();
             let hub = match self.hubs.get(&route.name) {
                 Some(hub) => {
                     hub.update(settings);
+                    hub.set_clustered(clustered);
                     hub.clone()
                 }
-                None => crate::hub::Hub::new(settings.clone(), metrics.hub(&route.name)),
+                None => crate::hub::Hub::new(settings.clone(), metrics.hub(&route.name), clustered),
             };
             hubs_in_use.insert(route.name.clone(), hub);
         }

@@ -2,7 +2,9 @@
 //! redis-server on loopback. The nodes list each other (`GET /api/nodes`), a
 //! cache purge on one node clears the others, and with Redis stopped each
 //! node keeps serving alone (purges apply locally and say so) until Redis is
-//! back and the nodes rejoin by themselves.
+//! back and the nodes rejoin by themselves. Hub messages published on one
+//! node reach subscribers on every node with the same ids, so a subscriber
+//! resumes on any node, and a node that joins later has the history.
 
 mod support;
 
@@ -35,6 +37,11 @@ listen = "127.0.0.1:0"
 [[clusters]]
 name = "origin"
 endpoints = [{{ address = "{origin}" }}]
+
+[[routes]]
+name = "live"
+match = {{ path_prefix = "/live/" }}
+hub = {{ publish = [{{ topics = ">" }}] }}
 
 [[routes]]
 name = "pages"
@@ -170,4 +177,130 @@ cache = {{ ttl = "60s" }}
     page(&c, &gw).await;
     let answer = purge(&c, &gw).await;
     assert_eq!(answer["nodes"], "this node (no cluster mode)");
+}
+
+/// Reads SSE `(id, data)` pairs from a streaming response.
+async fn sse_events(body: &mut hyper::body::Incoming, buffer: &mut String, n: usize) -> Vec<(u64, String)> {
+    use http_body_util::BodyExt;
+    let mut out = Vec::new();
+    while out.len() < n {
+        if let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let id = block
+                .lines()
+                .find_map(|l| l.strip_prefix("id: "))
+                .map(|v| v.parse().unwrap());
+            let data = block.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_owned);
+            if let (Some(id), Some(data)) = (id, data) {
+                out.push((id, data));
+            }
+            continue;
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("an event within 10s")
+            .expect("the stream is open")
+            .expect("a frame");
+        if let Ok(data) = frame.into_data() {
+            buffer.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+    out
+}
+
+async fn subscribe(c: &HttpClient, gw: &GatewayProcess, last: Option<u64>) -> hyper::body::Incoming {
+    let mut request = Request::get(gw.url("/live/news")).header("accept", "text/event-stream");
+    if let Some(last) = last {
+        request = request.header("last-event-id", last.to_string());
+    }
+    let response = c
+        .request(request.body(support::client::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body()
+}
+
+async fn publish(c: &HttpClient, gw: &GatewayProcess, data: &str) -> support::client::Reply {
+    send(
+        c,
+        Request::post(gw.url("/live/news")).body(full(data.to_owned())).unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn hub_messages_reach_every_node_with_the_same_ids() {
+    let mut redis = RedisServer::start();
+    let origin = Backend::start("origin").await;
+    let a = node(&redis.url(), origin.addr);
+    let b = node(&redis.url(), origin.addr);
+    let c = client(Proto::H1);
+    wait_for_nodes(&c, &a, 2).await;
+    wait_for_nodes(&c, &b, 2).await;
+    // The relays are up once a publish is accepted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut on_b = subscribe(&c, &b, None).await;
+    let mut on_a = subscribe(&c, &a, None).await;
+    let first = loop {
+        let reply = publish(&c, &a, "one").await;
+        if reply.status == 200 {
+            break reply.json()["id"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "publishing never accepted: {}", reply.text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let second = publish(&c, &b, "two").await.json()["id"].as_u64().unwrap();
+    assert!(second > first);
+    let (mut buf_a, mut buf_b) = (String::new(), String::new());
+    let want = vec![(first, "one".to_owned()), (second, "two".to_owned())];
+    assert_eq!(
+        sse_events(&mut on_b, &mut buf_b, 2).await,
+        want,
+        "on B, published on A then B"
+    );
+    assert_eq!(sse_events(&mut on_a, &mut buf_a, 2).await, want, "on A, the same ids");
+
+    // A subscriber of A resumes on B from the first id.
+    let mut resumed = subscribe(&c, &b, Some(first)).await;
+    let mut buf = String::new();
+    assert_eq!(
+        sse_events(&mut resumed, &mut buf, 1).await,
+        vec![(second, "two".to_owned())]
+    );
+
+    // A node that joins later has the history from the stream.
+    let late = node(&redis.url(), origin.addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = get(&c, &late.url("/live/news?since=0&timeout=0"), &[]).await;
+        let ids: Vec<u64> = reply.json()["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_u64().unwrap())
+            .collect();
+        if ids == [first, second] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the late node's history: {ids:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Without Redis a publish is refused, not delivered to some nodes only.
+    redis.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = publish(&c, &a, "three").await;
+        if reply.status == 503 {
+            assert_eq!(reply.json()["error"]["code"], "cluster_unavailable");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still accepted without Redis: {}",
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

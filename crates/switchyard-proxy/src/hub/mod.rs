@@ -152,6 +152,21 @@ pub struct Hub {
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     wildcard: broadcast::Sender<Arc<Message>>,
     pub(crate) metrics: HubMetrics,
+    /// In cluster mode, where publishes go (a Redis stream every node
+    /// reads, this one included).
+    pub(crate) relay: ArcSwap<Relay>,
+}
+
+/// Where a hub's publishes go.
+#[derive(Debug)]
+pub(crate) enum Relay {
+    /// A single node: delivered here at once.
+    Local,
+    /// Cluster mode without a link to Redis: publishes are refused (a
+    /// message only some nodes get would break resume across nodes).
+    Down,
+    /// Cluster mode: appended to the route's stream in Redis.
+    Stream(crate::cluster::StreamLink),
 }
 
 impl std::fmt::Debug for Hub {
@@ -168,7 +183,7 @@ fn invalid(message: impl Into<String>) -> ProxyError {
 }
 
 impl Hub {
-    pub(crate) fn new(settings: HubSettings, metrics: HubMetrics) -> Arc<Self> {
+    pub(crate) fn new(settings: HubSettings, metrics: HubMetrics, clustered: bool) -> Arc<Self> {
         let (wildcard, _) = broadcast::channel(settings.queue.saturating_mul(WILDCARD_FACTOR).max(16));
         Arc::new(Self {
             settings: ArcSwap::from_pointee(settings),
@@ -177,7 +192,53 @@ impl Hub {
             topics: RwLock::new(HashMap::new()),
             wildcard,
             metrics,
+            relay: ArcSwap::from_pointee(if clustered { Relay::Down } else { Relay::Local }),
         })
+    }
+
+    /// Follows `[cluster]` being turned on or off by a reload.
+    pub(crate) fn set_clustered(&self, clustered: bool) {
+        let local = matches!(**self.relay.load(), Relay::Local);
+        if clustered && local {
+            self.relay.store(Arc::new(Relay::Down));
+        } else if !clustered && !local {
+            self.relay.store(Arc::new(Relay::Local));
+        }
+    }
+
+    /// Publishes as the node's mode says: here at once, or through the
+    /// cluster's stream (delivered here when it comes back from Redis).
+    /// Returns the message's id.
+    pub(crate) async fn publish_anywhere(
+        &self,
+        topic: &str,
+        event: Option<&str>,
+        data: Bytes,
+    ) -> Result<u64, ProxyError> {
+        let relay = self.relay.load_full();
+        match &*relay {
+            Relay::Local => self.publish(topic, event, data).map(|m| m.id),
+            Relay::Down => Err(ProxyError::ClusterUnavailable),
+            Relay::Stream(link) => {
+                self.check(&data)?;
+                link.append(topic, event, &data)
+                    .await
+                    .ok_or(ProxyError::ClusterUnavailable)
+            }
+        }
+    }
+
+    fn check(&self, data: &Bytes) -> Result<(), ProxyError> {
+        let settings = self.settings();
+        if data.len() as u64 > settings.max_message {
+            return Err(ProxyError::BodyTooLarge {
+                limit: settings.max_message,
+            });
+        }
+        if std::str::from_utf8(data).is_err() {
+            return Err(invalid("a message is UTF-8 text"));
+        }
+        Ok(())
     }
 
     /// New settings for what comes next (a reload).
@@ -228,17 +289,22 @@ impl Hub {
         Ok(topic)
     }
 
-    /// Publishes `data` on `topic`; returns the message.
+    /// Publishes `data` on `topic` here; returns the message.
     pub(crate) fn publish(&self, topic: &str, event: Option<&str>, data: Bytes) -> Result<Arc<Message>, ProxyError> {
+        self.check(&data)?;
+        self.deliver(topic, event, data, None)
+    }
+
+    /// Delivers a message here: with the next id, or with `id` (from the
+    /// cluster's stream; one not above the last is a repeat, dropped).
+    pub(crate) fn deliver(
+        &self,
+        topic: &str,
+        event: Option<&str>,
+        data: Bytes,
+        id: Option<u64>,
+    ) -> Result<Arc<Message>, ProxyError> {
         let settings = self.settings();
-        if data.len() as u64 > settings.max_message {
-            return Err(ProxyError::BodyTooLarge {
-                limit: settings.max_message,
-            });
-        }
-        if std::str::from_utf8(&data).is_err() {
-            return Err(invalid("a message is UTF-8 text"));
-        }
         let entry = self.topic(topic)?;
         let name: Arc<str> = {
             let topics = self.topics.read().expect("topics lock is never poisoned");
@@ -248,10 +314,17 @@ impl Hub {
                 .unwrap_or_else(|| Arc::from(topic))
         };
         let order = self.order.lock().expect("order lock is never poisoned");
+        let last = self.last_id.load(Ordering::Acquire);
+        let id = match id {
+            Some(id) if id <= last => return Err(invalid("a repeated message")),
+            Some(id) => id,
+            None => last + 1,
+        };
+        self.last_id.store(id, Ordering::Release);
         let now = Instant::now();
         let mut history = entry.history.lock().expect("history lock is never poisoned");
         let message = Arc::new(Message {
-            id: self.last_id.fetch_add(1, Ordering::AcqRel) + 1,
+            id,
             topic: name,
             event: event.map(Box::from),
             data,
@@ -719,9 +792,9 @@ pub(crate) async fn serve(
                 Err(source) => ProxyError::ClientBody { source },
             })?
             .to_bytes();
-        let message = hub.publish(topic, event.as_deref(), body)?;
+        let id = hub.publish_anywhere(topic, event.as_deref(), body).await?;
         let mut response = Response::new(ProxyBody::full(
-            serde_json::to_vec(&json!({"id": message.id, "topic": &*message.topic})).expect("JSON serialises"),
+            serde_json::to_vec(&json!({"id": id, "topic": topic})).expect("JSON serialises"),
         ));
         response
             .headers_mut()

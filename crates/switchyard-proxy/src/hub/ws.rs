@@ -121,7 +121,7 @@ async fn run<S>(
             frame = stream.next() => {
                 heard = tokio::time::Instant::now();
                 match frame {
-                    Some(Ok(Frame::Text(text))) => Some(reply(&hub, &mut subscription, principal.as_ref(), text.as_str())),
+                    Some(Ok(Frame::Text(text))) => Some(reply(&hub, &mut subscription, principal.as_ref(), text.as_str()).await),
                     Some(Ok(Frame::Binary(_))) => Some(error("frames are JSON text")),
                     Some(Ok(Frame::Close(_))) => {
                         // tungstenite queued the closing reply: send it.
@@ -183,7 +183,7 @@ fn error(message: &str) -> Frame {
 }
 
 /// The answer to one client frame.
-fn reply(hub: &Arc<Hub>, subscription: &mut Subscription, principal: Option<&Principal>, frame: &str) -> Frame {
+async fn reply(hub: &Arc<Hub>, subscription: &mut Subscription, principal: Option<&Principal>, frame: &str) -> Frame {
     let command: Command = match serde_json::from_str(frame) {
         Ok(command) => command,
         Err(e) => return error(&format!("not a hub command ({e})")),
@@ -226,8 +226,8 @@ fn reply(hub: &Arc<Hub>, subscription: &mut Subscription, principal: Option<&Pri
             if let Err(refused) = may_publish(&settings, &pattern, principal) {
                 return error(&refused.client_message());
             }
-            match hub.publish(&topic, event.as_deref(), Bytes::from(data)) {
-                Ok(message) => text(json!({"type": "published", "id": message.id, "topic": topic})),
+            match hub.publish_anywhere(&topic, event.as_deref(), Bytes::from(data)).await {
+                Ok(id) => text(json!({"type": "published", "id": id, "topic": topic})),
                 Err(refused) => error(&refused.client_message()),
             }
         }
