@@ -92,6 +92,7 @@ struct Sse {
 struct SseReader {
     body: Incoming,
     buffer: String,
+    count: usize,
 }
 
 impl SseReader {
@@ -106,6 +107,7 @@ impl SseReader {
         SseReader {
             body: response.into_body(),
             buffer: String::new(),
+            count: 0,
         }
     }
 
@@ -137,13 +139,19 @@ impl SseReader {
                     }
                 }
                 if any {
+                    self.count += 1;
                     return Some(event);
                 }
                 continue;
             }
-            let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
-                .await
-                .expect("an event within 10s")?;
+            let frame = match tokio::time::timeout(Duration::from_secs(10), self.body.frame()).await {
+                Ok(frame) => frame?,
+                Err(_) => panic!(
+                    "no SSE frame within 10s, after {} events; unparsed: {:?}",
+                    self.count,
+                    &self.buffer[self.buffer.len().saturating_sub(300)..]
+                ),
+            };
             let frame = frame.unwrap_or_else(|e| panic!("the SSE body failed: {e:?}"));
             if let Ok(data) = frame.into_data() {
                 self.buffer.push_str(std::str::from_utf8(&data).unwrap());

@@ -598,7 +598,7 @@ impl Subscription {
             if let Some(message) = self.replay.pop_front() {
                 return Event::Message(message);
             }
-            self.gather();
+            self.gather().await;
             if self.missed > 0 {
                 continue;
             }
@@ -614,17 +614,27 @@ impl Subscription {
         }
     }
 
-    /// Moves everything ready now on the channels into `ready`.
-    fn gather(&mut self) {
-        use futures_util::FutureExt;
-        while let Some(Some((_, item))) = self.exact.next().now_or_never() {
-            self.take(item, false);
-        }
-        while let Some(stream) = self.wildcard.as_mut() {
-            match stream.next().now_or_never() {
-                Some(Some(item)) => self.take(item, true),
-                _ => break,
+    /// Moves everything ready now on the channels into `ready`. Polled
+    /// with the task's own waker, so a channel that has nothing yet wakes
+    /// this task when it has (a no-op waker left registered there would
+    /// lose that wake-up).
+    async fn gather(&mut self) {
+        use futures_util::StreamExt as _;
+        let items = std::future::poll_fn(|cx| {
+            let mut items = Vec::new();
+            while let std::task::Poll::Ready(Some((_, item))) = self.exact.poll_next_unpin(cx) {
+                items.push((item, false));
             }
+            if let Some(stream) = self.wildcard.as_mut() {
+                while let std::task::Poll::Ready(Some(item)) = stream.poll_next_unpin(cx) {
+                    items.push((item, true));
+                }
+            }
+            std::task::Poll::Ready(items)
+        })
+        .await;
+        for (item, from_wildcard) in items {
+            self.take(item, from_wildcard);
         }
     }
 
