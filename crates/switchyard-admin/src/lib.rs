@@ -665,7 +665,7 @@ async fn put_config(state: &AdminState, req: Request<Incoming>) -> Response<Admi
     if config.admin.as_ref().map(|a| (a.listen, &a.token)) != running.admin.as_ref().map(|a| (a.listen, &a.token)) {
         tracing::warn!("admin API: changes to [admin] take effect on restart only");
     }
-    match state.gateway.apply_versioned(config, expected, "admin API").await {
+    match state.gateway.put_config(config, expected).await {
         Ok(version) => {
             tracing::info!(version, "admin API: configuration applied");
             let mut response = json_response(StatusCode::OK, &json!({"status": "applied", "version": version}));
@@ -675,6 +675,10 @@ async fn put_config(state: &AdminState, req: Request<Incoming>) -> Response<Admi
         Err(e @ switchyard_proxy::ApplyError::VersionConflict { .. }) => {
             tracing::warn!(error = %e, "admin API: configuration not applied");
             error(StatusCode::PRECONDITION_FAILED, "version_conflict", &e.to_string())
+        }
+        Err(e @ switchyard_proxy::ApplyError::ClusterUnavailable(_)) => {
+            tracing::warn!(error = %e, "admin API: configuration not applied");
+            error(StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable", &e.to_string())
         }
         Err(e) => {
             tracing::warn!(error = %e, "admin API: configuration could not be applied, keeping the running one");

@@ -21,9 +21,18 @@
 //!   publishes are refused (`503 cluster_unavailable`) rather than reaching
 //!   some nodes only.
 //!
-//! Shared configuration, registry and idempotency are not in this version.
+//! - Shared configuration: `PUT /api/config` on any node stores the document
+//!   in `switchyard:config` (`version`, `document`) with compare-and-set on
+//!   the version, applies it, and announces it on the bus; every node applies
+//!   a newer version when told, or within a second by polling. A node that
+//!   joins applies the newest; the first node of a cluster stores its own.
+//!   Without Redis a `PUT` is refused (`503 cluster_unavailable`): a change
+//!   only one node had would drift silently.
+//!
+//! The registry and idempotency keys are not shared in this version.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
@@ -38,6 +47,20 @@ use crate::Shared;
 
 /// The channel every node follows.
 const BUS: &str = "switchyard:bus";
+/// The shared configuration: a hash of `version` and `document`.
+const CONFIG_KEY: &str = "switchyard:config";
+/// Stores ARGV[2] as version ARGV[1] + 1 if the stored version is ARGV[1].
+/// Returns {1, new version} or {0, the stored version}.
+static CONFIG_CAS: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if v ~= tonumber(ARGV[1]) then return {0, v} end
+redis.call('HSET', KEYS[1], 'version', v + 1, 'document', ARGV[2])
+return {1, v + 1}
+"#,
+    )
+});
 /// Node keys: `switchyard:node:{id}`.
 const NODE_PREFIX: &str = "switchyard:node:";
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -49,6 +72,10 @@ const RETRY: Duration = Duration::from_secs(1);
 pub(crate) struct ClusterState {
     pub(crate) node_id: String,
     started_ms: u64,
+    /// The shared configuration version applied here (0: none yet).
+    config_version: AtomicU64,
+    /// A shared version that could not be applied here (not retried).
+    failed_version: AtomicU64,
     /// The connection events and heartbeats go out on, while connected.
     link: ArcSwapOption<Link>,
 }
@@ -72,6 +99,15 @@ struct Event {
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum EventKind {
     Purge { purge: Purge },
+    Config { version: u64 },
+}
+
+/// What storing a configuration in the cluster came to.
+pub(crate) enum Stored {
+    /// Stored as this version.
+    Version(u64),
+    /// The cluster is at another version than expected.
+    Conflict { current: u64 },
 }
 
 /// What a node says of itself in Redis.
@@ -96,8 +132,47 @@ impl ClusterState {
         Self {
             node_id: format!("{:016x}", fastrand::u64(..)),
             started_ms: now_ms(),
+            config_version: AtomicU64::new(0),
+            failed_version: AtomicU64::new(0),
             link: ArcSwapOption::empty(),
         }
+    }
+
+    /// The shared configuration version applied here (0: none).
+    pub(crate) fn config_version(&self) -> u64 {
+        self.config_version.load(Ordering::Acquire)
+    }
+
+    /// Stores `document` as the cluster's next configuration if the cluster
+    /// is at `expected`; `Err` says why Redis could not be asked.
+    pub(crate) async fn store_config(&self, expected: u64, document: &str) -> Result<Stored, String> {
+        let Some(link) = self.link.load_full() else {
+            return Err("not connected to the cluster's Redis".into());
+        };
+        let mut manager = link.manager.clone();
+        let mut invocation = CONFIG_CAS.key(CONFIG_KEY);
+        invocation.arg(expected).arg(document);
+        let answer: (u8, u64) = tokio::time::timeout(link.timeout * 4, invocation.invoke_async(&mut manager))
+            .await
+            .map_err(|_| "Redis did not answer".to_owned())?
+            .map_err(|e| e.to_string())?;
+        Ok(match answer {
+            (1, version) => Stored::Version(version),
+            (_, current) => Stored::Conflict { current },
+        })
+    }
+
+    /// Records that shared version `version` runs here, and tells the others.
+    pub(crate) async fn announce_config(&self, version: u64) {
+        self.config_version.store(version, Ordering::Release);
+        let Some(link) = self.link.load_full() else { return };
+        let event = Event {
+            from: self.node_id.clone(),
+            kind: EventKind::Config { version },
+        };
+        let payload = serde_json::to_string(&event).expect("an event serialises");
+        let mut manager = link.manager.clone();
+        let _ = tokio::time::timeout(link.timeout, manager.publish::<_, _, i64>(BUS, payload)).await;
     }
 
     /// Publishes `purge` to the other nodes; `Err` says why it could not.
@@ -350,6 +425,7 @@ async fn run(shared: &Arc<Shared>, mode: &ClusterMode) -> Result<(), String> {
         running: Vec::new(),
     };
     readers.reconcile(shared, &client, &link);
+    sync_config(shared, &link).await?;
     let mut messages = pubsub.on_message();
     let mut ticks = tokio::time::interval(HEARTBEAT);
     ticks.reset();
@@ -368,6 +444,7 @@ async fn run(shared: &Arc<Shared>, mode: &ClusterMode) -> Result<(), String> {
                 let Ok(payload) = message.get_payload::<String>() else { continue };
                 match serde_json::from_str::<Event>(&payload) {
                     Ok(event) if event.from == shared.cluster.node_id => {}
+                    Ok(Event { kind: EventKind::Config { .. }, .. }) => sync_config(shared, &link).await?,
                     Ok(event) => apply(shared, event),
                     Err(error) => tracing::warn!(%error, "cluster: an event on the bus could not be read"),
                 }
@@ -378,6 +455,7 @@ async fn run(shared: &Arc<Shared>, mode: &ClusterMode) -> Result<(), String> {
                 }
                 heartbeat(shared, &link).await?;
                 readers.reconcile(shared, &client, &link);
+                sync_config(shared, &link).await?;
             }
         }
     }
@@ -433,14 +511,80 @@ fn apply(shared: &Shared, event: Event) {
             let purged = shared.snapshot.load().cache.purge(&purge);
             tracing::info!(from = %event.from, purged, "cluster: purge from another node applied");
         }
+        EventKind::Config { .. } => {}
+    }
+}
+
+/// Brings this node to the cluster's configuration: applies a newer shared
+/// version, or, when the cluster has none yet, stores this node's own.
+async fn sync_config(shared: &Arc<Shared>, link: &Link) -> Result<(), String> {
+    let mut manager = link.manager.clone();
+    let read: Option<(Option<u64>, Option<String>)> = tokio::time::timeout(
+        link.timeout * 4,
+        redis::cmd("HMGET")
+            .arg(CONFIG_KEY)
+            .arg("version")
+            .arg("document")
+            .query_async(&mut manager),
+    )
+    .await
+    .map_err(|_| "Redis did not answer".to_owned())?
+    .map_err(|e| e.to_string())
+    .map(Some)?;
+    let (version, document) = read.unwrap_or((None, None));
+    let state = &shared.cluster;
+    match (version, document) {
+        (Some(version), Some(document)) => {
+            if version <= state.config_version() || version == state.failed_version.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let gateway = crate::Gateway { shared: shared.clone() };
+            let config = match switchyard_config::parse_json(document.as_bytes()) {
+                Ok(config) => config,
+                Err(diagnostics) => {
+                    state.failed_version.store(version, Ordering::Release);
+                    let detail = format!("cluster version {version}: {} error(s) here", diagnostics.len());
+                    tracing::error!(version, errors = %diagnostics, "cluster: the shared configuration is not valid on this node; keeping the running one");
+                    gateway.count_rejected_reload(detail);
+                    return Ok(());
+                }
+            };
+            match gateway.apply_versioned(config, None, "cluster").await {
+                Ok(local) => {
+                    state.config_version.store(version, Ordering::Release);
+                    tracing::info!(version, local, "cluster: shared configuration applied");
+                }
+                Err(error) => {
+                    state.failed_version.store(version, Ordering::Release);
+                    tracing::error!(version, %error, "cluster: the shared configuration cannot run here; keeping the running one");
+                }
+            }
+            Ok(())
+        }
+        _ => {
+            // The first node of the cluster: its configuration is version 1.
+            let document =
+                serde_json::to_string(&shared.snapshot.load().config.raw).expect("a configuration serialises");
+            if let Ok(Stored::Version(version)) = state.store_config(0, &document).await {
+                state.config_version.store(version, Ordering::Release);
+                tracing::info!(version, "cluster: stored this node's configuration as the shared one");
+            }
+            Ok(())
+        }
     }
 }
 
 async fn heartbeat(shared: &Shared, link: &Link) -> Result<(), String> {
     let snapshot = shared.snapshot.load();
+    let shared_version = shared.cluster.config_version();
     let record = NodeRecord {
         id: shared.cluster.node_id.clone(),
-        version: snapshot.version,
+        // The shared version it runs (its own count before it has one).
+        version: if shared_version > 0 {
+            shared_version
+        } else {
+            snapshot.version
+        },
         started_ms: shared.cluster.started_ms,
         heartbeat_ms: now_ms(),
         admin: snapshot.config.admin.as_ref().map(|a| a.listen.to_string()),

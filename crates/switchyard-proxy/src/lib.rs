@@ -89,6 +89,8 @@ pub enum ApplyError {
     ShuttingDown,
     #[error("the configuration changed meanwhile: expected version {expected}, running version {running}")]
     VersionConflict { expected: u64, running: u64 },
+    #[error("the configuration cannot be shared with the other nodes: {0}")]
+    ClusterUnavailable(String),
 }
 
 impl Shared {
@@ -296,7 +298,39 @@ impl Gateway {
     /// one more for each successful apply), read together.
     pub fn versioned_config(&self) -> (Arc<Config>, u64) {
         let snapshot = self.shared.snapshot.load();
-        (snapshot.config.clone(), snapshot.version)
+        // In cluster mode, the shared version (what If-Match names).
+        let version = match (&snapshot.config.cluster_mode, self.shared.cluster.config_version()) {
+            (Some(_), shared) if shared > 0 => shared,
+            _ => snapshot.version,
+        };
+        (snapshot.config.clone(), version)
+    }
+
+    /// Applies `config` for the admin API (`PUT /api/config`): on a single
+    /// node with the node's own compare-and-set (`expected`); in cluster
+    /// mode, stored in Redis under compare-and-set on the shared version
+    /// (`expected`, else the version this node runs), applied here, and
+    /// announced to the other nodes. Returns the version clients see.
+    pub async fn put_config(&self, config: Config, expected: Option<u64>) -> Result<u64, ApplyError> {
+        if self.shared.snapshot.load().config.cluster_mode.is_none() {
+            return self.apply_versioned(config, expected, "admin API").await;
+        }
+        let cluster = &self.shared.cluster;
+        let expected = expected.unwrap_or_else(|| cluster.config_version());
+        let document = serde_json::to_string(&config.raw).expect("a configuration serialises");
+        match cluster.store_config(expected, &document).await {
+            Err(why) => Err(ApplyError::ClusterUnavailable(why)),
+            Ok(cluster::Stored::Conflict { current }) => Err(ApplyError::VersionConflict {
+                expected,
+                running: current,
+            }),
+            Ok(cluster::Stored::Version(version)) => {
+                // Stored: it is the cluster's now, even if it cannot run here.
+                let applied = self.apply_versioned(config, None, "admin API (cluster)").await;
+                cluster.announce_config(version).await;
+                applied.map(|_| version)
+            }
+        }
     }
 
     /// Figures for the dashboard: per-route counts and latency histograms,
@@ -390,11 +424,12 @@ impl Gateway {
     /// The nodes of the cluster (`GET /api/nodes`): this one, and in cluster
     /// mode every node whose heartbeat is current.
     pub async fn nodes(&self) -> serde_json::Value {
+        let (_, version) = self.versioned_config();
         let snapshot = self.shared.snapshot.load();
         let this = serde_json::json!({
             "id": self.shared.cluster.node_id,
             "this": true,
-            "version": snapshot.version,
+            "version": version,
             "admin": snapshot.config.admin.as_ref().map(|a| a.listen.to_string()),
             "draining": self.is_draining(),
         });

@@ -304,3 +304,86 @@ async fn hub_messages_reach_every_node_with_the_same_ids() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+async fn config_version(c: &HttpClient, gw: &GatewayProcess) -> String {
+    let reply = get(c, &gw.admin_url("/api/config"), &[]).await;
+    reply.header("etag").unwrap_or_default().to_owned()
+}
+
+async fn put_config(
+    c: &HttpClient,
+    gw: &GatewayProcess,
+    doc: &serde_json::Value,
+    if_match: &str,
+) -> support::client::Reply {
+    let request = Request::put(gw.admin_url("/api/config"))
+        .header("content-type", "application/json")
+        .header("if-match", if_match)
+        .body(full(doc.to_string()))
+        .unwrap();
+    send(c, request).await
+}
+
+/// Waits (at most 10 s) until `path` through `gw` answers `status`.
+async fn wait_for_status(c: &HttpClient, gw: &GatewayProcess, path: &str, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if get(c, &gw.url(path), &[]).await.status == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} on {} never answered {status}",
+            gw.addr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_config_put_on_one_node_runs_on_every_node() {
+    let mut redis = RedisServer::start();
+    let origin = Backend::start("origin").await;
+    let nodes: Vec<GatewayProcess> = (0..3).map(|_| node(&redis.url(), origin.addr)).collect();
+    let c = client(Proto::H1);
+    // The first node's configuration is the shared version 1 everywhere.
+    for gw in &nodes {
+        wait_for_nodes(&c, gw, 3).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while config_version(&c, gw).await != "\"1\"" {
+            assert!(Instant::now() < deadline, "shared version 1 not known on {}", gw.addr());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // A route added through node A runs on B and C.
+    let mut doc = get(&c, &nodes[0].admin_url("/api/config"), &[]).await.json();
+    doc["routes"].as_array_mut().unwrap().push(serde_json::json!({
+        "name": "hello",
+        "match": {"path": "/hello"},
+        "direct": {"status": 200, "body": "hi"}
+    }));
+    let reply = put_config(&c, &nodes[0], &doc, "\"1\"").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["version"], 2);
+    for gw in &nodes {
+        wait_for_status(&c, gw, "/hello", 200).await;
+        assert_eq!(config_version(&c, gw).await, "\"2\"");
+    }
+
+    // A writer that read version 1 is refused, not silently applied.
+    let stale = put_config(&c, &nodes[1], &doc, "\"1\"").await;
+    assert_eq!(stale.status, 412, "{}", stale.text());
+    assert_eq!(stale.json()["error"]["code"], "version_conflict");
+
+    // A node that starts later, from its own file, runs the shared version.
+    let late = node(&redis.url(), origin.addr);
+    wait_for_status(&c, &late, "/hello", 200).await;
+
+    // Without Redis a change is refused and the running one stays.
+    redis.stop();
+    let refused = put_config(&c, &nodes[0], &doc, "\"2\"").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["code"], "cluster_unavailable");
+    assert_eq!(get(&c, &nodes[0].url("/hello"), &[]).await.status, 200);
+}
