@@ -37,12 +37,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use switchyard_config::ClusterMode;
 
 use crate::cache::Purge;
+use crate::global_limit::{manager_config, redacted};
 use crate::Shared;
 
 /// The channel every node follows.
@@ -361,14 +362,6 @@ async fn read_stream(client: redis::Client, hub: Arc<crate::hub::Hub>, key: Stri
     }
 }
 
-/// The URL without its password, for the admin API.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
-        _ => url.to_owned(),
-    }
-}
-
 /// Keeps this node in the cluster while cluster mode is configured:
 /// connects, heartbeats, follows the bus, and starts over after a failure
 /// or a change of `[cluster]`. Runs until the gateway drains.
@@ -396,13 +389,8 @@ pub(crate) async fn follow(shared: Arc<Shared>) {
 /// One connected stretch: returns when `[cluster]` changes or Redis fails.
 async fn run(shared: &Arc<Shared>, mode: &ClusterMode) -> Result<(), String> {
     let client = redis::Client::open(mode.redis.as_str()).map_err(|e| e.to_string())?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(mode.redis_timeout))
-        .set_response_timeout(Some(mode.redis_timeout))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_secs(1));
     let connect = async {
-        let manager = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let manager = ConnectionManager::new_with_config(client.clone(), manager_config(mode)).await?;
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(BUS).await?;
         Ok::<_, redis::RedisError>((manager, pubsub))

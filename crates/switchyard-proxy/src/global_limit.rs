@@ -60,8 +60,19 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// The URL without its password, for logs.
-fn redacted(url: &str) -> String {
+/// How every connection to the cluster's Redis behaves: `redis_timeout`
+/// for connecting and for each answer, one retry, reconnects at most a
+/// second apart (global limits and cluster mode alike).
+pub(crate) fn manager_config(mode: &ClusterMode) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(mode.redis_timeout))
+        .set_response_timeout(Some(mode.redis_timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1))
+}
+
+/// The URL without its password, for logs and the admin API.
+pub(crate) fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
         _ => url.to_owned(),
@@ -72,12 +83,7 @@ impl RedisStore {
     /// A store for `mode`; connects on first use and reconnects by itself.
     pub fn new(mode: &ClusterMode) -> Result<Arc<Self>, String> {
         let client = redis::Client::open(mode.redis.as_str()).map_err(|e| format!("{}: {e}", redacted(&mode.redis)))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(mode.redis_timeout))
-            .set_response_timeout(Some(mode.redis_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let manager = ConnectionManager::new_lazy_with_config(client, config)
+        let manager = ConnectionManager::new_lazy_with_config(client, manager_config(mode))
             .map_err(|e| format!("{}: {e}", redacted(&mode.redis)))?;
         Ok(Arc::new(Self {
             url: mode.redis.clone(),

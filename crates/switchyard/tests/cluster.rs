@@ -15,6 +15,7 @@ use http::Request;
 use support::backend::Backend;
 use support::client::{client, full, get, send, HttpClient, Proto};
 use support::redis::RedisServer;
+use support::sse::SseReader;
 use support::GatewayProcess;
 
 fn node(redis: &str, origin: std::net::SocketAddr) -> GatewayProcess {
@@ -179,46 +180,21 @@ cache = {{ ttl = "60s" }}
     assert_eq!(answer["nodes"], "this node (no cluster mode)");
 }
 
-/// Reads SSE `(id, data)` pairs from a streaming response.
-async fn sse_events(body: &mut hyper::body::Incoming, buffer: &mut String, n: usize) -> Vec<(u64, String)> {
-    use http_body_util::BodyExt;
-    let mut out = Vec::new();
-    while out.len() < n {
-        if let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let id = block
-                .lines()
-                .find_map(|l| l.strip_prefix("id: "))
-                .map(|v| v.parse().unwrap());
-            let data = block.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_owned);
-            if let (Some(id), Some(data)) = (id, data) {
-                out.push((id, data));
-            }
-            continue;
-        }
-        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
-            .await
-            .expect("an event within 10s")
-            .expect("the stream is open")
-            .expect("a frame");
-        if let Ok(data) = frame.into_data() {
-            buffer.push_str(std::str::from_utf8(&data).unwrap());
-        }
-    }
-    out
+/// A subscriber of `news` on `gw`, resuming after `last` if given.
+async fn subscribe(c: &HttpClient, gw: &GatewayProcess, last: Option<u64>) -> SseReader {
+    let last = last.map(|id| id.to_string());
+    let headers: Vec<(&str, &str)> = last.iter().map(|id| ("last-event-id", id.as_str())).collect();
+    SseReader::open(c, &gw.url("/live/news"), &headers).await
 }
 
-async fn subscribe(c: &HttpClient, gw: &GatewayProcess, last: Option<u64>) -> hyper::body::Incoming {
-    let mut request = Request::get(gw.url("/live/news")).header("accept", "text/event-stream");
-    if let Some(last) = last {
-        request = request.header("last-event-id", last.to_string());
-    }
-    let response = c
-        .request(request.body(support::client::empty()).unwrap())
+/// The next `n` events' ids and data.
+async fn events(reader: &mut SseReader, n: usize) -> Vec<(u64, String)> {
+    reader
+        .take(n)
         .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.into_body()
+        .into_iter()
+        .map(|e| (e.id.unwrap(), e.data))
+        .collect()
 }
 
 async fn publish(c: &HttpClient, gw: &GatewayProcess, data: &str) -> support::client::Reply {
@@ -252,22 +228,13 @@ async fn hub_messages_reach_every_node_with_the_same_ids() {
     };
     let second = publish(&c, &b, "two").await.json()["id"].as_u64().unwrap();
     assert!(second > first);
-    let (mut buf_a, mut buf_b) = (String::new(), String::new());
     let want = vec![(first, "one".to_owned()), (second, "two".to_owned())];
-    assert_eq!(
-        sse_events(&mut on_b, &mut buf_b, 2).await,
-        want,
-        "on B, published on A then B"
-    );
-    assert_eq!(sse_events(&mut on_a, &mut buf_a, 2).await, want, "on A, the same ids");
+    assert_eq!(events(&mut on_b, 2).await, want, "on B, published on A then B");
+    assert_eq!(events(&mut on_a, 2).await, want, "on A, the same ids");
 
     // A subscriber of A resumes on B from the first id.
     let mut resumed = subscribe(&c, &b, Some(first)).await;
-    let mut buf = String::new();
-    assert_eq!(
-        sse_events(&mut resumed, &mut buf, 1).await,
-        vec![(second, "two".to_owned())]
-    );
+    assert_eq!(events(&mut resumed, 1).await, vec![(second, "two".to_owned())]);
 
     // A node that joins later has the history from the stream.
     let late = node(&redis.url(), origin.addr);

@@ -136,6 +136,8 @@ impl Transport {
 }
 
 struct Topic {
+    /// Its name, shared by every message of the topic.
+    name: Arc<str>,
     history: Mutex<VecDeque<Arc<Message>>>,
     live: broadcast::Sender<Arc<Message>>,
 }
@@ -281,11 +283,13 @@ impl Hub {
             }
         }
         let (live, _) = broadcast::channel(settings.queue.max(1));
+        let name: Arc<str> = Arc::from(name);
         let topic = Arc::new(Topic {
+            name: name.clone(),
             history: Mutex::new(VecDeque::new()),
             live,
         });
-        topics.insert(Arc::from(name), topic.clone());
+        topics.insert(name, topic.clone());
         Ok(topic)
     }
 
@@ -306,13 +310,6 @@ impl Hub {
     ) -> Result<Arc<Message>, ProxyError> {
         let settings = self.settings();
         let entry = self.topic(topic)?;
-        let name: Arc<str> = {
-            let topics = self.topics.read().expect("topics lock is never poisoned");
-            topics
-                .get_key_value(topic)
-                .map(|(k, _)| k.clone())
-                .unwrap_or_else(|| Arc::from(topic))
-        };
         let order = self.order.lock().expect("order lock is never poisoned");
         let last = self.last_id.load(Ordering::Acquire);
         let id = match id {
@@ -325,7 +322,7 @@ impl Hub {
         let mut history = entry.history.lock().expect("history lock is never poisoned");
         let message = Arc::new(Message {
             id,
-            topic: name,
+            topic: entry.name.clone(),
             event: event.map(Box::from),
             data,
             at: now,

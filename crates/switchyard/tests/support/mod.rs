@@ -11,6 +11,7 @@ pub mod dns;
 pub mod gateway;
 pub mod grpc;
 pub mod redis;
+pub mod sse;
 pub mod ws;
 
 #[allow(unused_imports)]
