@@ -214,10 +214,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<AdminBody
         (&Method::POST, "/api/cache/purge") => purge_cache(state, req).await,
         (&Method::GET, "/") => static_document(DASHBOARD, "text/html; charset=utf-8"),
         (&Method::GET, "/api/openapi.json") => static_document(OPENAPI, "application/json"),
-        (&Method::GET, "/api/registry") => json_response(
-            StatusCode::OK,
-            &state.gateway.service_registry().describe_all(std::time::Instant::now()),
-        ),
+        (&Method::GET, "/api/registry") => json_response(StatusCode::OK, &state.gateway.registry_view().await),
         (&Method::GET, "/api/stats") => json_response(StatusCode::OK, &state.gateway.dashboard_summary()),
         (&Method::GET, "/api/stream") => stats_stream(state),
         (&Method::GET, "/metrics") => {
@@ -318,13 +315,15 @@ fn stats_stream(state: &AdminState) -> Response<AdminBody> {
 /// `/api/registry/`.
 async fn registry_call(state: &AdminState, req: Request<Incoming>, rest: &str) -> Response<AdminBody> {
     use switchyard_proxy::discovery::{Registration, RegistryError};
-    let registry = state.gateway.service_registry();
-    let now = std::time::Instant::now();
+    let gateway = &state.gateway;
     let segments: Vec<&str> = rest.split('/').collect();
     let refused = |e: RegistryError| match e {
         RegistryError::Invalid(message) => error(StatusCode::BAD_REQUEST, "invalid_registration", &message),
         e @ RegistryError::NotFound { .. } => error(StatusCode::NOT_FOUND, "unknown_instance", &e.to_string()),
         e @ RegistryError::Full(_) => error(StatusCode::CONFLICT, "service_full", &e.to_string()),
+        e @ RegistryError::Unavailable(_) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable", &e.to_string())
+        }
     };
     match (req.method().clone(), segments.as_slice()) {
         (Method::POST, [service]) => {
@@ -351,7 +350,7 @@ async fn registry_call(state: &AdminState, req: Request<Incoming>, rest: &str) -
                     )
                 }
             };
-            match registry.register(&service, registration, now) {
+            match gateway.register(&service, registration).await {
                 Ok(instance) => {
                     tracing::info!(%service, id = %instance["id"], address = %instance["address"], "registry: instance registered");
                     json_response(StatusCode::CREATED, &json!({"service": service, "instance": instance}))
@@ -359,11 +358,11 @@ async fn registry_call(state: &AdminState, req: Request<Incoming>, rest: &str) -
                 Err(e) => refused(e),
             }
         }
-        (Method::PUT, [service, id, "heartbeat"]) => match registry.heartbeat(service, id, now) {
+        (Method::PUT, [service, id, "heartbeat"]) => match gateway.heartbeat(service, id).await {
             Ok(instance) => json_response(StatusCode::OK, &json!({"service": service, "instance": instance})),
             Err(e) => refused(e),
         },
-        (Method::DELETE, [service, id]) => match registry.deregister(service, id) {
+        (Method::DELETE, [service, id]) => match gateway.deregister(service, id).await {
             Ok(()) => {
                 tracing::info!(%service, %id, "registry: instance deregistered");
                 json_response(

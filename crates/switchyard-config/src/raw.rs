@@ -572,6 +572,10 @@ pub struct RawIdempotency {
     pub max_entries: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrent: Option<String>,
+    /// Cluster mode: what a request with a key gets while Redis cannot be
+    /// reached (`deny`: 503, `allow`: it runs without the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_redis_error: Option<String>,
 }
 
 /// `backoff = { base, max }` of a retry policy.

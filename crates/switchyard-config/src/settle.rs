@@ -1527,7 +1527,25 @@ impl Settler {
         if max_entries == 0 {
             self.error(at.key("max_entries"), "must be at least 1");
         }
+        let on_redis_error = match raw.on_redis_error.as_deref().unwrap_or("deny") {
+            "deny" => OnRedisError::Deny,
+            "allow" => OnRedisError::Allow,
+            other => {
+                self.error(
+                    at.key("on_redis_error"),
+                    format!("unknown choice \"{other}\" (expected \"deny\" or \"allow\")"),
+                );
+                OnRedisError::Deny
+            }
+        };
+        if raw.on_redis_error.is_some() && !self.cluster_mode_present {
+            self.error(
+                at.key("on_redis_error"),
+                "only applies in cluster mode, where keys are kept in Redis: set `[cluster] redis = \"redis://...\"`",
+            );
+        }
         Idempotency {
+            on_redis_error,
             ttl: self.duration(&raw.ttl, at.key("ttl"), defaults::IDEMPOTENCY_TTL),
             max_body: self.size(&raw.max_body, at.key("max_body"), defaults::IDEMPOTENCY_MAX_BODY),
             max_entries: max_entries.max(1),

@@ -511,6 +511,9 @@ pub struct Idempotency {
     pub max_body: u64,
     pub max_entries: usize,
     pub concurrent: ConcurrentDuplicate,
+    /// Cluster mode (keys kept in Redis): what a request with a key gets
+    /// while Redis cannot be reached.
+    pub on_redis_error: OnRedisError,
 }
 
 /// Injected faults.

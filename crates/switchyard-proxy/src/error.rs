@@ -99,6 +99,8 @@ pub enum ProxyError {
     HubFull { limit: usize },
     #[error("the cluster's Redis cannot be reached")]
     ClusterUnavailable,
+    #[error("the idempotency store (the cluster's Redis) cannot be reached")]
+    IdempotencyUnavailable,
 }
 
 impl ProxyError {
@@ -125,7 +127,7 @@ impl ProxyError {
             | Self::RangeNotSatisfiable { .. }
             | Self::NotCached
             | Self::HubRequest(_) => Side::Downstream,
-            Self::HubFull { .. } | Self::ClusterUnavailable => Side::Internal,
+            Self::HubFull { .. } | Self::ClusterUnavailable | Self::IdempotencyUnavailable => Side::Internal,
             Self::WebSocketLimit { .. } => Side::Upstream,
             Self::FaultInjected { .. }
             | Self::IdempotencyStoreFull
@@ -193,7 +195,9 @@ impl ProxyError {
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::NotCached => StatusCode::GATEWAY_TIMEOUT,
             Self::HubRequest(_) => StatusCode::BAD_REQUEST,
-            Self::HubFull { .. } | Self::ClusterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::HubFull { .. } | Self::ClusterUnavailable | Self::IdempotencyUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamConnect { .. } | Self::Upstream { .. } | Self::WebSocketUpstream { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -238,6 +242,7 @@ impl ProxyError {
             Self::HubRequest(_) => "invalid_hub_request",
             Self::HubFull { .. } => "hub_full",
             Self::ClusterUnavailable => "cluster_unavailable",
+            Self::IdempotencyUnavailable => "idempotency_unavailable",
         }
     }
 
@@ -370,6 +375,9 @@ impl ProxyError {
             Self::HubFull { limit } => format!("the hub follows {limit} topics, its maximum; retry later"),
             Self::ClusterUnavailable => {
                 "the cluster's Redis cannot be reached, so the message would not reach every node; retry later".into()
+            }
+            Self::IdempotencyUnavailable => {
+                "idempotency keys are kept in the cluster's Redis, which cannot be reached now, so a repeat could not be recognised; retry later".into()
             }
             Self::RateLimited { decision } => format!(
                 "rate limit of {} requests exceeded; retry in {} s",

@@ -216,6 +216,8 @@ pub(crate) async fn forward<'s>(
                 Begin::Replay(stored) => return Ok(replayed(&stored)),
                 Begin::Mismatch => return Err(ProxyError::IdempotencyMismatch),
                 Begin::Full => return Err(ProxyError::IdempotencyStoreFull),
+                Begin::Unavailable => return Err(ProxyError::IdempotencyUnavailable),
+                Begin::Bypass => None,
                 Begin::InProgress => match settings.concurrent {
                     ConcurrentDuplicate::Reject => return Err(ProxyError::IdempotencyInProgress),
                     ConcurrentDuplicate::Wait => match store.wait(&key, route.timeout).await {

@@ -44,8 +44,8 @@ return {1, ahead, 0}
 /// A connection to the shared Redis.
 pub struct RedisStore {
     pub url: String,
-    manager: ConnectionManager,
-    timeout: Duration,
+    pub(crate) manager: ConnectionManager,
+    pub(crate) timeout: Duration,
     /// Calls that failed or timed out (for /metrics).
     pub failures: AtomicU64,
     last_warning: AtomicU64,
@@ -95,7 +95,9 @@ impl RedisStore {
         }))
     }
 
-    fn warn(&self, error: &str, allowing: bool) {
+    /// Counts a failed call and logs it (at most every 10 seconds); `what`
+    /// names the feature, `allowing` its policy.
+    pub(crate) fn warn(&self, what: &'static str, error: &str, allowing: bool) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         let now = self.epoch.elapsed().as_secs() + 10;
         let last = self.last_warning.load(Ordering::Relaxed);
@@ -110,7 +112,7 @@ impl RedisStore {
                 %error,
                 policy = if allowing { "allow" } else { "deny" },
                 failures = self.failures.load(Ordering::Relaxed),
-                "rate limit store unreachable"
+                "{what} store unreachable"
             );
         }
     }
@@ -166,12 +168,12 @@ impl GlobalBucket {
             Ok(Ok(values)) => values,
             Ok(Err(error)) => {
                 self.store
-                    .warn(&error.to_string(), self.on_error == OnRedisError::Allow);
+                    .warn("rate limit", &error.to_string(), self.on_error == OnRedisError::Allow);
                 return None;
             }
             Err(_) => {
                 self.store
-                    .warn("no answer in time", self.on_error == OnRedisError::Allow);
+                    .warn("rate limit", "no answer in time", self.on_error == OnRedisError::Allow);
                 return None;
             }
         };

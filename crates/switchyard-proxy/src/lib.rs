@@ -453,6 +453,123 @@ impl Gateway {
         &self.shared.discovery.registry
     }
 
+    /// The link to the cluster's Redis in cluster mode (`None` without
+    /// cluster mode); refused while Redis cannot be reached.
+    fn registry_link(&self) -> Result<Option<Arc<cluster::Link>>, discovery::RegistryError> {
+        if self.shared.snapshot.load().config.cluster_mode.is_none() {
+            return Ok(None);
+        }
+        match self.shared.cluster.link() {
+            Some(link) => Ok(Some(link)),
+            None => Err(discovery::RegistryError::Unavailable(
+                "not connected to the cluster's Redis".into(),
+            )),
+        }
+    }
+
+    /// Registers an instance (`POST /api/registry/{service}`): here, or in
+    /// cluster mode in Redis, for every node. Returns its description.
+    pub async fn register(
+        &self,
+        service: &str,
+        registration: discovery::Registration,
+    ) -> Result<serde_json::Value, discovery::RegistryError> {
+        use discovery::RegistryError::{Full, Unavailable};
+        let registry = &self.shared.discovery.registry;
+        let Some(link) = self.registry_link()? else {
+            return registry.register(service, registration, std::time::Instant::now());
+        };
+        let (id, record) = registry.validate(service, registration, true)?;
+        match link.register(service, &id, &record).await.map_err(Unavailable)? {
+            cluster::registry::Registered::Full => Err(Full(service.to_owned())),
+            cluster::registry::Registered::Done(mirrored) => {
+                let description = discovery::registry::describe_record(&id, &mirrored);
+                registry.mirror_one(service, &id, mirrored);
+                self.shared.cluster.announce(cluster::EventKind::Registry).await;
+                Ok(description)
+            }
+        }
+    }
+
+    /// Pushes an instance's expiry one TTL ahead
+    /// (`PUT /api/registry/{service}/{id}/heartbeat`).
+    pub async fn heartbeat(&self, service: &str, id: &str) -> Result<serde_json::Value, discovery::RegistryError> {
+        let registry = &self.shared.discovery.registry;
+        let Some(link) = self.registry_link()? else {
+            return registry.heartbeat(service, id, std::time::Instant::now());
+        };
+        match link
+            .heartbeat(service, id)
+            .await
+            .map_err(discovery::RegistryError::Unavailable)?
+        {
+            Some(mirrored) => Ok(discovery::registry::describe_record(id, &mirrored)),
+            None => Err(discovery::RegistryError::NotFound {
+                service: service.to_owned(),
+                id: id.to_owned(),
+            }),
+        }
+    }
+
+    /// Removes an instance (`DELETE /api/registry/{service}/{id}`).
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<(), discovery::RegistryError> {
+        let registry = &self.shared.discovery.registry;
+        let Some(link) = self.registry_link()? else {
+            return registry.deregister(service, id);
+        };
+        let removed = link
+            .deregister(service, id)
+            .await
+            .map_err(discovery::RegistryError::Unavailable)?;
+        // This node's copy follows at once; the others when told.
+        let _ = registry.deregister(service, id);
+        self.shared.cluster.announce(cluster::EventKind::Registry).await;
+        match removed {
+            true => Ok(()),
+            false => Err(discovery::RegistryError::NotFound {
+                service: service.to_owned(),
+                id: id.to_owned(),
+            }),
+        }
+    }
+
+    /// Every service and its instances (`GET /api/registry`): in cluster
+    /// mode as Redis holds them, or this node's copy (`"shared": false`)
+    /// while Redis cannot be reached.
+    pub async fn registry_view(&self) -> serde_json::Value {
+        let registry = &self.shared.discovery.registry;
+        let local = |shared: Option<bool>| {
+            let mut view = registry.describe_all(std::time::Instant::now());
+            if let Some(shared) = shared {
+                view["shared"] = serde_json::Value::Bool(shared);
+            }
+            view
+        };
+        let link = match self.registry_link() {
+            Ok(None) => return local(None),
+            Ok(Some(link)) => link,
+            Err(_) => return local(Some(false)),
+        };
+        match link.read_registry().await {
+            Ok(services) => {
+                let mut names: Vec<&String> = services.keys().collect();
+                names.sort();
+                let described: serde_json::Map<String, serde_json::Value> = names
+                    .into_iter()
+                    .map(|name| {
+                        let instances = services[name]
+                            .iter()
+                            .map(|(id, m)| discovery::registry::describe_record(id, m))
+                            .collect();
+                        (name.clone(), serde_json::Value::Array(instances))
+                    })
+                    .collect();
+                serde_json::json!({"services": described, "shared": true})
+            }
+            Err(_) => local(Some(false)),
+        }
+    }
+
     /// Whether a graceful shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.shared.draining.load(Ordering::SeqCst)

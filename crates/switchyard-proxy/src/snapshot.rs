@@ -20,6 +20,8 @@ use switchyard_balance::{
 use switchyard_config::{BalancerKind, Cluster, ClusterMode, Config, Listener, Route, RouteAction};
 use switchyard_resilience::fault::{AbortFault, DelayFault, FaultSettings};
 use switchyard_resilience::idempotency::{IdempotencyStore, MemoryStore, MemoryStoreSettings};
+
+use crate::cluster::SharedIdempotency;
 use switchyard_resilience::{Breaker, BreakerSettings, ConcurrencyLimit, RetryBudget, RetryBudgetSettings};
 use switchyard_security::cors::{CorsPolicy, Origins};
 use switchyard_security::ipfilter::IpFilter;
@@ -263,8 +265,9 @@ pub struct Registry {
     breakers: HashMap<String, Arc<Breaker>>,
     endpoint_breakers: HashMap<(String, String), Arc<Breaker>>,
     limits: HashMap<String, Arc<ConcurrencyLimit>>,
-    /// Idempotency stores by route name.
+    /// Idempotency stores by route name: here, or in Redis (cluster mode).
     idempotency: HashMap<String, Arc<MemoryStore>>,
+    shared_idempotency: HashMap<String, Arc<SharedIdempotency>>,
     /// Route retry budgets by route name.
     route_budgets: HashMap<String, Arc<RetryBudget>>,
     /// Rate limiters by route name and position.
@@ -426,19 +429,6 @@ impl Registry {
         self.endpoint_breakers = endpoint_breakers_in_use;
         self.limits = limits_in_use;
 
-        let mut idempotency_in_use = HashMap::new();
-        for route in &config.routes {
-            let Some(settings) = route.idempotency else { continue };
-            let wanted = MemoryStoreSettings {
-                ttl: settings.ttl,
-                max_entries: settings.max_entries,
-            };
-            let store = reuse(&self.idempotency, &route.name, |s| *s.settings() == wanted)
-                .unwrap_or_else(|| Arc::new(MemoryStore::new(wanted)));
-            idempotency_in_use.insert(route.name.clone(), store);
-        }
-        self.idempotency = idempotency_in_use;
-
         let mut route_budgets_in_use = HashMap::new();
         for route in &config.routes {
             let Some(ratio) = route.retry.as_ref().and_then(|r| r.budget) else {
@@ -475,6 +465,34 @@ impl Registry {
             },
             (None, _) => None,
         };
+        // Idempotency keys: in the cluster's Redis in cluster mode, else here.
+        let mut idempotency_in_use = HashMap::new();
+        let mut shared_idempotency_in_use = HashMap::new();
+        for route in &config.routes {
+            let Some(settings) = route.idempotency else { continue };
+            if let Some((_, redis)) = &self.redis {
+                let same = |s: &SharedIdempotency| s.is(redis, settings.ttl, route.timeout, settings.on_redis_error);
+                let store = reuse(&self.shared_idempotency, &route.name, same).unwrap_or_else(|| {
+                    Arc::new(SharedIdempotency::new(
+                        redis.clone(),
+                        settings.ttl,
+                        route.timeout,
+                        settings.on_redis_error,
+                    ))
+                });
+                shared_idempotency_in_use.insert(route.name.clone(), store);
+                continue;
+            }
+            let wanted = MemoryStoreSettings {
+                ttl: settings.ttl,
+                max_entries: settings.max_entries,
+            };
+            let store = reuse(&self.idempotency, &route.name, |s| *s.settings() == wanted)
+                .unwrap_or_else(|| Arc::new(MemoryStore::new(wanted)));
+            idempotency_in_use.insert(route.name.clone(), store);
+        }
+        self.idempotency = idempotency_in_use;
+        self.shared_idempotency = shared_idempotency_in_use;
         let mut limiters_in_use = HashMap::new();
         for route in &config.routes {
             for (i, limit) in route.rate_limits.iter().enumerate() {
@@ -559,10 +577,13 @@ impl Registry {
                             RouteAction::Forward { cluster } => clusters.get(cluster).cloned(),
                             _ => None,
                         },
-                        idempotency: self
-                            .idempotency
-                            .get(&route.name)
-                            .map(|store| store.clone() as Arc<dyn IdempotencyStore>),
+                        idempotency: match self.shared_idempotency.get(&route.name) {
+                            Some(shared) => Some(shared.clone() as Arc<dyn IdempotencyStore>),
+                            None => self
+                                .idempotency
+                                .get(&route.name)
+                                .map(|store| store.clone() as Arc<dyn IdempotencyStore>),
+                        },
                         fault: route.fault.as_ref().map(fault_settings),
                         budget: self.route_budgets.get(&route.name).cloned(),
                         metrics: metrics.route(

@@ -7,8 +7,8 @@
 //! (422), not a replay. While the first request runs, a duplicate either waits
 //! for its response or is refused (409), as the route says.
 //!
-//! [`IdempotencyStore`] is the seam for other stores (Redis, for several
-//! gateways); [`MemoryStore`] is the bounded in-process one.
+//! [`IdempotencyStore`] is the seam for other stores (the gateway keeps them
+//! in Redis in cluster mode); [`MemoryStore`] is the bounded in-process one.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -41,6 +41,11 @@ pub enum Begin {
     Mismatch,
     /// The store is full of running requests.
     Full,
+    /// The store cannot be reached, and its policy is to refuse.
+    Unavailable,
+    /// The store cannot be reached, and its policy is to let the request
+    /// run without a key (it is neither recognised nor kept).
+    Bypass,
 }
 
 /// A boxed future, so stores can be used as trait objects.

@@ -175,6 +175,11 @@ fn check_reports_each_kind_of_mistake_with_its_location() {
             "[cache]\nmax_size = \"lots\"\n",
             "bad.toml:14:1: `cache.max_size`: invalid size \"lots\"",
         ),
+        (
+            "idempotency failure policy without cluster mode",
+            "[[routes]]\nname = \"r\"\ncluster = \"api\"\nidempotency = { on_redis_error = \"allow\" }\n",
+            "bad.toml:16:17: `routes[1].idempotency.on_redis_error`: only applies in cluster mode",
+        ),
         ("TOML syntax", "[[routes]\n", "bad.toml:13:"),
         (
             "exposed admin without token",

@@ -1,10 +1,11 @@
-//! Cluster mode, first part: three gateway processes and a private
-//! redis-server on loopback. The nodes list each other (`GET /api/nodes`), a
-//! cache purge on one node clears the others, and with Redis stopped each
-//! node keeps serving alone (purges apply locally and say so) until Redis is
-//! back and the nodes rejoin by themselves. Hub messages published on one
-//! node reach subscribers on every node with the same ids, so a subscriber
-//! resumes on any node, and a node that joins later has the history.
+//! Cluster mode: gateway processes and a private redis-server on loopback.
+//! The nodes list each other (`GET /api/nodes`), a cache purge on one node
+//! clears the others, and with Redis stopped each node keeps serving alone
+//! until Redis is back and the nodes rejoin by themselves. Hub messages
+//! published on one node reach subscribers on every node with the same ids,
+//! so a subscriber resumes on any node. A configuration put on one node runs
+//! on all; registry instances, idempotency keys and global limits are
+//! shared; and Redis restarted under load fails no proxied request.
 
 mod support;
 
@@ -353,4 +354,335 @@ async fn a_config_put_on_one_node_runs_on_every_node() {
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert_eq!(refused.json()["error"]["code"], "cluster_unavailable");
     assert_eq!(get(&c, &nodes[0].url("/hello"), &[]).await.status, 200);
+}
+
+/// A node with the shared state of cluster mode in use: a cluster fed by
+/// the registry, an idempotent route, a global limit, and a plain route.
+fn shared_node(redis: &str, origin: std::net::SocketAddr) -> GatewayProcess {
+    GatewayProcess::start(&format!(
+        r#"
+[access_log]
+enabled = false
+
+[admin]
+listen = "127.0.0.1:0"
+
+[cluster]
+redis = "{redis}"
+redis_timeout = "200ms"
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+
+[[clusters]]
+name = "origin"
+endpoints = [{{ address = "{origin}" }}]
+
+[[clusters]]
+name = "users"
+endpoints_from = {{ registry = "users" }}
+
+[[routes]]
+name = "users"
+match = {{ path_prefix = "/users" }}
+cluster = "users"
+retry = {{ attempts = 1 }}
+
+[[routes]]
+name = "pay"
+match = {{ path_prefix = "/pay" }}
+cluster = "origin"
+idempotency = {{ ttl = "1m" }}
+
+[[routes]]
+name = "limited"
+match = {{ path_prefix = "/limited" }}
+cluster = "origin"
+rate_limit = {{ rate = 10, per = "1m", scope = "global" }}
+
+[[routes]]
+name = "busy"
+match = {{ path_prefix = "/busy" }}
+cluster = "origin"
+rate_limit = {{ rate = 100000, per = "1s", scope = "global" }}
+
+[[routes]]
+name = "plain"
+cluster = "origin"
+"#
+    ))
+}
+
+async fn admin_call(
+    c: &HttpClient,
+    gw: &GatewayProcess,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(gw.admin_url(path))
+        .header("content-type", "application/json")
+        .body(full(body.map(|b| b.to_string()).unwrap_or_default()))
+        .unwrap();
+    let reply = send(c, request).await;
+    (reply.status.as_u16(), reply.json())
+}
+
+async fn post(c: &HttpClient, gw: &GatewayProcess, path: &str, key: &str, body: &str) -> support::client::Reply {
+    let request = Request::post(gw.url(path))
+        .header("idempotency-key", key)
+        .body(full(body.to_owned()))
+        .unwrap();
+    send(c, request).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_idempotency_keys_and_global_limits_are_shared() {
+    let _redis = RedisServer::start();
+    let origin = Backend::start("origin").await;
+    let user = Backend::start("user").await;
+    let nodes: Vec<GatewayProcess> = (0..3).map(|_| shared_node(&_redis.url(), origin.addr)).collect();
+    let c = client(Proto::H1);
+    for gw in &nodes {
+        wait_for_nodes(&c, gw, 3).await;
+    }
+    let (a, b, third) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // An instance registered on B serves through A and C.
+    let (status, registered) = admin_call(
+        &c,
+        b,
+        "POST",
+        "/api/registry/users",
+        Some(serde_json::json!({"address": user.addr.to_string(), "ttl": "30s", "metadata": {"zone": "b"}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{registered}");
+    let id = registered["instance"]["id"].as_str().unwrap().to_owned();
+    for gw in &nodes {
+        wait_for_status(&c, gw, "/users/1", 200).await;
+        assert_eq!(
+            get(&c, &gw.url("/users/1"), &[]).await.header("x-backend"),
+            Some("user")
+        );
+    }
+    let (_, listed) = admin_call(&c, a, "GET", "/api/registry", None).await;
+    assert_eq!(listed["shared"], true, "{listed}");
+    assert_eq!(listed["services"]["users"][0]["id"], id.as_str(), "{listed}");
+    assert_eq!(listed["services"]["users"][0]["metadata"]["zone"], "b", "{listed}");
+    // Heartbeats through any node; an unknown id is told to register.
+    let (status, beat) = admin_call(&c, third, "PUT", &format!("/api/registry/users/{id}/heartbeat"), None).await;
+    assert_eq!(status, 200, "{beat}");
+    let (status, unknown) = admin_call(&c, a, "PUT", "/api/registry/users/nobody/heartbeat", None).await;
+    assert_eq!(
+        (status, &unknown["error"]["code"]),
+        (404, &serde_json::json!("unknown_instance"))
+    );
+    // Deregistered through A: gone everywhere.
+    let (status, gone) = admin_call(&c, a, "DELETE", &format!("/api/registry/users/{id}"), None).await;
+    assert_eq!(status, 200, "{gone}");
+    for gw in &nodes {
+        wait_for_status(&c, gw, "/users/1", 503).await;
+    }
+    // A registration that is not kept alive lapses on every node.
+    let (status, _) = admin_call(
+        &c,
+        third,
+        "POST",
+        "/api/registry/users",
+        Some(serde_json::json!({"id": "brief", "address": user.addr.to_string(), "ttl": "1s"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    for gw in &nodes {
+        wait_for_status(&c, gw, "/users/1", 200).await;
+    }
+    for gw in &nodes {
+        wait_for_status(&c, gw, "/users/1", 503).await;
+    }
+
+    // An idempotency key used on A is recognised on B and C.
+    let seen = || origin.seen().iter().filter(|s| s.path_and_query == "/pay").count();
+    let first = post(&c, a, "/pay", "k1", "charge 10").await;
+    assert_eq!(first.status, 200);
+    assert!(first.header("idempotent-replayed").is_none());
+    let again = post(&c, b, "/pay", "k1", "charge 10").await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!((again.status, again.text()), (first.status, first.text()));
+    assert_eq!(again.header("x-backend"), Some("origin"), "stored headers come back");
+    let other = post(&c, third, "/pay", "k1", "charge 99").await;
+    assert_eq!(other.status, 422);
+    assert_eq!(seen(), 1, "the origin saw the charge once");
+    // Nine concurrent duplicates over the three nodes: one runs.
+    origin
+        .controls
+        .delay_ms
+        .store(300, std::sync::atomic::Ordering::Relaxed);
+    let replies = futures_util::future::join_all((0..9).map(|i| {
+        let c = client(Proto::H1);
+        let gw = &nodes[i % 3];
+        async move { post(&c, gw, "/pay", "k2", "charge 20").await }
+    }))
+    .await;
+    origin.controls.delay_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(seen(), 2, "one of the nine duplicates ran");
+    assert!(replies.iter().all(|r| r.status == 200 && r.text() == replies[0].text()));
+    let replayed = replies
+        .iter()
+        .filter(|r| r.header("idempotent-replayed").is_some())
+        .count();
+    assert_eq!(replayed, 8);
+
+    // One global limit of 10 a minute for the three nodes together.
+    let mut statuses = Vec::new();
+    for i in 0..15 {
+        statuses.push(get(&c, &nodes[i % 3].url("/limited"), &[]).await.status.as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5, "{statuses:?}");
+}
+
+/// Sends GETs through `gw` until `stop` (at most 60 s and 200,000
+/// requests); returns (answered 200, anything else).
+async fn load(gw_url: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> (u64, Vec<String>) {
+    let c = client(Proto::H1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut ok, mut failed) = (0u64, Vec::new());
+    for _ in 0..200_000 {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() > deadline {
+            break;
+        }
+        let request = Request::get(&gw_url).body(support::client::empty()).unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), c.request(request)).await {
+            Ok(Ok(response)) if response.status() == 200 => {
+                use http_body_util::BodyExt;
+                match response.into_body().collect().await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(format!("{gw_url}: body: {e}")),
+                }
+            }
+            Ok(Ok(response)) => failed.push(format!("{gw_url}: status {}", response.status())),
+            Ok(Err(e)) => failed.push(format!("{gw_url}: {e}")),
+            Err(_) => failed.push(format!("{gw_url}: no answer in 5 s")),
+        }
+    }
+    (ok, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_under_load_fails_no_proxied_request() {
+    let mut redis = RedisServer::start();
+    let port = redis.addr.port();
+    let origin = Backend::start("origin").await;
+    let user = Backend::start("user").await;
+    let nodes: Vec<GatewayProcess> = (0..3).map(|_| shared_node(&redis.url(), origin.addr)).collect();
+    let c = client(Proto::H1);
+    for gw in &nodes {
+        wait_for_nodes(&c, gw, 3).await;
+    }
+    let (status, _) = admin_call(
+        &c,
+        &nodes[0],
+        "POST",
+        "/api/registry/users",
+        Some(serde_json::json!({"id": "u1", "address": user.addr.to_string(), "ttl": "60s"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    for gw in &nodes {
+        wait_for_status(&c, gw, "/users/1", 200).await;
+    }
+
+    // Plain, registry-fed and globally limited (fail-open) routes, on every
+    // node, while Redis goes away and comes back.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loads: Vec<_> = nodes
+        .iter()
+        .flat_map(|gw| ["/plain", "/users/1", "/busy"].map(|path| gw.url(path)))
+        .map(|url| tokio::spawn(load(url, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.stop();
+
+    // Without Redis: what must be shared is refused, the rest serves.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = admin_call(
+            &c,
+            &nodes[1],
+            "POST",
+            "/api/registry/users",
+            Some(serde_json::json!({"id": "u2", "address": user.addr.to_string()})),
+        )
+        .await;
+        if status == 503 {
+            assert_eq!(body["error"]["code"], "cluster_unavailable", "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "registered without Redis: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = post(&c, &nodes[2], "/pay", "k-down", "x").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["code"], "idempotency_unavailable");
+    let (_, listed) = admin_call(&c, &nodes[2], "GET", "/api/registry", None).await;
+    assert_eq!(listed["shared"], false, "{listed}");
+    assert_eq!(
+        listed["services"]["users"][0]["id"], "u1",
+        "the last state is kept: {listed}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Redis comes back empty (no persistence): the nodes rejoin and write
+    // back the registry and configuration they hold.
+    let _redis = RedisServer::start_on(port);
+    for gw in &nodes {
+        wait_for_nodes(&c, gw, 3).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, listed) = admin_call(&c, &nodes[1], "GET", "/api/registry", None).await;
+        if listed["shared"] == true && listed["services"]["users"][0]["id"] == "u1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the registry was not written back: {listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = post(&c, &nodes[2], "/pay", "k-up", "x").await;
+        if reply.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "idempotent requests still refused: {}",
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut doc = get(&c, &nodes[0].admin_url("/api/config"), &[]).await.json();
+    let version = config_version(&c, &nodes[0]).await;
+    doc["routes"].as_array_mut().unwrap().insert(
+        0,
+        serde_json::json!({"name": "hello", "match": {"path": "/hello"}, "direct": {"status": 200, "body": "hi"}}),
+    );
+    let reply = put_config(&c, &nodes[0], &doc, &version).await;
+    assert_eq!(reply.status, 200, "a shared change after the restart: {}", reply.text());
+    for gw in &nodes {
+        wait_for_status(&c, gw, "/hello", 200).await;
+    }
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for load in loads {
+        let (ok, failed) = load.await.unwrap();
+        assert!(failed.is_empty(), "failed proxied requests: {failed:?}");
+        assert!(ok > 0, "every load loop got answers");
+        total += ok;
+    }
+    eprintln!("{total} proxied requests, none failed, through a Redis restart");
 }

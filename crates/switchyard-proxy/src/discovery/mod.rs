@@ -19,7 +19,7 @@ use switchyard_config::{Cluster, Config, DnsDiscovery, Endpoint, EndpointSource}
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use registry::{Registration, RegistryError, ServiceRegistry};
+pub use registry::{Mirrored, Record, Registration, RegistryError, ServiceRegistry};
 
 /// The discovered endpoints of every source in use.
 #[derive(Debug, Default)]

@@ -5,12 +5,18 @@
 //! Registration, heartbeat and expiry run on the admin API and a sweep
 //! task, never on the request path: requests see the instances through the
 //! snapshot that is rebuilt when a service's set of instances changes.
+//!
+//! In cluster mode the instances live in Redis and this registry is the
+//! node's copy of them ([`ServiceRegistry::mirror`]): Redis keeps the TTLs,
+//! and the copy does not expire anything by itself, so a node that loses
+//! Redis keeps routing to the instances it last knew.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use switchyard_config::units::parse_duration;
 use switchyard_config::Endpoint;
@@ -24,7 +30,7 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Largest metadata object kept per instance, as JSON text.
 const MAX_METADATA: usize = 4096;
 /// Most instances one service may hold.
-const MAX_INSTANCES: usize = 10_000;
+pub(crate) const MAX_INSTANCES: usize = 10_000;
 
 /// `POST /api/registry/{service}`'s body.
 #[derive(Debug, Deserialize)]
@@ -51,6 +57,30 @@ pub enum RegistryError {
     NotFound { service: String, id: String },
     #[error("service \"{0}\" already has {MAX_INSTANCES} instances")]
     Full(String),
+    /// Cluster mode, and the cluster's Redis cannot be reached.
+    #[error("the registry is shared through Redis, which cannot be reached now: {0}")]
+    Unavailable(String),
+}
+
+/// An instance as it is stored (in Redis, in cluster mode).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub address: String,
+    pub weight: u32,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, Value>,
+    pub ttl_ms: u64,
+    /// Wall-clock milliseconds.
+    pub registered_ms: u64,
+}
+
+/// An instance read from Redis: its record, and its expiry and the time it
+/// was read by the Redis clock (milliseconds).
+#[derive(Debug, Clone)]
+pub struct Mirrored {
+    pub record: Record,
+    pub expires_ms: u64,
+    pub now_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +101,8 @@ pub struct ServiceRegistry {
     /// Bumped whenever a service's endpoint set (addresses or weights) changes.
     changes: watch::Sender<u64>,
     next_id: std::sync::atomic::AtomicU64,
+    /// A copy of the cluster's registry: nothing expires here.
+    mirrored: AtomicBool,
 }
 
 impl Default for ServiceRegistry {
@@ -79,6 +111,7 @@ impl Default for ServiceRegistry {
             services: Mutex::new(HashMap::new()),
             changes: watch::Sender::new(0),
             next_id: std::sync::atomic::AtomicU64::new(1),
+            mirrored: AtomicBool::new(false),
         }
     }
 }
@@ -86,6 +119,33 @@ impl Default for ServiceRegistry {
 impl ServiceRegistry {
     /// Adds or replaces an instance; returns its id and description.
     pub fn register(&self, service: &str, registration: Registration, now: Instant) -> Result<Value, RegistryError> {
+        let (id, record) = self.validate(service, registration, false)?;
+        let instance = Instance::new(&record, now + Duration::from_millis(record.ttl_ms), None);
+        let description = describe(&id, &instance, now);
+        let changed = {
+            let mut services = self.services.lock().expect("registry lock is never poisoned");
+            let instances = services.entry(service.to_owned()).or_default();
+            if !instances.contains_key(&id) && instances.len() >= MAX_INSTANCES {
+                return Err(RegistryError::Full(service.to_owned()));
+            }
+            let previous = instances.insert(id, instance.clone());
+            previous.is_none_or(|p| p.address != instance.address || p.weight != instance.weight)
+        };
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+        Ok(description)
+    }
+
+    /// Checks a registration; returns the instance's id (a random one when
+    /// it names none and `random_id`, as nodes of a cluster choose ids
+    /// apart) and what is stored of it.
+    pub fn validate(
+        &self,
+        service: &str,
+        registration: Registration,
+        random_id: bool,
+    ) -> Result<(String, Record), RegistryError> {
         check_name("service", service)?;
         let address = match registration.port {
             Some(port) => {
@@ -127,35 +187,97 @@ impl ServiceRegistry {
                 check_name("id", &id)?;
                 id
             }
-            None => format!(
-                "{service}-{}",
-                self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ),
+            None if random_id => format!("{service}-{:012x}", fastrand::u64(..1 << 48)),
+            None => format!("{service}-{}", self.next_id.fetch_add(1, Ordering::Relaxed)),
         };
-        let wall = SystemTime::now();
-        let instance = Instance {
+        let record = Record {
             address,
             weight,
             metadata: registration.metadata,
-            ttl,
-            expires: now + ttl,
-            registered: wall,
-            last_heartbeat: wall,
+            ttl_ms: ttl.as_millis() as u64,
+            registered_ms: unix_ms(SystemTime::now()),
         };
-        let description = describe(&id, &instance, now);
+        Ok((id, record))
+    }
+
+    /// Replaces every instance with the cluster's (read from Redis); from
+    /// then on nothing expires here until [`ServiceRegistry::unmirror`].
+    pub fn mirror(&self, cluster: HashMap<String, BTreeMap<String, Mirrored>>) {
+        let now = Instant::now();
+        let replacement: HashMap<String, BTreeMap<String, Instance>> = cluster
+            .into_iter()
+            .map(|(service, instances)| {
+                let instances = instances
+                    .into_iter()
+                    .map(|(id, m)| {
+                        let left = Duration::from_millis(m.expires_ms.saturating_sub(m.now_ms));
+                        let beat = m.expires_ms.saturating_sub(m.record.ttl_ms);
+                        (id, Instance::new(&m.record, now + left, Some(beat)))
+                    })
+                    .collect();
+                (service, instances)
+            })
+            .collect();
+        self.mirrored.store(true, Ordering::Release);
         let changed = {
             let mut services = self.services.lock().expect("registry lock is never poisoned");
-            let instances = services.entry(service.to_owned()).or_default();
-            if !instances.contains_key(&id) && instances.len() >= MAX_INSTANCES {
-                return Err(RegistryError::Full(service.to_owned()));
-            }
-            let previous = instances.insert(id, instance.clone());
+            let changed = endpoint_sets(&services) != endpoint_sets(&replacement);
+            *services = replacement;
+            changed
+        };
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Adds or replaces one instance of the cluster's copy (this node's own
+    /// write, before the next read of Redis).
+    pub fn mirror_one(&self, service: &str, id: &str, mirrored: Mirrored) {
+        let left = Duration::from_millis(mirrored.expires_ms.saturating_sub(mirrored.now_ms));
+        let beat = mirrored.expires_ms.saturating_sub(mirrored.record.ttl_ms);
+        let instance = Instance::new(&mirrored.record, Instant::now() + left, Some(beat));
+        let changed = {
+            let mut services = self.services.lock().expect("registry lock is never poisoned");
+            let previous = services
+                .entry(service.to_owned())
+                .or_default()
+                .insert(id.to_owned(), instance.clone());
             previous.is_none_or(|p| p.address != instance.address || p.weight != instance.weight)
         };
         if changed {
             self.changes.send_modify(|n| *n += 1);
         }
-        Ok(description)
+    }
+
+    /// Whether this is a copy of the cluster's registry.
+    pub fn is_mirror(&self) -> bool {
+        self.mirrored.load(Ordering::Acquire)
+    }
+
+    /// Cluster mode is off: the instances held expire here again.
+    pub fn unmirror(&self) {
+        self.mirrored.store(false, Ordering::Release);
+    }
+
+    /// Every instance held, as records with the time each has left (to
+    /// write back into a Redis that lost them).
+    pub fn records(&self, now: Instant) -> Vec<(String, String, Record, Duration)> {
+        let services = self.services.lock().expect("registry lock is never poisoned");
+        let mut out = Vec::new();
+        for (service, instances) in services.iter() {
+            for (id, instance) in instances {
+                let record = Record {
+                    address: instance.address.clone(),
+                    weight: instance.weight,
+                    metadata: instance.metadata.clone(),
+                    ttl_ms: instance.ttl.as_millis() as u64,
+                    registered_ms: unix_ms(instance.registered),
+                };
+                let left = instance.expires.saturating_duration_since(now).max(instance.ttl);
+                out.push((service.clone(), id.clone(), record, left));
+            }
+        }
+        out
     }
 
     /// Pushes an instance's expiry one TTL ahead.
@@ -196,6 +318,9 @@ impl ServiceRegistry {
 
     /// Drops instances whose TTL lapsed by `now`; returns how many.
     pub fn expire(&self, now: Instant) -> usize {
+        if self.is_mirror() {
+            return 0;
+        }
         let mut expired = Vec::new();
         {
             let mut services = self.services.lock().expect("registry lock is never poisoned");
@@ -221,12 +346,13 @@ impl ServiceRegistry {
 
     /// The live instances of `service` as endpoints, ordered by id.
     pub fn endpoints(&self, service: &str, now: Instant) -> Vec<Endpoint> {
+        let mirror = self.is_mirror();
         let services = self.services.lock().expect("registry lock is never poisoned");
         let mut endpoints: Vec<Endpoint> = services
             .get(service)
             .into_iter()
             .flat_map(|instances| instances.values())
-            .filter(|i| i.expires > now)
+            .filter(|i| mirror || i.expires > now)
             .map(|i| Endpoint {
                 address: i.address.clone(),
                 weight: i.weight,
@@ -257,6 +383,49 @@ impl ServiceRegistry {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
+}
+
+impl Instance {
+    /// `last_heartbeat_ms`: wall-clock milliseconds (now when `None`).
+    fn new(record: &Record, expires: Instant, last_heartbeat_ms: Option<u64>) -> Self {
+        let wall = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        Self {
+            address: record.address.clone(),
+            weight: record.weight,
+            metadata: record.metadata.clone(),
+            ttl: Duration::from_millis(record.ttl_ms),
+            expires,
+            registered: wall(record.registered_ms),
+            last_heartbeat: last_heartbeat_ms.map_or_else(SystemTime::now, wall),
+        }
+    }
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Each service's endpoints (address and weight), to tell whether a
+/// replacement changes what requests see.
+fn endpoint_sets(services: &HashMap<String, BTreeMap<String, Instance>>) -> BTreeMap<&str, Vec<(&str, u32)>> {
+    services
+        .iter()
+        .map(|(service, instances)| {
+            let mut endpoints: Vec<(&str, u32)> = instances.values().map(|i| (i.address.as_str(), i.weight)).collect();
+            endpoints.sort_unstable();
+            (service.as_str(), endpoints)
+        })
+        .collect()
+}
+
+/// An instance as `GET /api/registry` shows it.
+pub fn describe_record(id: &str, mirrored: &Mirrored) -> Value {
+    let instance = Instance::new(
+        &mirrored.record,
+        Instant::now() + Duration::from_millis(mirrored.expires_ms.saturating_sub(mirrored.now_ms)),
+        Some(mirrored.expires_ms.saturating_sub(mirrored.record.ttl_ms)),
+    );
+    describe(id, &instance, Instant::now())
 }
 
 fn describe(id: &str, instance: &Instance, now: Instant) -> Value {

@@ -90,7 +90,10 @@ pub fn code_of(error: &ProxyError) -> u8 {
         ProxyError::NoRoute { .. } | ProxyError::MethodNotAllowed { .. } | ProxyError::FileNotFound => UNIMPLEMENTED,
         ProxyError::PreconditionFailed => FAILED_PRECONDITION,
         ProxyError::RangeNotSatisfiable { .. } => OUT_OF_RANGE,
-        ProxyError::NotCached | ProxyError::HubFull { .. } | ProxyError::ClusterUnavailable => UNAVAILABLE,
+        ProxyError::NotCached
+        | ProxyError::HubFull { .. }
+        | ProxyError::ClusterUnavailable
+        | ProxyError::IdempotencyUnavailable => UNAVAILABLE,
         ProxyError::HubRequest(_) => INTERNAL,
         ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } | ProxyError::UriTooLong { .. } => INTERNAL,
         ProxyError::ClientTimeout | ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamConnectTimeout { .. } => {

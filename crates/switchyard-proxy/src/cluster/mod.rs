@@ -29,7 +29,7 @@
 //!   Without Redis a `PUT` is refused (`503 cluster_unavailable`): a change
 //!   only one node had would drift silently.
 //!
-//! The registry and idempotency keys are not shared in this version.
+//! - The service registry: see [`registry`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -46,6 +46,14 @@ use crate::cache::Purge;
 use crate::global_limit::{manager_config, redacted};
 use crate::Shared;
 
+mod hub;
+mod idempotency;
+pub(crate) mod registry;
+
+use hub::Readers;
+pub(crate) use hub::StreamLink;
+pub(crate) use idempotency::SharedIdempotency;
+
 /// The channel every node follows.
 const BUS: &str = "switchyard:bus";
 /// The shared configuration: a hash of `version` and `document`.
@@ -59,6 +67,18 @@ local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if v ~= tonumber(ARGV[1]) then return {0, v} end
 redis.call('HSET', KEYS[1], 'version', v + 1, 'document', ARGV[2])
 return {1, v + 1}
+"#,
+    )
+});
+/// Stores ARGV[2] as version ARGV[1] unless a version as new is stored.
+/// Returns 1 when stored.
+static CONFIG_SEED: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if v >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'document', ARGV[2])
+return 1
 "#,
     )
 });
@@ -82,10 +102,21 @@ pub(crate) struct ClusterState {
 }
 
 #[derive(Debug)]
-struct Link {
+pub(crate) struct Link {
     url: String,
     manager: ConnectionManager,
     timeout: Duration,
+}
+
+impl Link {
+    /// Runs a script, waiting up to four Redis timeouts for its answer.
+    async fn call<T: redis::FromRedisValue>(&self, invocation: redis::ScriptInvocation<'_>) -> Result<T, String> {
+        let mut manager = self.manager.clone();
+        tokio::time::timeout(self.timeout * 4, invocation.invoke_async(&mut manager))
+            .await
+            .map_err(|_| "Redis did not answer".to_owned())?
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// What nodes tell each other.
@@ -98,9 +129,15 @@ struct Event {
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-enum EventKind {
-    Purge { purge: Purge },
-    Config { version: u64 },
+pub(crate) enum EventKind {
+    Purge {
+        purge: Purge,
+    },
+    Config {
+        version: u64,
+    },
+    /// The registry changed: read it now rather than at the next tick.
+    Registry,
 }
 
 /// What storing a configuration in the cluster came to.
@@ -166,14 +203,24 @@ impl ClusterState {
     /// Records that shared version `version` runs here, and tells the others.
     pub(crate) async fn announce_config(&self, version: u64) {
         self.config_version.store(version, Ordering::Release);
+        self.announce(EventKind::Config { version }).await;
+    }
+
+    /// Tells the other nodes, if connected (they catch up by polling if not).
+    pub(crate) async fn announce(&self, kind: EventKind) {
         let Some(link) = self.link.load_full() else { return };
         let event = Event {
             from: self.node_id.clone(),
-            kind: EventKind::Config { version },
+            kind,
         };
         let payload = serde_json::to_string(&event).expect("an event serialises");
         let mut manager = link.manager.clone();
         let _ = tokio::time::timeout(link.timeout, manager.publish::<_, _, i64>(BUS, payload)).await;
+    }
+
+    /// The link to Redis while connected.
+    pub(crate) fn link(&self) -> Option<Arc<Link>> {
+        self.link.load_full()
     }
 
     /// Publishes `purge` to the other nodes; `Err` says why it could not.
@@ -203,10 +250,26 @@ impl ClusterState {
         };
         let mut manager = link.manager.clone();
         let listed = tokio::time::timeout(link.timeout * 4, async {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{NODE_PREFIX}*"))
-                .query_async(&mut manager)
-                .await?;
+            // SCAN, not KEYS: a shared Redis is not blocked while it looks.
+            let mut keys: Vec<String> = Vec::new();
+            let mut cursor = 0u64;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{NODE_PREFIX}*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut manager)
+                    .await?;
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            keys.sort_unstable();
+            keys.dedup();
             if keys.is_empty() {
                 return Ok::<_, redis::RedisError>(Vec::new());
             }
@@ -242,126 +305,6 @@ impl ClusterState {
     }
 }
 
-/// A hub route's stream in Redis, for publishing.
-#[derive(Debug)]
-pub(crate) struct StreamLink {
-    key: String,
-    manager: ConnectionManager,
-    timeout: Duration,
-    max_len: usize,
-}
-
-impl StreamLink {
-    /// Appends a message; returns its id (`None`: Redis failed).
-    pub(crate) async fn append(&self, topic: &str, event: Option<&str>, data: &[u8]) -> Option<u64> {
-        let mut command = redis::cmd("XADD");
-        command
-            .arg(&self.key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.max_len)
-            .arg("*")
-            .arg("topic")
-            .arg(topic)
-            .arg("data")
-            .arg(data);
-        if let Some(event) = event {
-            command.arg("event").arg(event);
-        }
-        let mut manager = self.manager.clone();
-        let id: String = tokio::time::timeout(self.timeout, command.query_async(&mut manager))
-            .await
-            .ok()?
-            .map_err(|error| tracing::warn!(%error, "cluster: a hub publish failed"))
-            .ok()?;
-        parse_stream_id(&id)
-    }
-}
-
-/// `1700000000000-3` as one number: milliseconds, then 20 bits of sequence.
-fn parse_stream_id(id: &str) -> Option<u64> {
-    let (ms, seq) = id.split_once('-')?;
-    let (ms, seq): (u64, u64) = (ms.parse().ok()?, seq.parse().ok()?);
-    (seq < 1 << 20).then_some((ms << 20) | seq)
-}
-
-fn stream_id(id: u64) -> String {
-    format!("{}-{}", id >> 20, id & ((1 << 20) - 1))
-}
-
-/// Hub routes of the running configuration.
-fn hubs(shared: &Shared) -> Vec<(String, Arc<crate::hub::Hub>)> {
-    let snapshot = shared.snapshot.load();
-    let mut out: Vec<(String, Arc<crate::hub::Hub>)> = Vec::new();
-    for listener in snapshot.listeners.values() {
-        for entry in listener.router.routes() {
-            if let Some(hub) = &entry.hub {
-                if !out.iter().any(|(name, _)| *name == entry.route.name) {
-                    out.push((entry.route.name.clone(), hub.clone()));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Delivers what a hub route's stream brings, from after the hub's last
-/// id, until aborted; reconnects by itself.
-async fn read_stream(client: redis::Client, hub: Arc<crate::hub::Hub>, key: String) {
-    const BLOCK_MS: u64 = 1000;
-    loop {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 2000)));
-        let mut connection = match client.get_multiplexed_async_connection_with_config(&config).await {
-            Ok(connection) => connection,
-            Err(error) => {
-                tracing::debug!(%error, %key, "cluster: cannot read the hub stream; retrying");
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        loop {
-            let last = stream_id(hub.last_id());
-            let reply: redis::RedisResult<Option<redis::streams::StreamReadReply>> = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(1000)
-                .arg("BLOCK")
-                .arg(BLOCK_MS)
-                .arg("STREAMS")
-                .arg(&key)
-                .arg(&last)
-                .query_async(&mut connection)
-                .await;
-            let reply = match reply {
-                Ok(reply) => reply,
-                Err(error) => {
-                    tracing::debug!(%error, %key, "cluster: reading the hub stream failed; reconnecting");
-                    break;
-                }
-            };
-            for stream in reply.map(|r| r.keys).unwrap_or_default() {
-                for entry in stream.ids {
-                    let Some(id) = parse_stream_id(&entry.id) else { continue };
-                    let text = |field: &str| -> Option<Vec<u8>> {
-                        match entry.map.get(field)? {
-                            redis::Value::BulkString(bytes) => Some(bytes.clone()),
-                            _ => None,
-                        }
-                    };
-                    let (Some(topic), Some(data)) = (text("topic"), text("data")) else {
-                        continue;
-                    };
-                    let topic = String::from_utf8_lossy(&topic).into_owned();
-                    let event = text("event").map(|e| String::from_utf8_lossy(&e).into_owned());
-                    let _ = hub.deliver(&topic, event.as_deref(), bytes::Bytes::from(data), Some(id));
-                }
-            }
-        }
-        tokio::time::sleep(RETRY).await;
-    }
-}
-
 /// Keeps this node in the cluster while cluster mode is configured:
 /// connects, heartbeats, follows the bus, and starts over after a failure
 /// or a change of `[cluster]`. Runs until the gateway drains.
@@ -371,6 +314,7 @@ pub(crate) async fn follow(shared: Arc<Shared>) {
         let outcome = match mode {
             None => {
                 shared.cluster.link.store(None);
+                shared.discovery.registry.unmirror();
                 Ok(())
             }
             Some(mode) => run(&shared, &mode).await,
@@ -408,12 +352,11 @@ async fn run(shared: &Arc<Shared>, mode: &ClusterMode) -> Result<(), String> {
     shared.cluster.link.store(Some(link.clone()));
     tracing::info!(node = %shared.cluster.node_id, "cluster: joined");
     // One reader per hub route, dropped (and so stopped) with this stretch.
-    let mut readers = Readers {
-        tasks: tokio::task::JoinSet::new(),
-        running: Vec::new(),
-    };
+    let mut readers = Readers::default();
     readers.reconcile(shared, &client, &link);
     sync_config(shared, &link).await?;
+    let mut registry_seen = None;
+    registry::sync(&shared.discovery.registry, &link, &mut registry_seen).await?;
     let mut messages = pubsub.on_message();
     let mut ticks = tokio::time::interval(HEARTBEAT);
     ticks.reset();
@@ -433,6 +376,9 @@ async fn run(shared: &Arc<Shared>, mode: &ClusterMode) -> Result<(), String> {
                 match serde_json::from_str::<Event>(&payload) {
                     Ok(event) if event.from == shared.cluster.node_id => {}
                     Ok(Event { kind: EventKind::Config { .. }, .. }) => sync_config(shared, &link).await?,
+                    Ok(Event { kind: EventKind::Registry, .. }) => {
+                        registry::sync(&shared.discovery.registry, &link, &mut registry_seen).await?;
+                    }
                     Ok(event) => apply(shared, event),
                     Err(error) => tracing::warn!(%error, "cluster: an event on the bus could not be read"),
                 }
@@ -444,50 +390,7 @@ async fn run(shared: &Arc<Shared>, mode: &ClusterMode) -> Result<(), String> {
                 heartbeat(shared, &link).await?;
                 readers.reconcile(shared, &client, &link);
                 sync_config(shared, &link).await?;
-            }
-        }
-    }
-}
-
-/// The hub streams being read in one connected stretch.
-struct Readers {
-    tasks: tokio::task::JoinSet<()>,
-    running: Vec<(String, std::sync::Weak<crate::hub::Hub>)>,
-}
-
-impl Readers {
-    /// Reads every hub route's stream and points its publishes at it.
-    fn reconcile(&mut self, shared: &Shared, client: &redis::Client, link: &Link) {
-        for (route, hub) in hubs(shared) {
-            let running = self
-                .running
-                .iter()
-                .any(|(name, weak)| *name == route && weak.upgrade().is_some_and(|h| Arc::ptr_eq(&h, &hub)));
-            if running {
-                continue;
-            }
-            let key = format!("switchyard:hub:{route}");
-            let max_len = (hub.settings().history.max(1) * 100).clamp(1_000, 100_000);
-            hub.relay.store(Arc::new(crate::hub::Relay::Stream(StreamLink {
-                key: key.clone(),
-                manager: link.manager.clone(),
-                timeout: link.timeout,
-                max_len,
-            })));
-            self.tasks.spawn(read_stream(client.clone(), hub.clone(), key));
-            self.running.push((route, Arc::downgrade(&hub)));
-        }
-    }
-}
-
-impl Drop for Readers {
-    fn drop(&mut self) {
-        // The link is gone: publishes are refused until it is back.
-        for (_, weak) in &self.running {
-            if let Some(hub) = weak.upgrade() {
-                if matches!(**hub.relay.load(), crate::hub::Relay::Stream(_)) {
-                    hub.relay.store(Arc::new(crate::hub::Relay::Down));
-                }
+                registry::sync(&shared.discovery.registry, &link, &mut registry_seen).await?;
             }
         }
     }
@@ -499,7 +402,7 @@ fn apply(shared: &Shared, event: Event) {
             let purged = shared.snapshot.load().cache.purge(&purge);
             tracing::info!(from = %event.from, purged, "cluster: purge from another node applied");
         }
-        EventKind::Config { .. } => {}
+        EventKind::Config { .. } | EventKind::Registry => {}
     }
 }
 
@@ -522,8 +425,8 @@ async fn sync_config(shared: &Arc<Shared>, link: &Link) -> Result<(), String> {
     let (version, document) = read.unwrap_or((None, None));
     let state = &shared.cluster;
     match (version, document) {
-        (Some(version), Some(document)) => {
-            if version <= state.config_version() || version == state.failed_version.load(Ordering::Acquire) {
+        (Some(version), Some(document)) if version >= state.config_version() => {
+            if version == state.config_version() || version == state.failed_version.load(Ordering::Acquire) {
                 return Ok(());
             }
             let gateway = crate::Gateway { shared: shared.clone() };
@@ -550,10 +453,17 @@ async fn sync_config(shared: &Arc<Shared>, link: &Link) -> Result<(), String> {
             Ok(())
         }
         _ => {
-            // The first node of the cluster: its configuration is version 1.
+            // Redis holds no configuration, or an older one than runs here:
+            // this is the cluster's first node (its configuration becomes
+            // version 1), or Redis lost its data (restarted without
+            // persistence) and the newest version a node runs goes back.
             let document =
                 serde_json::to_string(&shared.snapshot.load().config.raw).expect("a configuration serialises");
-            if let Ok(Stored::Version(version)) = state.store_config(0, &document).await {
+            let version = state.config_version().max(1);
+            let mut invocation = CONFIG_SEED.key(CONFIG_KEY);
+            invocation.arg(version).arg(&document);
+            let seeded: u8 = link.call(invocation).await?;
+            if seeded == 1 {
                 state.config_version.store(version, Ordering::Release);
                 tracing::info!(version, "cluster: stored this node's configuration as the shared one");
             }
