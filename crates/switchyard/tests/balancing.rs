@@ -192,7 +192,7 @@ async fn tcp_checks_take_out_an_endpoint_that_refuses_connections() {
     let b = Backend::start("b").await;
     let gw = GatewayProcess::start(&config(
         &[&a, &b],
-        r#"health_check = { type = "tcp", interval = "100ms", timeout = "100ms", unhealthy_threshold = 1 }"#,
+        r#"health_check = { type = "tcp", interval = "500ms", timeout = "500ms", unhealthy_threshold = 1 }"#,
     ));
     let b_addr = b.kill().await;
     let state = wait_for_endpoint(&gw, b_addr, Duration::from_secs(5), |e| e["available"] == false).await;
@@ -210,7 +210,7 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_readmits_it() {
     b.controls.fail_with.store(500, Ordering::Relaxed);
     let gw = GatewayProcess::start(&config(
         &[&a, &b],
-        r#"outlier_detection = { consecutive_failures = 3, base_ejection = "1s" }"#,
+        r#"outlier_detection = { consecutive_failures = 3, base_ejection = "3s" }"#,
     ));
     let client = client(Proto::H1);
     let url = gw.url("/");
@@ -247,7 +247,7 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_readmits_it() {
     );
 
     b.controls.fail_with.store(0, Ordering::Relaxed);
-    wait_for_endpoint(&gw, b.addr, Duration::from_secs(5), |e| e["available"] == true).await;
+    wait_for_endpoint(&gw, b.addr, Duration::from_secs(15), |e| e["available"] == true).await;
     let backends: Vec<String> = futures_util::future::join_all((0..10).map(|_| who(&client, &url, &[])))
         .await
         .into_iter()
@@ -265,7 +265,7 @@ async fn panic_mode_spreads_over_every_endpoint_when_too_few_are_healthy() {
     ];
     let refs: Vec<&Backend> = backends.iter().collect();
     let check =
-        r#"health_check = { path = "/healthz", interval = "100ms", timeout = "100ms", unhealthy_threshold = 1 }"#;
+        r#"health_check = { path = "/healthz", interval = "500ms", timeout = "500ms", unhealthy_threshold = 1 }"#;
     let gw = GatewayProcess::start(&config(&refs, check));
     let strict = GatewayProcess::start(&config(&refs, &format!("{check}\npanic_threshold = 0")));
     for backend in &backends[1..] {
@@ -302,7 +302,8 @@ async fn panic_mode_spreads_over_every_endpoint_when_too_few_are_healthy() {
 async fn a_slow_endpoint_gets_less_traffic_under_least_response_time() {
     let fast = Backend::start("fast").await;
     let slow = Backend::start("slow").await;
-    slow.controls.delay_ms.store(40, Ordering::Relaxed);
+    // Far slower than scheduling noise on a loaded machine.
+    slow.controls.delay_ms.store(150, Ordering::Relaxed);
     let gw = GatewayProcess::start(&config(&[&fast, &slow], r#"balancer = "least_response_time""#));
     let url = gw.url("/");
     let counts = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
@@ -339,7 +340,7 @@ async fn sticky_cookies_hold_across_reloads_and_fall_back_when_unhealthy() {
         Backend::start("c").await,
     ];
     let extra = r#"sticky = { cookie = "sy", ttl = "1h" }
-health_check = { path = "/healthz", interval = "100ms", timeout = "100ms", unhealthy_threshold = 1 }"#;
+health_check = { path = "/healthz", interval = "500ms", timeout = "500ms", unhealthy_threshold = 1 }"#;
     let refs: Vec<&Backend> = backends.iter().collect();
     let gw = GatewayProcess::start(&config(&refs, extra));
     let client = client(Proto::H1);

@@ -30,7 +30,7 @@ listen = "127.0.0.1:0"
 
 [cluster]
 redis = "{redis}"
-redis_timeout = "200ms"
+redis_timeout = "2s"
 
 [[listeners]]
 name = "public"
@@ -369,7 +369,7 @@ listen = "127.0.0.1:0"
 
 [cluster]
 redis = "{redis}"
-redis_timeout = "200ms"
+redis_timeout = "2s"
 
 [[listeners]]
 name = "public"

@@ -47,11 +47,17 @@ async fn sigterm_lets_in_flight_requests_finish() {
         assert_eq!(backend.seen().len(), 1, "{proto:?}: the request reached the upstream");
 
         gw.signal("TERM");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(
-            tokio::net::TcpStream::connect(gw.addr()).await.is_err(),
-            "{proto:?}: no new connections while draining"
-        );
+        // The listener closes at once; a slow run may take a moment to get
+        // the signal there (asked every 50 ms, for at most 5 s).
+        let mut refused = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(gw.addr()).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(refused, "{proto:?}: no new connections while draining");
 
         let reply = in_flight.await.unwrap();
         assert_eq!(reply.status, 200, "{proto:?}: the in-flight request completed");

@@ -16,7 +16,7 @@ fn config(backend: &Backend, redis: &str) -> String {
         r#"
 [cluster]
 redis = "{redis}"
-redis_timeout = "200ms"
+redis_timeout = "2s"
 
 [[listeners]]
 name = "public"
@@ -63,7 +63,12 @@ async fn two_gateways_share_one_limit() {
     for gateway in [&one, &two] {
         let refused = get(&client, &gateway.url("/open"), &[]).await;
         assert_eq!(refused.status, 429);
-        assert_eq!(refused.header("retry-after"), Some("12"));
+        // Whole seconds rounded up from the first request: 11 on a slow run.
+        assert!(
+            matches!(refused.header("retry-after"), Some("11" | "12")),
+            "{:?}",
+            refused.headers
+        );
     }
     assert_eq!(backend.seen().len(), 5);
 }

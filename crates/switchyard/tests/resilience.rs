@@ -389,14 +389,23 @@ idempotency = { concurrent = "reject" }
 
     // With `concurrent = "reject"`, a duplicate of a running request gets 409.
     let rurl = gw.url("/reject");
+    backend.controls.delay_ms.store(2_000, Ordering::Relaxed);
     let (a, b) = tokio::join!(
         request(&client, "POST", &rurl, &[("idempotency-key", "k3")], "x"),
         async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // The duplicate goes once the first is at the backend (which
+            // records a request before its delay).
+            for _ in 0..500 {
+                if count("/reject") == 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             let client = support::client::client(Proto::H1);
             request(&client, "POST", &rurl, &[("idempotency-key", "k3")], "x").await
         }
     );
+    backend.controls.delay_ms.store(0, Ordering::Relaxed);
     assert_eq!(a.status, 200);
     assert_eq!(
         (b.status.as_u16(), error_code(&b)),
@@ -438,7 +447,7 @@ async fn a_per_try_timeout_moves_on_to_another_endpoint() {
 [[routes]]
 cluster = "api"
 timeout = "3s"
-retry = { attempts = 2, on = ["gateway-error"], per_try_timeout = "100ms", backoff = { base = "1ms" } }
+retry = { attempts = 2, on = ["gateway-error"], per_try_timeout = "500ms", backoff = { base = "1ms" } }
 "#;
     let gw = GatewayProcess::start(&config(&[&hung, &fine], "", routes));
     let client = client(Proto::H1);

@@ -89,7 +89,7 @@ endpoints = [{{ address = "{upstream}" }}]
 name = "events"
 match = {{ path = "/events" }}
 cluster = "events"
-idle_timeout = "400ms"
+idle_timeout = "1s"
 
 [[routes]]
 name = "poll"
@@ -201,8 +201,8 @@ async fn quiet_streams_are_cut_and_heartbeats_keep_them_open() {
     let (addr, mut streams) = upstream().await;
     let gw = gateway(addr);
 
-    // Heartbeat comments every 150 ms keep a stream with a 400 ms idle
-    // timeout open for well over a second.
+    // Heartbeat comments every 150 ms keep a stream with a 1 s idle
+    // timeout open for well over its idle timeout.
     let (response, source) = open_events(&gw, &mut streams, Proto::H1).await;
     let mut body = response.into_body();
     for _ in 0..10 {

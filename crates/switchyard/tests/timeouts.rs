@@ -153,12 +153,13 @@ async fn max_duration_bounds_the_whole_exchange() {
 async fn slowloris_headers_are_cut_off() {
     let backend = Backend::start("b").await;
     let gw = GatewayProcess::start(&config(&backend.addr.to_string(), ""));
+    // Timed from before the connection: the header timeout runs from accept.
+    let started = Instant::now();
     let mut stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nX-Slow: ")
         .await
         .unwrap();
-    let started = Instant::now();
     let mut out = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
     assert!(read.is_ok(), "the connection is closed, not held open");

@@ -540,7 +540,8 @@ async fn renewed_certificate_files_are_picked_up_without_a_signal() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        gw.count_logs(|v| v["trigger"] == "certificate change") >= 1,
+        gw.wait_log(Duration::from_secs(10), |v| v["trigger"] == "certificate change")
+            .await,
         "{}",
         gw.dump_logs()
     );

@@ -294,14 +294,15 @@ async fn connections_are_balanced_and_limited_per_route() {
 #[tokio::test]
 async fn a_quiet_connection_is_closed_after_the_idle_timeout() {
     let echo = EchoServer::start("echo").await;
-    let gw = gateway(&[&echo], r#"websocket = { idle_timeout = "300ms" }"#);
+    let gw = gateway(&[&echo], r#"websocket = { idle_timeout = "1s" }"#);
     let mut busy = connect(&gw).await;
     let mut quiet = connect(&gw).await;
-    // One keeps talking (every 100 ms for 900 ms) while the other says nothing.
-    for _ in 0..9 {
+    // One keeps talking (every 200 ms for 2 s: far inside its idle timeout
+    // even on a slow run) while the other says nothing.
+    for _ in 0..10 {
         busy.send(Message::text("tick")).await.unwrap();
         assert_eq!(next(&mut busy).await, Message::text("tick"));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let end = tokio::time::timeout(Duration::from_secs(2), quiet.next())
         .await
