@@ -91,6 +91,7 @@ impl AdminServer {
 pub async fn start(settings: &Admin, gateway: Gateway) -> std::io::Result<AdminServer> {
     let listener = TcpListener::bind(settings.listen).await?;
     let local_addr = listener.local_addr()?;
+    gateway.set_admin_address(local_addr);
     let stop = CancellationToken::new();
     let state = AdminState {
         gateway,

@@ -421,17 +421,22 @@ impl Gateway {
         (purged, broadcast)
     }
 
+    /// Records where the admin API listens (shown to the other nodes).
+    pub fn set_admin_address(&self, address: SocketAddr) {
+        self.shared.cluster.set_admin_address(address.to_string());
+    }
+
     /// The nodes of the cluster (`GET /api/nodes`): this one, and in cluster
     /// mode every node whose heartbeat is current.
     pub async fn nodes(&self) -> serde_json::Value {
         let (_, version) = self.versioned_config();
-        let snapshot = self.shared.snapshot.load();
         let this = serde_json::json!({
             "id": self.shared.cluster.node_id,
             "this": true,
             "version": version,
-            "admin": snapshot.config.admin.as_ref().map(|a| a.listen.to_string()),
+            "admin": self.shared.cluster.admin_address(),
             "draining": self.is_draining(),
+            "started_ms": self.shared.cluster.started_ms(),
         });
         self.shared.cluster.nodes(this).await
     }

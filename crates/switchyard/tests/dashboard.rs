@@ -291,17 +291,25 @@ const READ_PAGE: &str = r##"(() => {
     failed_reloads: document.querySelectorAll('#reloads li[data-applied="false"]').length,
     hub_subscribers: num('[data-hub="events"] [data-field="subscribers"]'),
     hub_published: num('[data-hub="events"] [data-field="published"]'),
+    nodes: document.querySelectorAll("#nodes tr[data-node]").length,
+    nodes_up: [...document.querySelectorAll('#nodes [data-field="state"]')].filter((e) => e.textContent === "up").length,
+    this_node: document.querySelectorAll('#nodes tr[data-this="true"]').length,
+    nodes_note: q("#nodes-note").textContent,
     sparkline_points: Number(q("#sparkline").dataset.points || 0),
     background: getComputedStyle(document.body).backgroundColor,
   };
 })()"##;
 
-fn config(backend: std::net::SocketAddr, dead: std::net::SocketAddr) -> String {
+fn config(backend: std::net::SocketAddr, dead: std::net::SocketAddr, redis: &str) -> String {
     format!(
         r#"
 [admin]
 listen = "127.0.0.1:0"
 token = "{TOKEN}"
+
+[cluster]
+redis = "{redis}"
+redis_timeout = "2s"
 
 [[listeners]]
 name = "public"
@@ -355,7 +363,9 @@ async fn the_dashboard_streams_live_figures_in_a_real_browser() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let gw = GatewayProcess::start(&config(backend.addr, dead));
+    // Cluster mode with a second node, which joins once the page is live.
+    let redis = support::redis::RedisServer::start();
+    let gw = GatewayProcess::start(&config(backend.addr, dead, &redis.url()));
 
     let started = Instant::now();
     let mut chromium = Chromium::start();
@@ -432,6 +442,22 @@ async fn the_dashboard_streams_live_figures_in_a_real_browser() {
     );
     assert_eq!(first["version"], "1", "{first}");
     assert!(first["api_requests"].as_f64() > Some(0.0), "{first}");
+
+    // The nodes panel: this node, then the second one when it joins.
+    assert_eq!(first["this_node"], 1, "{first}");
+    let peer = GatewayProcess::start(&config(backend.addr, dead, &redis.url()));
+    let nodes = cdp
+        .wait_for(
+            "the nodes panel lists both nodes, up",
+            Duration::from_secs(20),
+            &read_page,
+            |v| v["nodes"] == 2 && v["nodes_up"] == 2,
+        )
+        .await;
+    assert!(
+        nodes["nodes_note"].as_str().unwrap().starts_with("cluster mode"),
+        "{nodes}"
+    );
 
     // ... and the figures move: more events, more requests counted.
     let second = cdp
@@ -526,6 +552,7 @@ async fn the_dashboard_streams_live_figures_in_a_real_browser() {
         .await
         .expect("the load stops")
         .expect("the load task does not panic");
+    drop(peer);
     eprintln!(
         "dashboard test: {} drove the page for {:.1}s; screenshots in {}",
         binary.display(),

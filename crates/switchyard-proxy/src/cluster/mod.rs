@@ -99,6 +99,8 @@ pub(crate) struct ClusterState {
     failed_version: AtomicU64,
     /// The connection events and heartbeats go out on, while connected.
     link: ArcSwapOption<Link>,
+    /// Where this node's admin API listens, once it does.
+    admin: std::sync::OnceLock<String>,
 }
 
 #[derive(Debug)]
@@ -173,7 +175,24 @@ impl ClusterState {
             config_version: AtomicU64::new(0),
             failed_version: AtomicU64::new(0),
             link: ArcSwapOption::empty(),
+            admin: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records where the admin API listens (the bound address, not the
+    /// configured one, which may name port 0).
+    pub(crate) fn set_admin_address(&self, address: String) {
+        let _ = self.admin.set(address);
+    }
+
+    /// Where this node's admin API listens.
+    pub(crate) fn admin_address(&self) -> Option<String> {
+        self.admin.get().cloned()
+    }
+
+    /// When this node started (wall-clock milliseconds).
+    pub(crate) fn started_ms(&self) -> u64 {
+        self.started_ms
     }
 
     /// The shared configuration version applied here (0: none).
@@ -485,7 +504,7 @@ async fn heartbeat(shared: &Shared, link: &Link) -> Result<(), String> {
         },
         started_ms: shared.cluster.started_ms,
         heartbeat_ms: now_ms(),
-        admin: snapshot.config.admin.as_ref().map(|a| a.listen.to_string()),
+        admin: shared.cluster.admin_address(),
         draining: shared.draining.load(std::sync::atomic::Ordering::SeqCst),
     };
     let key = format!("{NODE_PREFIX}{}", record.id);
