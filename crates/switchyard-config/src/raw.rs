@@ -75,6 +75,35 @@ pub struct RawClusterMode {
     pub redis: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_timeout: Option<String>,
+    /// `tls = { ca, client_cert, client_key }` for `rediss://`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawRedisTls>,
+    /// `sentinel = { master, addresses }`: find the primary through Redis
+    /// Sentinel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<RawSentinel>,
+}
+
+/// `[cluster] tls = { ca = "ca.pem", client_cert, client_key }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRedisTls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+}
+
+/// `[cluster] sentinel = { master = "mymaster", addresses = ["10.0.0.1:26379"] }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSentinel {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
 }
 
 /// `[runtime]`: process-wide settings.

@@ -1947,9 +1947,72 @@ impl Settler {
             return None;
         }
         let redis_timeout = self.duration(&raw.redis_timeout, at.key("redis_timeout"), Duration::from_millis(250));
+        let tls = raw.tls.as_ref().map(|raw_tls| {
+            let at = at.key("tls");
+            if !url.starts_with("rediss://") {
+                self.error(at.clone(), "TLS settings need a `rediss://` URL");
+            }
+            if let Some(ca) = &raw_tls.ca {
+                if let Err(why) = switchyard_security::tls::load_roots(ca) {
+                    self.error(at.key("ca"), why);
+                }
+            }
+            let client_cert = match (&raw_tls.client_cert, &raw_tls.client_key) {
+                (Some(cert), Some(key)) => {
+                    if let Err(why) = switchyard_security::tls::load_cert(cert, key) {
+                        self.error(at.key("client_cert"), why);
+                    }
+                    Some((cert.clone(), key.clone()))
+                }
+                (None, None) => None,
+                _ => {
+                    self.error(at.clone(), "`client_cert` and `client_key` go together");
+                    None
+                }
+            };
+            RedisTls {
+                ca: raw_tls.ca.clone(),
+                client_cert,
+            }
+        });
+        let sentinel = raw.sentinel.as_ref().and_then(|raw_sentinel| {
+            let at = at.key("sentinel");
+            let Some(master) = raw_sentinel.master.clone().filter(|m| !m.is_empty()) else {
+                self.error(at.key("master"), "name the primary the Sentinels monitor: `master = \"mymaster\"`");
+                return None;
+            };
+            if raw_sentinel.addresses.is_empty() {
+                self.error(
+                    at.key("addresses"),
+                    "list at least one Sentinel: `addresses = [\"10.0.0.1:26379\"]`",
+                );
+                return None;
+            }
+            for (i, address) in raw_sentinel.addresses.iter().enumerate() {
+                let parsed: Result<http::uri::Authority, _> = address.parse();
+                if !parsed.is_ok_and(|a| a.port_u16().is_some() && !a.host().is_empty()) {
+                    self.error(
+                        at.key("addresses").index(i),
+                        format!("\"{address}\" is not host:port (such as \"10.0.0.1:26379\")"),
+                    );
+                }
+            }
+            if tls.as_ref().is_some_and(|t| t.ca.is_some() || t.client_cert.is_some()) {
+                self.error(
+                    at.clone(),
+                    "Sentinel with a private CA or client certificate is not supported: the primary is verified with the built-in roots",
+                );
+            }
+            Some(Sentinel {
+                master,
+                addresses: raw_sentinel.addresses.clone(),
+            })
+        });
         Some(ClusterMode {
             redis: url.clone(),
             redis_timeout,
+            tls,
+            sentinel,
         })
     }
 

@@ -77,10 +77,33 @@ pub struct RouteCache {
 /// `[cluster]`: where nodes share state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterMode {
-    /// `redis://` or `rediss://` URL.
+    /// `redis://` or `rediss://` URL. With `sentinel`, its scheme,
+    /// credentials and database apply to the primary Sentinel names.
     pub redis: String,
     /// Longest wait for one Redis answer before the failure policy applies.
     pub redis_timeout: Duration,
+    /// Private CA and client certificate for `rediss://`.
+    pub tls: Option<RedisTls>,
+    /// The primary is found through Redis Sentinel.
+    pub sentinel: Option<Sentinel>,
+}
+
+/// `[cluster] tls`: PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTls {
+    /// Roots to verify the server with (the built-in web roots when absent).
+    pub ca: Option<String>,
+    /// Certificate and key the node shows (mutual TLS).
+    pub client_cert: Option<(String, String)>,
+}
+
+/// `[cluster] sentinel`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sentinel {
+    /// The name the Sentinels monitor the primary under.
+    pub master: String,
+    /// `host:port` of each Sentinel.
+    pub addresses: Vec<String>,
 }
 
 /// `[tracing]`: where and how spans are exported.

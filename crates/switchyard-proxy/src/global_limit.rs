@@ -14,6 +14,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::cluster::LinkSlot;
 use sha2::{Digest, Sha256};
 use switchyard_config::{ClusterMode, OnRedisError};
 use switchyard_security::ratelimit::{Decision, Quota};
@@ -41,10 +43,13 @@ return {1, ahead, 0}
     )
 });
 
-/// A connection to the shared Redis.
+/// The shared Redis as global limits and idempotency keys use it: the
+/// cluster link's connection while the node is connected (see
+/// `cluster`), nothing while it is not, so that a node cut off from Redis
+/// applies its failure policies at once instead of waiting on each request.
 pub struct RedisStore {
     pub url: String,
-    pub(crate) manager: ConnectionManager,
+    link: LinkSlot,
     pub(crate) timeout: Duration,
     /// Calls that failed or timed out (for /metrics).
     pub failures: AtomicU64,
@@ -62,7 +67,7 @@ impl std::fmt::Debug for RedisStore {
 
 /// How every connection to the cluster's Redis behaves: `redis_timeout`
 /// for connecting and for each answer, one retry, reconnects at most a
-/// second apart (global limits and cluster mode alike).
+/// second apart.
 pub(crate) fn manager_config(mode: &ClusterMode) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(mode.redis_timeout))
@@ -80,19 +85,21 @@ pub(crate) fn redacted(url: &str) -> String {
 }
 
 impl RedisStore {
-    /// A store for `mode`; connects on first use and reconnects by itself.
-    pub fn new(mode: &ClusterMode) -> Result<Arc<Self>, String> {
-        let client = redis::Client::open(mode.redis.as_str()).map_err(|e| format!("{}: {e}", redacted(&mode.redis)))?;
-        let manager = ConnectionManager::new_lazy_with_config(client, manager_config(mode))
-            .map_err(|e| format!("{}: {e}", redacted(&mode.redis)))?;
-        Ok(Arc::new(Self {
+    /// A store for `mode` on the cluster's link.
+    pub(crate) fn new(mode: &ClusterMode, link: LinkSlot) -> Arc<Self> {
+        Arc::new(Self {
             url: mode.redis.clone(),
-            manager,
+            link,
             timeout: mode.redis_timeout,
             failures: AtomicU64::new(0),
             last_warning: AtomicU64::new(0),
             epoch: Instant::now(),
-        }))
+        })
+    }
+
+    /// The connection, while the node is connected to Redis.
+    pub(crate) fn connection(&self) -> Option<ConnectionManager> {
+        self.link.load().as_ref().map(|link| link.manager.clone())
     }
 
     /// Counts a failed call and logs it (at most every 10 seconds); `what`
@@ -159,7 +166,14 @@ impl GlobalBucket {
         for byte in &digest[..16] {
             let _ = write!(redis_key, "{byte:02x}");
         }
-        let mut connection = self.store.manager.clone();
+        let Some(mut connection) = self.store.connection() else {
+            self.store.warn(
+                "rate limit",
+                "not connected to the cluster's Redis",
+                self.on_error == OnRedisError::Allow,
+            );
+            return None;
+        };
         let mut invocation = GCRA.key(redis_key);
         invocation.arg(self.interval_us).arg(self.tolerance_us);
         let call = invocation.invoke_async::<(i64, i64, i64)>(&mut connection);

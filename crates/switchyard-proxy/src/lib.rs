@@ -155,7 +155,8 @@ pub struct Gateway {
 impl Gateway {
     /// Binds the listeners of `config` and starts serving.
     pub async fn start(config: Config) -> Result<Gateway, ApplyError> {
-        let mut registry = Registry::default();
+        let link = cluster::LinkSlot::default();
+        let mut registry = Registry::new(link.clone());
         let metrics = Arc::new(metrics::Metrics::new());
         let discovery = Arc::new(discovery::Discovery::default());
         // A placeholder until `apply` below builds version 1.
@@ -170,12 +171,20 @@ impl Gateway {
             tracker: TaskTracker::new(),
             drain: CancellationToken::new(),
             draining: AtomicBool::new(false),
-            cluster: cluster::ClusterState::new(),
+            cluster: cluster::ClusterState::new(link),
         });
         let gateway = Gateway { shared };
         gateway.apply_versioned(config, None, "start").await?;
         tokio::spawn(follow_discovery(gateway.shared.clone()));
         tokio::spawn(cluster::follow(gateway.shared.clone()));
+        if let Some(mode) = &gateway.shared.snapshot.load().config.cluster_mode {
+            // Give the link a moment, so that the first requests find Redis
+            // rather than the failure policies; serve alone if it is away.
+            let deadline = tokio::time::Instant::now() + mode.redis_timeout * 4;
+            while gateway.shared.cluster.link().is_none() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         Ok(gateway)
     }
 
@@ -438,7 +447,8 @@ impl Gateway {
             "draining": self.is_draining(),
             "started_ms": self.shared.cluster.started_ms(),
         });
-        self.shared.cluster.nodes(this).await
+        let clustered = self.shared.snapshot.load().config.cluster_mode.is_some();
+        self.shared.cluster.nodes(this, clustered).await
     }
 
     /// What the response store holds (`GET /api/cache`).

@@ -272,8 +272,10 @@ pub struct Registry {
     route_budgets: HashMap<String, Arc<RetryBudget>>,
     /// Rate limiters by route name and position.
     limiters: HashMap<(String, usize), Arc<RateLimiter>>,
-    /// The shared Redis (`[cluster]`), kept while its URL and timeout stay.
+    /// The shared Redis (`[cluster]`), kept while its settings stay.
     redis: Option<(ClusterMode, Arc<RedisStore>)>,
+    /// The cluster's link to Redis, which the stores above use.
+    cluster_link: crate::cluster::LinkSlot,
     /// Route authentication by route name.
     auths: HashMap<String, Arc<RouteAuth>>,
     /// Open WebSocket connections by route name.
@@ -292,6 +294,14 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// An empty registry whose Redis stores use the cluster's `link`.
+    pub(crate) fn new(cluster_link: crate::cluster::LinkSlot) -> Self {
+        Self {
+            cluster_link,
+            ..Self::default()
+        }
+    }
+
     /// Builds a snapshot of `config`, reusing state for names seen before and
     /// forgetting state no longer referenced.
     pub fn build(&mut self, config: Arc<Config>, version: u64, discovery: &Discovery, metrics: &Metrics) -> Snapshot {
@@ -456,13 +466,7 @@ impl Registry {
 
         self.redis = match (&config.cluster_mode, self.redis.take()) {
             (Some(mode), Some((kept, store))) if kept == *mode => Some((kept, store)),
-            (Some(mode), _) => match RedisStore::new(mode) {
-                Ok(store) => Some((mode.clone(), store)),
-                Err(error) => {
-                    tracing::error!(%error, "cannot use the cluster's Redis: global rate limits apply their on_redis_error policy");
-                    None
-                }
-            },
+            (Some(mode), _) => Some((mode.clone(), RedisStore::new(mode, self.cluster_link.clone()))),
             (None, _) => None,
         };
         // Idempotency keys: in the cluster's Redis in cluster mode, else here.

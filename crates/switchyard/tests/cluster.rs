@@ -686,3 +686,144 @@ async fn redis_restarted_under_load_fails_no_proxied_request() {
     }
     eprintln!("{total} proxied requests, none failed, through a Redis restart");
 }
+
+/// A node with a hub route and `cluster` as the body of its `[cluster]`.
+fn bare_node(cluster: &str) -> GatewayProcess {
+    GatewayProcess::start(&format!(
+        r#"
+[access_log]
+enabled = false
+
+[admin]
+listen = "127.0.0.1:0"
+
+[cluster]
+{cluster}
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+
+[[routes]]
+name = "live"
+match = {{ path_prefix = "/live/" }}
+hub = {{ publish = [{{ topics = ">" }}] }}
+"#
+    ))
+}
+
+/// A test CA with a server certificate for 127.0.0.1 and a client
+/// certificate, as PEM files (`ca.pem`, `server.pem|key`, `client.pem|key`).
+fn pki() -> tempfile::TempDir {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Switchyard Redis CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    for (name, sans) in [
+        ("server", vec!["127.0.0.1".to_owned()]),
+        ("client", vec!["node".to_owned()]),
+    ] {
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+    dir
+}
+
+#[tokio::test]
+async fn nodes_reach_redis_over_mutual_tls_with_a_password() {
+    let pki = pki();
+    let file = |name: &str| pki.path().join(name).display().to_string();
+    let port = RedisServer::free_port();
+    let _redis = RedisServer::start_with(
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &file("server.pem"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--tls-ca-cert-file",
+            &file("ca.pem"),
+            "--tls-auth-clients",
+            "yes",
+            "--requirepass",
+            "s3cret",
+        ],
+    );
+    let url = format!("rediss://:s3cret@127.0.0.1:{port}/0");
+    let with_client_cert = format!(
+        "redis = \"{url}\"\nredis_timeout = \"2s\"\ntls = {{ ca = \"{}\", client_cert = \"{}\", client_key = \"{}\" }}",
+        file("ca.pem"),
+        file("client.pem"),
+        file("client.key")
+    );
+    let a = bare_node(&with_client_cert);
+    let b = bare_node(&with_client_cert);
+    let c = client(Proto::H1);
+    let listed = wait_for_nodes(&c, &a, 2).await;
+    assert_eq!(
+        listed["redis"],
+        format!("rediss://***@127.0.0.1:{port}/0"),
+        "the password is not shown: {listed}"
+    );
+    // A message published on A reaches B through Redis over TLS.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let reply = publish(&c, &a, "over tls").await;
+        if reply.status == 200 {
+            break reply.json()["id"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "publishing never accepted: {}", reply.text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let polled = get(&c, &b.url(&format!("/live/news?since={}&timeout=5", id - 1)), &[]).await;
+    assert_eq!(polled.json()["messages"][0]["data"], "over tls", "{}", polled.text());
+
+    // Without its client certificate a node is refused, keeps serving
+    // alone, and says why.
+    let refused = bare_node(&format!(
+        "redis = \"{url}\"\nredis_timeout = \"2s\"\ntls = {{ ca = \"{}\" }}",
+        file("ca.pem")
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let nodes = get(&c, &refused.admin_url("/api/nodes"), &[]).await.json();
+        let error = nodes["error"].as_str().unwrap_or_default().to_owned();
+        if error.starts_with("not connected: ") && error != "not connected: connecting" {
+            assert_eq!(nodes["cluster"], true);
+            assert_eq!(nodes["nodes"].as_array().unwrap().len(), 1, "{nodes}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reason given: {nodes}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_primary_is_found_through_sentinel() {
+    let primary = RedisServer::start();
+    let sentinel = support::redis::Sentinel::start(primary.addr.port());
+    let through_sentinel = bare_node(&format!(
+        "redis = \"redis://primary/0\"\nredis_timeout = \"2s\"\nsentinel = {{ master = \"mymaster\", addresses = [\"{}\"] }}",
+        sentinel.addr
+    ));
+    let direct = bare_node(&format!("redis = \"{}\"\nredis_timeout = \"2s\"", primary.url()));
+    let c = client(Proto::H1);
+    // They see each other: the Sentinel named the same primary.
+    wait_for_nodes(&c, &through_sentinel, 2).await;
+    wait_for_nodes(&c, &direct, 2).await;
+}

@@ -102,7 +102,9 @@ impl SharedIdempotency {
     }
 
     async fn run<T: redis::FromRedisValue>(&self, invocation: redis::ScriptInvocation<'_>) -> Result<T, String> {
-        let mut manager = self.redis.manager.clone();
+        let Some(mut manager) = self.redis.connection() else {
+            return Err("not connected to the cluster's Redis".into());
+        };
         match tokio::time::timeout(self.redis.timeout, invocation.invoke_async(&mut manager)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(error.to_string()),
@@ -202,7 +204,10 @@ impl IdempotencyStore for SharedIdempotency {
             let deadline = tokio::time::Instant::now() + timeout;
             while tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(POLL).await;
-                let mut manager = self.redis.manager.clone();
+                let Some(mut manager) = self.redis.connection() else {
+                    self.failed("not connected to the cluster's Redis");
+                    return None;
+                };
                 let mut command = redis::cmd("HMGET");
                 command.arg(&key).arg("state").arg("status").arg("headers").arg("body");
                 let read = command.query_async::<Vec<Option<Vec<u8>>>>(&mut manager);

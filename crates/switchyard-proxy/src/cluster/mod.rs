@@ -97,16 +97,23 @@ pub(crate) struct ClusterState {
     config_version: AtomicU64,
     /// A shared version that could not be applied here (not retried).
     failed_version: AtomicU64,
-    /// The connection events and heartbeats go out on, while connected.
-    link: ArcSwapOption<Link>,
+    /// The connection events and heartbeats go out on, while connected;
+    /// global limits and idempotency keys use it too.
+    link: LinkSlot,
     /// Where this node's admin API listens, once it does.
     admin: std::sync::OnceLock<String>,
+    /// Why the last attempt to reach Redis failed (cleared on joining).
+    last_error: std::sync::Mutex<Option<String>>,
 }
+
+/// Where the link is kept while connected (shared with the global limits
+/// and idempotency stores, which use its connection).
+pub(crate) type LinkSlot = Arc<ArcSwapOption<Link>>;
 
 #[derive(Debug)]
 pub(crate) struct Link {
     url: String,
-    manager: ConnectionManager,
+    pub(crate) manager: ConnectionManager,
     timeout: Duration,
 }
 
@@ -168,14 +175,15 @@ fn now_ms() -> u64 {
 }
 
 impl ClusterState {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(link: LinkSlot) -> Self {
         Self {
             node_id: format!("{:016x}", fastrand::u64(..)),
             started_ms: now_ms(),
             config_version: AtomicU64::new(0),
             failed_version: AtomicU64::new(0),
-            link: ArcSwapOption::empty(),
+            link,
             admin: std::sync::OnceLock::new(),
+            last_error: std::sync::Mutex::new(None),
         }
     }
 
@@ -260,12 +268,25 @@ impl ClusterState {
         }
     }
 
+    fn set_last_error(&self, error: Option<String>) {
+        *self.last_error.lock().expect("last error lock is never poisoned") = error;
+    }
+
     /// Every node whose heartbeat is current (this one first), or only this
-    /// one without cluster mode or Redis.
-    pub(crate) async fn nodes(&self, this: serde_json::Value) -> serde_json::Value {
+    /// one without cluster mode (`clustered` false) or Redis.
+    pub(crate) async fn nodes(&self, this: serde_json::Value, clustered: bool) -> serde_json::Value {
         let mut nodes = vec![this];
         let Some(link) = self.link.load_full() else {
-            return serde_json::json!({"cluster": false, "nodes": nodes});
+            if !clustered {
+                return serde_json::json!({"cluster": false, "nodes": nodes});
+            }
+            let error = self
+                .last_error
+                .lock()
+                .expect("last error lock is never poisoned")
+                .clone()
+                .unwrap_or_else(|| "connecting".into());
+            return serde_json::json!({"cluster": true, "error": format!("not connected: {error}"), "nodes": nodes});
         };
         let mut manager = link.manager.clone();
         let listed = tokio::time::timeout(link.timeout * 4, async {
@@ -340,7 +361,20 @@ pub(crate) async fn follow(shared: Arc<Shared>) {
         };
         shared.cluster.link.store(None);
         if let Err(error) = outcome {
-            tracing::warn!(%error, "cluster: lost the link to Redis; serving alone, retrying");
+            // Said once per kind of failure, not once per retry.
+            let repeated = shared
+                .cluster
+                .last_error
+                .lock()
+                .expect("last error lock is never poisoned")
+                .as_deref()
+                == Some(error.as_str());
+            if repeated {
+                tracing::debug!(%error, "cluster: Redis still unreachable; retrying");
+            } else {
+                tracing::warn!(%error, "cluster: no link to Redis; serving alone, retrying every second");
+            }
+            shared.cluster.set_last_error(Some(error));
         }
         tokio::select! {
             _ = shared.drain.cancelled() => return,
@@ -349,9 +383,49 @@ pub(crate) async fn follow(shared: Arc<Shared>) {
     }
 }
 
+/// A client for the cluster's Redis: the URL as given (with the private CA
+/// and client certificate of `tls`), or the primary the Sentinels name now.
+async fn connect_client(mode: &ClusterMode) -> Result<redis::Client, String> {
+    use redis::IntoConnectionInfo;
+    let failed = |e: redis::RedisError| format!("{}: {e}", redacted(&mode.redis));
+    let Some(sentinel) = &mode.sentinel else {
+        return match &mode.tls {
+            Some(tls) if tls.ca.is_some() || tls.client_cert.is_some() => {
+                let read = |path: &str| std::fs::read(path).map_err(|e| format!("{path}: {e}"));
+                let certificates = redis::TlsCertificates {
+                    client_tls: match &tls.client_cert {
+                        Some((cert, key)) => Some(redis::ClientTlsConfig {
+                            client_cert: read(cert)?,
+                            client_key: read(key)?,
+                        }),
+                        None => None,
+                    },
+                    root_cert: tls.ca.as_deref().map(read).transpose()?,
+                };
+                redis::Client::build_with_tls(mode.redis.as_str(), certificates).map_err(failed)
+            }
+            _ => redis::Client::open(mode.redis.as_str()).map_err(failed),
+        };
+    };
+    let info = mode.redis.as_str().into_connection_info().map_err(failed)?;
+    let mut node =
+        redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(info.redis_settings().clone());
+    if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        node = node.set_tls_mode(redis::TlsMode::Secure);
+    }
+    let addresses: Vec<String> = sentinel.addresses.iter().map(|a| format!("redis://{a}")).collect();
+    let mut sentinels = redis::sentinel::Sentinel::build(addresses).map_err(|e| format!("Sentinel: {e}"))?;
+    sentinels
+        .async_master_for(&sentinel.master, Some(&node))
+        .await
+        .map_err(|e| format!("Sentinel, primary \"{}\": {e}", sentinel.master))
+}
+
 /// One connected stretch: returns when `[cluster]` changes or Redis fails.
 async fn run(shared: &Arc<Shared>, mode: &ClusterMode) -> Result<(), String> {
-    let client = redis::Client::open(mode.redis.as_str()).map_err(|e| e.to_string())?;
+    let client = tokio::time::timeout(mode.redis_timeout * 4, connect_client(mode))
+        .await
+        .map_err(|_| "the primary was not found in time".to_owned())??;
     let connect = async {
         let manager = ConnectionManager::new_with_config(client.clone(), manager_config(mode)).await?;
         let mut pubsub = client.get_async_pubsub().await?;
@@ -369,6 +443,7 @@ async fn run(shared: &Arc<Shared>, mode: &ClusterMode) -> Result<(), String> {
     });
     heartbeat(shared, &link).await?;
     shared.cluster.link.store(Some(link.clone()));
+    shared.cluster.set_last_error(None);
     tracing::info!(node = %shared.cluster.node_id, "cluster: joined");
     // One reader per hub route, dropped (and so stopped) with this stretch.
     let mut readers = Readers::default();

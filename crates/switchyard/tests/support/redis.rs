@@ -23,8 +23,16 @@ impl RedisServer {
 
     /// Starts a server on `port` (a restart on a known port).
     pub fn start_on(port: u16) -> RedisServer {
+        Self::start_with(port, &["--port", &port.to_string()])
+    }
+
+    /// Starts a server that listens on `port` as `args` say (`--port`, or
+    /// `--port 0 --tls-port` with TLS files), with `args` added.
+    #[allow(dead_code)]
+    pub fn start_with(port: u16, args: &[&str]) -> RedisServer {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -41,6 +49,16 @@ impl RedisServer {
             addr,
             child: Some(child),
         }
+    }
+
+    /// A free loopback port.
+    #[allow(dead_code)]
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
     /// `redis://127.0.0.1:PORT/0`.
@@ -60,5 +78,50 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A Redis Sentinel watching the primary on `primary_port` as `mymaster`,
+/// started and stopped by pid.
+#[allow(dead_code)]
+pub struct Sentinel {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl Sentinel {
+    pub fn start(primary_port: u16) -> Sentinel {
+        let port = RedisServer::free_port();
+        let dir = tempfile::tempdir().unwrap();
+        // Sentinel rewrites its file, so it lives in a directory of its own.
+        let file = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &file,
+            format!("port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {primary_port} 1\n"),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&file)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server --sentinel");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "Sentinel did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sentinel { addr, child, _dir: dir }
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
