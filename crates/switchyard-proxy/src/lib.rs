@@ -91,6 +91,10 @@ pub enum ApplyError {
     VersionConflict { expected: u64, running: u64 },
     #[error("the configuration cannot be shared with the other nodes: {0}")]
     ClusterUnavailable(String),
+    #[error(
+        "the shared configuration is not valid on this node (with its own admin, cluster and listener addresses): {0}"
+    )]
+    NotValidHere(String),
 }
 
 impl Shared {
@@ -335,7 +339,15 @@ impl Gateway {
             }),
             Ok(cluster::Stored::Version(version)) => {
                 // Stored: it is the cluster's now, even if it cannot run here.
-                let applied = self.apply_versioned(config, None, "admin API (cluster)").await;
+                // This node runs it with its own admin, cluster and listener
+                // addresses, as every other node does.
+                let own = &self.shared.snapshot.load().config.raw;
+                let local = cluster::localize(&document, own)
+                    .and_then(|text| switchyard_config::parse_json(text.as_bytes()).map_err(|d| d.to_string()));
+                let applied = match local {
+                    Ok(local) => self.apply_versioned(local, None, "admin API (cluster)").await,
+                    Err(why) => Err(ApplyError::NotValidHere(why)),
+                };
                 cluster.announce_config(version).await;
                 applied.map(|_| version)
             }

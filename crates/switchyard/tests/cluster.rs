@@ -827,3 +827,67 @@ async fn the_primary_is_found_through_sentinel() {
     wait_for_nodes(&c, &through_sentinel, 2).await;
     wait_for_nodes(&c, &direct, 2).await;
 }
+
+#[tokio::test]
+async fn each_node_keeps_its_own_addresses_under_the_shared_configuration() {
+    let _redis = RedisServer::start();
+    let node_on = |port: u16| {
+        GatewayProcess::start(&format!(
+            r#"
+[access_log]
+enabled = false
+
+[admin]
+listen = "127.0.0.1:0"
+
+[cluster]
+redis = "{}"
+redis_timeout = "2s"
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:{port}"
+
+[[routes]]
+name = "live"
+match = {{ path_prefix = "/live/" }}
+hub = {{ publish = [{{ topics = ">" }}] }}
+"#,
+            _redis.url()
+        ))
+    };
+    let (port_a, port_b) = (RedisServer::free_port(), RedisServer::free_port());
+    let a = node_on(port_a);
+    let b = node_on(port_b);
+    let c = client(Proto::H1);
+    wait_for_nodes(&c, &a, 2).await;
+    wait_for_nodes(&c, &b, 2).await;
+    for gw in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while config_version(&c, gw).await != "\"1\"" {
+            assert!(Instant::now() < deadline, "shared version 1 not known on {}", gw.addr());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // A's document (with A's address) put through A runs on B at B's address.
+    let mut doc = get(&c, &a.admin_url("/api/config"), &[]).await.json();
+    assert_eq!(doc["listeners"][0]["listen"], format!("127.0.0.1:{port_a}"));
+    doc["routes"].as_array_mut().unwrap().insert(
+        0,
+        serde_json::json!({"name": "hello", "match": {"path": "/hello"}, "direct": {"status": 200, "body": "hi"}}),
+    );
+    let reply = put_config(&c, &a, &doc, "\"1\"").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    wait_for_status(&c, &b, "/hello", 200).await;
+    let on_b = get(&c, &b.admin_url("/api/config"), &[]).await.json();
+    assert_eq!(on_b["listeners"][0]["listen"], format!("127.0.0.1:{port_b}"), "{on_b}");
+    // Put through B, with A's address in it: B still listens where it did.
+    let mut doc = on_b;
+    doc["listeners"][0]["listen"] = format!("127.0.0.1:{port_a}").into();
+    doc["routes"].as_array_mut().unwrap().remove(0);
+    let reply = put_config(&c, &b, &doc, "\"2\"").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    wait_for_status(&c, &a, "/hello", 404).await;
+    wait_for_status(&c, &b, "/hello", 404).await;
+    assert_eq!(b.addr().port(), port_b);
+}

@@ -383,6 +383,44 @@ pub(crate) async fn follow(shared: Arc<Shared>) {
     }
 }
 
+/// The shared `document` as this node runs it: with its own `[admin]` and
+/// `[cluster]`, and its own address for each listener it has by the same
+/// name (nodes share routes and clusters, not where they listen).
+pub(crate) fn localize(document: &str, own: &switchyard_config::RawConfig) -> Result<String, String> {
+    use serde_json::Value;
+    let mut shared: Value = serde_json::from_str(document).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(fields) = shared.as_object_mut() else {
+        return Err("not a JSON object".into());
+    };
+    for (key, mine) in [
+        ("admin", own.admin.as_ref().map(serde_json::to_value)),
+        ("cluster", own.cluster.as_ref().map(serde_json::to_value)),
+    ] {
+        match mine {
+            Some(value) => {
+                fields.insert(key.into(), value.map_err(|e| e.to_string())?);
+            }
+            None => {
+                fields.remove(key);
+            }
+        }
+    }
+    if let Some(Value::Array(listeners)) = fields.get_mut("listeners") {
+        for listener in listeners {
+            let name = listener.get("name").and_then(Value::as_str).map(str::to_owned);
+            let mine = own
+                .listeners
+                .iter()
+                .find(|l| l.name.is_some() && l.name == name)
+                .and_then(|l| l.listen.clone());
+            if let (Some(address), Some(fields)) = (mine, listener.as_object_mut()) {
+                fields.insert("listen".into(), Value::String(address));
+            }
+        }
+    }
+    serde_json::to_string(&shared).map_err(|e| e.to_string())
+}
+
 /// A client for the cluster's Redis: the URL as given (with the private CA
 /// and client certificate of `tls`), or the primary the Sentinels name now.
 async fn connect_client(mode: &ClusterMode) -> Result<redis::Client, String> {
@@ -524,6 +562,14 @@ async fn sync_config(shared: &Arc<Shared>, link: &Link) -> Result<(), String> {
                 return Ok(());
             }
             let gateway = crate::Gateway { shared: shared.clone() };
+            let document = match localize(&document, &shared.snapshot.load().config.raw) {
+                Ok(document) => document,
+                Err(error) => {
+                    state.failed_version.store(version, Ordering::Release);
+                    tracing::error!(version, %error, "cluster: the shared configuration cannot be read; keeping the running one");
+                    return Ok(());
+                }
+            };
             let config = match switchyard_config::parse_json(document.as_bytes()) {
                 Ok(config) => config,
                 Err(diagnostics) => {
@@ -590,5 +636,45 @@ async fn heartbeat(shared: &Shared, link: &Link) -> Result<(), String> {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(error.to_string()),
         Err(_) => Err("the heartbeat timed out".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_document_keeps_this_nodes_own_parts() {
+        let own: switchyard_config::RawConfig = toml::from_str(
+            r#"
+[admin]
+listen = "127.0.0.1:9902"
+[cluster]
+redis = "redis://10.0.0.5/0"
+[[listeners]]
+name = "public"
+listen = "10.0.0.12:8080"
+"#,
+        )
+        .unwrap();
+        let shared = r#"{
+            "admin": {"listen": "127.0.0.1:9901", "token": "other"},
+            "listeners": [
+                {"name": "public", "listen": "10.0.0.11:8080"},
+                {"name": "extra", "listen": "10.0.0.11:9000", "protocol": "tcp"}
+            ],
+            "routes": [{"name": "r", "cluster": "c"}]
+        }"#;
+        let local: serde_json::Value = serde_json::from_str(&localize(shared, &own).unwrap()).unwrap();
+        assert_eq!(local["admin"]["listen"], "127.0.0.1:9902");
+        assert!(local["admin"].get("token").is_none(), "its own [admin], whole");
+        assert_eq!(local["cluster"]["redis"], "redis://10.0.0.5/0");
+        assert_eq!(local["listeners"][0]["listen"], "10.0.0.12:8080");
+        assert_eq!(
+            local["listeners"][1]["listen"], "10.0.0.11:9000",
+            "a listener this node has no address for keeps the shared one"
+        );
+        assert_eq!(local["routes"][0]["name"], "r");
+        assert!(localize("[1, 2]", &own).is_err());
     }
 }
