@@ -212,12 +212,15 @@ async fn hub_messages_reach_every_node_with_the_same_ids() {
     let origin = Backend::start("origin").await;
     let a = node(&redis.url(), origin.addr);
     let b = node(&redis.url(), origin.addr);
+    let third = node(&redis.url(), origin.addr);
     let c = client(Proto::H1);
-    wait_for_nodes(&c, &a, 2).await;
-    wait_for_nodes(&c, &b, 2).await;
+    for gw in [&a, &b, &third] {
+        wait_for_nodes(&c, gw, 3).await;
+    }
     // The relays are up once a publish is accepted.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut on_b = subscribe(&c, &b, None).await;
+    let mut on_c = subscribe(&c, &third, None).await;
     let mut on_a = subscribe(&c, &a, None).await;
     let first = loop {
         let reply = publish(&c, &a, "one").await;
@@ -231,10 +234,13 @@ async fn hub_messages_reach_every_node_with_the_same_ids() {
     assert!(second > first);
     let want = vec![(first, "one".to_owned()), (second, "two".to_owned())];
     assert_eq!(events(&mut on_b, 2).await, want, "on B, published on A then B");
+    assert_eq!(events(&mut on_c, 2).await, want, "on C, the same ids");
     assert_eq!(events(&mut on_a, 2).await, want, "on A, the same ids");
 
-    // A subscriber of A resumes on B from the first id.
+    // A subscriber of A resumes on B (and on C) from the first id.
     let mut resumed = subscribe(&c, &b, Some(first)).await;
+    assert_eq!(events(&mut resumed, 1).await, vec![(second, "two".to_owned())]);
+    let mut resumed = subscribe(&c, &third, Some(first)).await;
     assert_eq!(events(&mut resumed, 1).await, vec![(second, "two".to_owned())]);
 
     // A node that joins later has the history from the stream.
