@@ -178,6 +178,7 @@ impl Gateway {
             cluster: cluster::ClusterState::new(link),
         });
         let gateway = Gateway { shared };
+        gateway.shared.cluster.set_own(&config.raw);
         gateway.apply_versioned(config, None, "start").await?;
         tokio::spawn(follow_discovery(gateway.shared.clone()));
         tokio::spawn(cluster::follow(gateway.shared.clone()));
@@ -197,6 +198,18 @@ impl Gateway {
     /// theirs), then stops listeners that are gone. On error nothing changes.
     pub async fn apply(&self, config: Config) -> Result<u64, ApplyError> {
         self.apply_versioned(config, None, "reload").await
+    }
+
+    /// Applies the node's own file again (`trigger`: SIGHUP, a file
+    /// change). In cluster mode the file also says where this node listens
+    /// under every later shared version.
+    pub async fn apply_file(&self, config: Config, trigger: &str) -> Result<u64, ApplyError> {
+        let raw = config.raw.clone();
+        let applied = self.apply_versioned(config, None, trigger).await;
+        if applied.is_ok() {
+            self.shared.cluster.set_own(&raw);
+        }
+        applied
     }
 
     /// [`Gateway::apply`] that refuses unless the running configuration is
@@ -329,6 +342,7 @@ impl Gateway {
             return self.apply_versioned(config, expected, "admin API").await;
         }
         let cluster = &self.shared.cluster;
+        let _writes = cluster.config_writes.lock().await;
         let expected = expected.unwrap_or_else(|| cluster.config_version());
         let document = serde_json::to_string(&config.raw).expect("a configuration serialises");
         match cluster.store_config(expected, &document).await {
@@ -341,14 +355,14 @@ impl Gateway {
                 // Stored: it is the cluster's now, even if it cannot run here.
                 // This node runs it with its own admin, cluster and listener
                 // addresses, as every other node does.
-                let own = &self.shared.snapshot.load().config.raw;
-                let local = cluster::localize(&document, own)
+                let local = cluster::localize(&document, &cluster.own())
                     .and_then(|text| switchyard_config::parse_json(text.as_bytes()).map_err(|d| d.to_string()));
                 let applied = match local {
                     Ok(local) => self.apply_versioned(local, None, "admin API (cluster)").await,
                     Err(why) => Err(ApplyError::NotValidHere(why)),
                 };
-                cluster.announce_config(version).await;
+                // Whether or not it runs here, the others are told.
+                cluster.announce_config(version, applied.is_ok()).await;
                 applied.map(|_| version)
             }
         }
@@ -507,6 +521,7 @@ impl Gateway {
             return registry.register(service, registration, std::time::Instant::now());
         };
         let (id, record) = registry.validate(service, registration, true)?;
+        let _writes = self.shared.cluster.registry_writes.lock().await;
         match link.register(service, &id, &record).await.map_err(Unavailable)? {
             cluster::registry::Registered::Full => Err(Full(service.to_owned())),
             cluster::registry::Registered::Done(mirrored) => {
@@ -525,12 +540,19 @@ impl Gateway {
         let Some(link) = self.registry_link()? else {
             return registry.heartbeat(service, id, std::time::Instant::now());
         };
+        let _writes = self.shared.cluster.registry_writes.lock().await;
         match link
             .heartbeat(service, id)
             .await
             .map_err(discovery::RegistryError::Unavailable)?
         {
-            Some(mirrored) => Ok(discovery::registry::describe_record(id, &mirrored)),
+            Some(mirrored) => {
+                let description = discovery::registry::describe_record(id, &mirrored);
+                // This node's copy knows the new expiry too (it matters if
+                // cluster mode is turned off).
+                registry.mirror_one(service, id, mirrored);
+                Ok(description)
+            }
             None => Err(discovery::RegistryError::NotFound {
                 service: service.to_owned(),
                 id: id.to_owned(),
@@ -544,6 +566,7 @@ impl Gateway {
         let Some(link) = self.registry_link()? else {
             return registry.deregister(service, id);
         };
+        let _writes = self.shared.cluster.registry_writes.lock().await;
         let removed = link
             .deregister(service, id)
             .await

@@ -162,7 +162,7 @@ async fn reload(gateway: &Gateway, path: &Path, trigger: &str, last_text: &mut O
     if config.admin.as_ref().map(|a| a.listen) != running.admin.as_ref().map(|a| a.listen) {
         tracing::warn!("admin.listen changed: takes effect on restart only");
     }
-    match gateway.apply_versioned(config, None, trigger).await {
+    match gateway.apply_file(config, trigger).await {
         Ok(version) => tracing::info!(trigger, version, "configuration reloaded"),
         Err(error) => {
             tracing::error!(trigger, %error, "reload failed; keeping the running configuration")

@@ -342,7 +342,12 @@ async fn a_config_put_on_one_node_runs_on_every_node() {
     assert_eq!(reply.json()["version"], 2);
     for gw in &nodes {
         wait_for_status(&c, gw, "/hello", 200).await;
-        assert_eq!(config_version(&c, gw).await, "\"2\"");
+        // The version is recorded just after the snapshot is installed.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while config_version(&c, gw).await != "\"2\"" {
+            assert!(Instant::now() < deadline, "version 2 not reported by {}", gw.addr());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     // A writer that read version 1 is refused, not silently applied.
@@ -499,7 +504,7 @@ async fn the_registry_idempotency_keys_and_global_limits_are_shared() {
         third,
         "POST",
         "/api/registry/users",
-        Some(serde_json::json!({"id": "brief", "address": user.addr.to_string(), "ttl": "1s"})),
+        Some(serde_json::json!({"id": "brief", "address": user.addr.to_string(), "ttl": "3s"})),
     )
     .await;
     assert_eq!(status, 201);
@@ -896,4 +901,63 @@ hub = {{ publish = [{{ topics = ">" }}] }}
     wait_for_status(&c, &a, "/hello", 404).await;
     wait_for_status(&c, &b, "/hello", 404).await;
     assert_eq!(b.addr().port(), port_b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_outlive_an_outage_longer_than_their_ttl() {
+    let redis = RedisServer::start();
+    let origin = Backend::start("origin").await;
+    let user = Backend::start("user").await;
+    let nodes: Vec<GatewayProcess> = (0..2).map(|_| shared_node(&redis.url(), origin.addr)).collect();
+    let c = client(Proto::H1);
+    for gw in &nodes {
+        wait_for_nodes(&c, gw, 2).await;
+    }
+    let (status, _) = admin_call(
+        &c,
+        &nodes[0],
+        "POST",
+        "/api/registry/users",
+        Some(serde_json::json!({"id": "u", "address": user.addr.to_string(), "ttl": "2s"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    for gw in &nodes {
+        wait_for_status(&c, gw, "/users/1", 200).await;
+    }
+
+    // Redis freezes (its data kept) for twice the TTL: no heartbeat lands,
+    // while Redis's clock runs on.
+    redis.pause();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = admin_call(&c, &nodes[1], "PUT", "/api/registry/users/u/heartbeat", None).await;
+        if status == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "heartbeats still accepted with Redis frozen");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Every node still routes to the instance it knew.
+    for gw in &nodes {
+        assert_eq!(get(&c, &gw.url("/users/1"), &[]).await.status, 200);
+    }
+    redis.resume();
+
+    // Back: the instance was given its TTL again, so the client's next
+    // heartbeat finds it (never 404, "register again").
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = admin_call(&c, &nodes[1], "PUT", "/api/registry/users/u/heartbeat", None).await;
+        assert_ne!(status, 404, "the instance expired over the outage: {body}");
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "heartbeats never accepted again: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for gw in &nodes {
+        assert_eq!(get(&c, &gw.url("/users/1"), &[]).await.status, 200);
+    }
 }

@@ -3,7 +3,7 @@
 //! node, the publishing one included, reads the stream and delivers each
 //! message with an id made from its stream id.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -12,12 +12,20 @@ use super::{Link, RETRY};
 use crate::Shared;
 
 /// A hub route's stream in Redis, for publishing.
-#[derive(Debug)]
 pub(crate) struct StreamLink {
     key: String,
     manager: ConnectionManager,
     timeout: Duration,
     max_len: usize,
+}
+
+impl std::fmt::Debug for StreamLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the connection: it knows the password.
+        f.debug_struct("StreamLink")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StreamLink {
@@ -75,9 +83,14 @@ fn hubs(shared: &Shared) -> Vec<(String, Arc<crate::hub::Hub>)> {
 }
 
 /// Delivers what a hub route's stream brings, from after the hub's last
-/// id, until aborted; reconnects by itself.
-async fn read_stream(client: redis::Client, hub: Arc<crate::hub::Hub>, key: String) {
+/// id, while the hub lives (or until aborted); reconnects by itself. The
+/// read position moves past every entry, delivered or not (a message the
+/// hub refuses, say for its topic limit, is not read again and again).
+async fn read_stream(client: redis::Client, hub: Weak<crate::hub::Hub>, key: String) {
     const BLOCK_MS: u64 = 1000;
+    let Some(mut position) = hub.upgrade().map(|h| h.last_id()) else {
+        return;
+    };
     loop {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -91,7 +104,6 @@ async fn read_stream(client: redis::Client, hub: Arc<crate::hub::Hub>, key: Stri
             }
         };
         loop {
-            let last = stream_id(hub.last_id());
             let reply: redis::RedisResult<Option<redis::streams::StreamReadReply>> = redis::cmd("XREAD")
                 .arg("COUNT")
                 .arg(1000)
@@ -99,7 +111,7 @@ async fn read_stream(client: redis::Client, hub: Arc<crate::hub::Hub>, key: Stri
                 .arg(BLOCK_MS)
                 .arg("STREAMS")
                 .arg(&key)
-                .arg(&last)
+                .arg(stream_id(position))
                 .query_async(&mut connection)
                 .await;
             let reply = match reply {
@@ -109,9 +121,11 @@ async fn read_stream(client: redis::Client, hub: Arc<crate::hub::Hub>, key: Stri
                     break;
                 }
             };
+            let Some(hub) = hub.upgrade() else { return };
             for stream in reply.map(|r| r.keys).unwrap_or_default() {
                 for entry in stream.ids {
                     let Some(id) = parse_stream_id(&entry.id) else { continue };
+                    position = position.max(id);
                     let text = |field: &str| -> Option<Vec<u8>> {
                         match entry.map.get(field)? {
                             redis::Value::BulkString(bytes) => Some(bytes.clone()),
@@ -123,7 +137,9 @@ async fn read_stream(client: redis::Client, hub: Arc<crate::hub::Hub>, key: Stri
                     };
                     let topic = String::from_utf8_lossy(&topic).into_owned();
                     let event = text("event").map(|e| String::from_utf8_lossy(&e).into_owned());
-                    let _ = hub.deliver(&topic, event.as_deref(), bytes::Bytes::from(data), Some(id));
+                    if let Err(error) = hub.deliver(&topic, event.as_deref(), bytes::Bytes::from(data), Some(id)) {
+                        tracing::debug!(%key, %topic, ?error, "cluster: a hub message from the stream was not delivered here");
+                    }
                 }
             }
         }
@@ -135,17 +151,36 @@ async fn read_stream(client: redis::Client, hub: Arc<crate::hub::Hub>, key: Stri
 #[derive(Default)]
 pub(super) struct Readers {
     tasks: tokio::task::JoinSet<()>,
-    running: Vec<(String, std::sync::Weak<crate::hub::Hub>)>,
+    running: Vec<Reader>,
+}
+
+struct Reader {
+    route: String,
+    hub: Weak<crate::hub::Hub>,
+    task: tokio::task::AbortHandle,
 }
 
 impl Readers {
-    /// Reads every hub route's stream and points its publishes at it.
+    /// Reads every hub route's stream and points its publishes at it; stops
+    /// reading for hubs that are gone (a route removed or rebuilt).
     pub(super) fn reconcile(&mut self, shared: &Shared, client: &redis::Client, link: &Link) {
-        for (route, hub) in hubs(shared) {
+        let live = hubs(shared);
+        self.running.retain(|reader| {
+            let wanted = reader.hub.upgrade().is_some_and(|hub| {
+                live.iter()
+                    .any(|(route, h)| *route == reader.route && Arc::ptr_eq(h, &hub))
+            });
+            if !wanted {
+                reader.task.abort();
+            }
+            wanted
+        });
+        while self.tasks.try_join_next().is_some() {}
+        for (route, hub) in live {
             let running = self
                 .running
                 .iter()
-                .any(|(name, weak)| *name == route && weak.upgrade().is_some_and(|h| Arc::ptr_eq(&h, &hub)));
+                .any(|r| r.route == route && r.hub.upgrade().is_some_and(|h| Arc::ptr_eq(&h, &hub)));
             if running {
                 continue;
             }
@@ -157,8 +192,12 @@ impl Readers {
                 timeout: link.timeout,
                 max_len,
             })));
-            self.tasks.spawn(read_stream(client.clone(), hub.clone(), key));
-            self.running.push((route, Arc::downgrade(&hub)));
+            let task = self.tasks.spawn(read_stream(client.clone(), Arc::downgrade(&hub), key));
+            self.running.push(Reader {
+                route,
+                hub: Arc::downgrade(&hub),
+                task,
+            });
         }
     }
 }
@@ -166,8 +205,8 @@ impl Readers {
 impl Drop for Readers {
     fn drop(&mut self) {
         // The link is gone: publishes are refused until it is back.
-        for (_, weak) in &self.running {
-            if let Some(hub) = weak.upgrade() {
+        for reader in &self.running {
+            if let Some(hub) = reader.hub.upgrade() {
                 if matches!(**hub.relay.load(), crate::hub::Relay::Stream(_)) {
                     hub.relay.store(Arc::new(crate::hub::Relay::Down));
                 }

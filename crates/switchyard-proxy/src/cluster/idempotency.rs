@@ -2,10 +2,12 @@
 //! any node is recognised.
 //!
 //! A key is the hash `switchyard:idem:{sha256 of the scoped key}` with the
-//! request's `fp` (fingerprint) and `state`; an answered one adds `status`,
-//! `headers` and `body`. A running claim expires after the route's timeout
-//! (plus a margin), so a node that dies mid-request does not hold the key
-//! for good; an answer is kept for the route's `ttl`. Claims, answers and
+//! request's `fp` (fingerprint), `state` and `owner` (a token of the claim);
+//! an answered one adds `status`, `headers` and `body`. A running claim
+//! expires after twice the route's timeout plus 30 s, so a node that dies
+//! mid-request does not hold the key for good; only the claim's owner may
+//! answer or release it, so a claim that lapsed and was taken again is not
+//! overwritten. An answer is kept for the route's `ttl`. Claims, answers and
 //! releases are single Lua scripts. While Redis cannot be reached, a
 //! request with a key gets the route's `on_redis_error`: refused (503) or
 //! run without the key.
@@ -22,14 +24,14 @@ use switchyard_resilience::idempotency::{Begin, BoxFuture, IdempotencyStore, Sto
 
 use crate::global_limit::RedisStore;
 
-/// KEYS: the key. ARGV: fingerprint, lease ms. Returns {"proceed"},
+/// KEYS: the key. ARGV: fingerprint, lease ms, owner. Returns {"proceed"},
 /// {"mismatch"}, {"running"} or {"done", status, headers, body}.
 static BEGIN: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
 local fp = redis.call('HGET', KEYS[1], 'fp')
 if not fp then
-  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'running')
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'running', 'owner', ARGV[3])
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {'proceed'}
 end
@@ -41,24 +43,27 @@ return {'done', stored[2], stored[3], stored[4]}
     )
 });
 
-/// KEYS: the key. ARGV: status, headers, body, ttl ms. Answers a running
-/// claim; returns 0 when there is none (its lease lapsed).
+/// KEYS: the key. ARGV: owner, status, headers, body, ttl ms. Answers the
+/// owner's running claim; returns 0 when it has none (its lease lapsed).
 static COMPLETE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
-if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'done', 'status', ARGV[1], 'headers', ARGV[2], 'body', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local claim = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if claim[1] ~= 'running' or claim[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'done', 'status', ARGV[2], 'headers', ARGV[3], 'body', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 "#,
     )
 });
 
-/// KEYS: the key. Releases a running claim (an answered key stays).
+/// KEYS: the key. ARGV: owner. Releases the owner's running claim (an
+/// answered key stays).
 static ABANDON: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
-if redis.call('HGET', KEYS[1], 'state') == 'running' then return redis.call('DEL', KEYS[1]) end
+local claim = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if claim[1] == 'running' and claim[2] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#,
     )
@@ -75,6 +80,8 @@ pub(crate) struct SharedIdempotency {
     /// How long a running claim holds the key.
     lease: Duration,
     on_error: OnRedisError,
+    /// The owner token of each claim this node holds, by Redis key.
+    claims: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl SharedIdempotency {
@@ -82,8 +89,9 @@ impl SharedIdempotency {
         Self {
             redis,
             ttl,
-            lease: route_timeout + Duration::from_secs(5),
+            lease: lease(route_timeout),
             on_error,
+            claims: Default::default(),
         }
     }
 
@@ -97,7 +105,7 @@ impl SharedIdempotency {
     ) -> bool {
         Arc::ptr_eq(&self.redis, redis)
             && self.ttl == ttl
-            && self.lease == route_timeout + Duration::from_secs(5)
+            && self.lease == lease(route_timeout)
             && self.on_error == on_error
     }
 
@@ -112,10 +120,24 @@ impl SharedIdempotency {
         }
     }
 
+    /// The owner token of this node's claim on `redis_key`, forgotten.
+    fn take_claim(&self, redis_key: &str) -> Option<u64> {
+        self.claims
+            .lock()
+            .expect("claims lock is never poisoned")
+            .remove(redis_key)
+    }
+
     fn failed(&self, error: &str) {
         self.redis
             .warn("idempotency", error, self.on_error == OnRedisError::Allow);
     }
+}
+
+/// How long a running claim holds its key: the request's whole life (its
+/// timeout, a wait for a slot, reading the answer) with room to spare.
+fn lease(route_timeout: Duration) -> Duration {
+    route_timeout * 2 + Duration::from_secs(30)
 }
 
 /// Client-chosen bytes never become Redis key syntax: the key is hashed.
@@ -170,11 +192,14 @@ fn decode_response(parts: &[Vec<u8>]) -> Option<StoredResponse> {
 impl IdempotencyStore for SharedIdempotency {
     fn begin<'a>(&'a self, key: &'a str, fingerprint: u64) -> BoxFuture<'a, Begin> {
         Box::pin(async move {
+            let redis_key = redis_key(key);
+            let owner = fastrand::u64(..);
             let mut invocation = BEGIN.prepare_invoke();
             invocation
-                .key(redis_key(key))
+                .key(&redis_key)
                 .arg(fingerprint.to_string())
-                .arg(self.lease.as_millis() as u64);
+                .arg(self.lease.as_millis() as u64)
+                .arg(owner);
             let answer: Vec<Vec<u8>> = match self.run(invocation).await {
                 Ok(answer) => answer,
                 Err(error) => {
@@ -186,7 +211,13 @@ impl IdempotencyStore for SharedIdempotency {
                 }
             };
             match answer.first().map(Vec::as_slice) {
-                Some(b"proceed") => Begin::Proceed,
+                Some(b"proceed") => {
+                    self.claims
+                        .lock()
+                        .expect("claims lock is never poisoned")
+                        .insert(redis_key, owner);
+                    Begin::Proceed
+                }
                 Some(b"mismatch") => Begin::Mismatch,
                 Some(b"running") => Begin::InProgress,
                 Some(b"done") => match decode_response(&answer[1..]) {
@@ -238,9 +269,14 @@ impl IdempotencyStore for SharedIdempotency {
 
     fn complete<'a>(&'a self, key: &'a str, response: StoredResponse) -> BoxFuture<'a, ()> {
         Box::pin(async move {
+            let redis_key = redis_key(key);
+            let Some(owner) = self.take_claim(&redis_key) else {
+                return;
+            };
             let mut invocation = COMPLETE.prepare_invoke();
             invocation
-                .key(redis_key(key))
+                .key(redis_key)
+                .arg(owner)
                 .arg(response.status.as_u16())
                 .arg(encode_headers(&response.headers))
                 .arg(response.body.as_ref())
@@ -255,8 +291,12 @@ impl IdempotencyStore for SharedIdempotency {
 
     fn abandon<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
+            let redis_key = redis_key(key);
+            let Some(owner) = self.take_claim(&redis_key) else {
+                return;
+            };
             let mut invocation = ABANDON.prepare_invoke();
-            invocation.key(redis_key(key));
+            invocation.key(redis_key).arg(owner);
             if let Err(error) = self.run::<i64>(invocation).await {
                 self.failed(&error);
             }

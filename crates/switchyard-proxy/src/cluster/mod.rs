@@ -104,17 +104,35 @@ pub(crate) struct ClusterState {
     admin: std::sync::OnceLock<String>,
     /// Why the last attempt to reach Redis failed (cleared on joining).
     last_error: std::sync::Mutex<Option<String>>,
+    /// Held across a registry write and this node's copy of it, and across
+    /// a read of the registry and its copy, so a read that began before a
+    /// write never lands after it.
+    pub(crate) registry_writes: tokio::sync::Mutex<()>,
+    /// Held while a shared configuration is stored or applied here, so an
+    /// older version never replaces a newer one.
+    pub(crate) config_writes: tokio::sync::Mutex<()>,
+    /// This node's own document (its file, as last loaded): where its
+    /// listeners, admin API and cluster link are, whatever the shared
+    /// configuration says.
+    own: arc_swap::ArcSwap<switchyard_config::RawConfig>,
 }
 
 /// Where the link is kept while connected (shared with the global limits
 /// and idempotency stores, which use its connection).
 pub(crate) type LinkSlot = Arc<ArcSwapOption<Link>>;
 
-#[derive(Debug)]
 pub(crate) struct Link {
     url: String,
     pub(crate) manager: ConnectionManager,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("url", &redacted(&self.url))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Link {
@@ -184,6 +202,9 @@ impl ClusterState {
             link,
             admin: std::sync::OnceLock::new(),
             last_error: std::sync::Mutex::new(None),
+            registry_writes: tokio::sync::Mutex::new(()),
+            config_writes: tokio::sync::Mutex::new(()),
+            own: arc_swap::ArcSwap::from_pointee(switchyard_config::RawConfig::default()),
         }
     }
 
@@ -196,6 +217,16 @@ impl ClusterState {
     /// Where this node's admin API listens.
     pub(crate) fn admin_address(&self) -> Option<String> {
         self.admin.get().cloned()
+    }
+
+    /// Records this node's own document (at start and on file reloads).
+    pub(crate) fn set_own(&self, raw: &switchyard_config::RawConfig) {
+        self.own.store(Arc::new(raw.clone()));
+    }
+
+    /// This node's own document.
+    pub(crate) fn own(&self) -> Arc<switchyard_config::RawConfig> {
+        self.own.load_full()
     }
 
     /// When this node started (wall-clock milliseconds).
@@ -227,9 +258,14 @@ impl ClusterState {
         })
     }
 
-    /// Records that shared version `version` runs here, and tells the others.
-    pub(crate) async fn announce_config(&self, version: u64) {
-        self.config_version.store(version, Ordering::Release);
+    /// Records that shared version `version` runs here (or could not:
+    /// it is not tried again), and tells the others.
+    pub(crate) async fn announce_config(&self, version: u64, runs_here: bool) {
+        if runs_here {
+            self.config_version.fetch_max(version, Ordering::AcqRel);
+        } else {
+            self.failed_version.store(version, Ordering::Release);
+        }
         self.announce(EventKind::Config { version }).await;
     }
 
@@ -488,7 +524,11 @@ async fn run(shared: &Arc<Shared>, mode: &ClusterMode) -> Result<(), String> {
     readers.reconcile(shared, &client, &link);
     sync_config(shared, &link).await?;
     let mut registry_seen = None;
-    registry::sync(&shared.discovery.registry, &link, &mut registry_seen).await?;
+    {
+        let _writes = shared.cluster.registry_writes.lock().await;
+        registry::revive(&shared.discovery.registry, &link).await?;
+    }
+    sync_registry(shared, &link, &mut registry_seen).await;
     let mut messages = pubsub.on_message();
     let mut ticks = tokio::time::interval(HEARTBEAT);
     ticks.reset();
@@ -509,7 +549,7 @@ async fn run(shared: &Arc<Shared>, mode: &ClusterMode) -> Result<(), String> {
                     Ok(event) if event.from == shared.cluster.node_id => {}
                     Ok(Event { kind: EventKind::Config { .. }, .. }) => sync_config(shared, &link).await?,
                     Ok(Event { kind: EventKind::Registry, .. }) => {
-                        registry::sync(&shared.discovery.registry, &link, &mut registry_seen).await?;
+                        sync_registry(shared, &link, &mut registry_seen).await;
                     }
                     Ok(event) => apply(shared, event),
                     Err(error) => tracing::warn!(%error, "cluster: an event on the bus could not be read"),
@@ -522,7 +562,7 @@ async fn run(shared: &Arc<Shared>, mode: &ClusterMode) -> Result<(), String> {
                 heartbeat(shared, &link).await?;
                 readers.reconcile(shared, &client, &link);
                 sync_config(shared, &link).await?;
-                registry::sync(&shared.discovery.registry, &link, &mut registry_seen).await?;
+                sync_registry(shared, &link, &mut registry_seen).await;
             }
         }
     }
@@ -538,9 +578,20 @@ fn apply(shared: &Shared, event: Event) {
     }
 }
 
+/// Brings this node's registry to the cluster's, after any write of its
+/// own under way. A failure is logged, not fatal to the link (the next
+/// tick tries again; the other shared state does not depend on it).
+async fn sync_registry(shared: &Shared, link: &Link, seen: &mut Option<u64>) {
+    let _writes = shared.cluster.registry_writes.lock().await;
+    if let Err(error) = registry::sync(&shared.discovery.registry, link, seen).await {
+        tracing::warn!(%error, "cluster: the registry could not be read from Redis; keeping this node's copy");
+    }
+}
+
 /// Brings this node to the cluster's configuration: applies a newer shared
 /// version, or, when the cluster has none yet, stores this node's own.
 async fn sync_config(shared: &Arc<Shared>, link: &Link) -> Result<(), String> {
+    let _writes = shared.cluster.config_writes.lock().await;
     let mut manager = link.manager.clone();
     let read: Option<(Option<u64>, Option<String>)> = tokio::time::timeout(
         link.timeout * 4,
@@ -562,7 +613,7 @@ async fn sync_config(shared: &Arc<Shared>, link: &Link) -> Result<(), String> {
                 return Ok(());
             }
             let gateway = crate::Gateway { shared: shared.clone() };
-            let document = match localize(&document, &shared.snapshot.load().config.raw) {
+            let document = match localize(&document, &state.own()) {
                 Ok(document) => document,
                 Err(error) => {
                     state.failed_version.store(version, Ordering::Release);
@@ -582,7 +633,7 @@ async fn sync_config(shared: &Arc<Shared>, link: &Link) -> Result<(), String> {
             };
             match gateway.apply_versioned(config, None, "cluster").await {
                 Ok(local) => {
-                    state.config_version.store(version, Ordering::Release);
+                    state.config_version.fetch_max(version, Ordering::AcqRel);
                     tracing::info!(version, local, "cluster: shared configuration applied");
                 }
                 Err(error) => {
@@ -604,7 +655,7 @@ async fn sync_config(shared: &Arc<Shared>, link: &Link) -> Result<(), String> {
             invocation.arg(version).arg(&document);
             let seeded: u8 = link.call(invocation).await?;
             if seeded == 1 {
-                state.config_version.store(version, Ordering::Release);
+                state.config_version.fetch_max(version, Ordering::AcqRel);
                 tracing::info!(version, "cluster: stored this node's configuration as the shared one");
             }
             Ok(())

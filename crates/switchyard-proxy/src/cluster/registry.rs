@@ -1,8 +1,8 @@
 //! The service registry shared through Redis.
 //!
-//! Per service, a hash `switchyard:registry:{service}` holds each instance's
-//! record by id, and a sorted set `switchyard:registry:{service}:expiry`
-//! its expiry (milliseconds by the Redis clock, so nodes with skewed clocks
+//! Per service, a hash `switchyard:registry:svc:{service}` holds each
+//! instance's record by id, and a sorted set
+//! `switchyard:registry:svc:{service}:expiry` its expiry (milliseconds by the Redis clock, so nodes with skewed clocks
 //! agree). `switchyard:registry:services` lists the services, and
 //! `switchyard:registry:version` counts changes of any endpoint set. Every
 //! write is one Lua script, so instances are never half written.
@@ -11,6 +11,11 @@
 //! when the version moves: at once when another node announces a write on
 //! the bus, else within a second. Every node also sweeps lapsed instances
 //! out each second; the first to see one bumps the version.
+//!
+//! A node that (re)joins first revives what it holds ([`revive`]): every
+//! instance gets at least its TTL again, and one missing from Redis (which
+//! restarted empty) is written back. Heartbeats could not land while the
+//! node was away, so nothing it knew expires for that.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
@@ -23,12 +28,14 @@ use crate::discovery::{Mirrored, Record, ServiceRegistry};
 const SERVICES: &str = "switchyard:registry:services";
 const VERSION: &str = "switchyard:registry:version";
 
+/// Services live under `svc:`, apart from the registry's own keys (a
+/// service may be called `services` or `version`).
 fn hash_key(service: &str) -> String {
-    format!("switchyard:registry:{service}")
+    format!("switchyard:registry:svc:{service}")
 }
 
 fn expiry_key(service: &str) -> String {
-    format!("switchyard:registry:{service}:expiry")
+    format!("switchyard:registry:svc:{service}:expiry")
 }
 
 /// Lua: `now`, the Redis clock in milliseconds.
@@ -73,6 +80,25 @@ return {{record, expiry, now}}
     ))
 });
 
+/// KEYS: hash, expiry, services, version. ARGV: id, record, ttl ms,
+/// service. Gives the instance at least its TTL from now, and writes it
+/// back if Redis lost it. Returns 1 when it was written back.
+static REVIVE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        r#"{NOW}
+local wanted = now + tonumber(ARGV[3])
+local expiry = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0')
+if expiry < wanted then redis.call('ZADD', KEYS[2], wanted, ARGV[1]) end
+redis.call('SADD', KEYS[3], ARGV[4])
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('INCR', KEYS[4])
+  return 1
+end
+return 0
+"#
+    ))
+});
+
 /// KEYS: hash, expiry, version. ARGV: id. Returns 1 when it was there.
 static DEREGISTER: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
@@ -92,7 +118,7 @@ static SWEEP: LazyLock<redis::Script> = LazyLock::new(|| {
         r#"{NOW}
 local swept = 0
 for _, service in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local hash = 'switchyard:registry:' .. service
+  local hash = 'switchyard:registry:svc:' .. service
   local expiry = hash .. ':expiry'
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now)) do
     redis.call('HDEL', hash, id)
@@ -119,7 +145,7 @@ static READ: LazyLock<redis::Script> = LazyLock::new(|| {
         r#"{NOW}
 local out = {{tostring(now)}}
 for _, service in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local hash = 'switchyard:registry:' .. service
+  local hash = 'switchyard:registry:svc:' .. service
   local live = redis.call('ZRANGEBYSCORE', hash .. ':expiry', '(' .. now, '+inf', 'WITHSCORES')
   for i = 1, #live, 2 do
     local record = redis.call('HGET', hash, live[i])
@@ -232,25 +258,44 @@ impl Link {
     }
 }
 
+/// Gives every instance this node holds at least its TTL again, and
+/// writes back those Redis lost: run when a node (re)joins, before the
+/// first sweep, since heartbeats could not land while it was away.
+pub(crate) async fn revive(registry: &ServiceRegistry, link: &Link) -> Result<(), String> {
+    if !registry.is_mirror() {
+        return Ok(());
+    }
+    let held = registry.records(Instant::now());
+    let mut written_back = 0;
+    for (service, id, record, _) in &held {
+        let text = serde_json::to_string(record).expect("a record serialises");
+        let mut invocation = REVIVE.prepare_invoke();
+        invocation
+            .key(hash_key(service))
+            .key(expiry_key(service))
+            .key(SERVICES)
+            .key(VERSION)
+            .arg(id)
+            .arg(&text)
+            .arg(record.ttl_ms)
+            .arg(service);
+        let restored: i64 = link.call(invocation).await?;
+        written_back += restored;
+    }
+    if !held.is_empty() {
+        tracing::info!(
+            instances = held.len(),
+            written_back,
+            "cluster: the registry this node held is in Redis again, each instance with its TTL"
+        );
+    }
+    Ok(())
+}
+
 /// Brings this node's registry to the cluster's: sweeps, and reads it all
-/// when its version moved since `seen` (or Redis lost it and this node
-/// writes back what it held).
+/// when its version moved since `seen`.
 pub(crate) async fn sync(registry: &ServiceRegistry, link: &Link, seen: &mut Option<u64>) -> Result<(), String> {
     let version = link.sweep_registry().await?;
-    if version.is_none() && registry.is_mirror() {
-        // Redis lost the registry (restarted without persistence): what
-        // this node held goes back, each with at least its TTL to live.
-        let held = registry.records(Instant::now());
-        if !held.is_empty() {
-            for (service, id, record, _) in &held {
-                link.register(service, id, record).await?;
-            }
-            tracing::info!(
-                instances = held.len(),
-                "cluster: wrote the registry this node held back into Redis"
-            );
-        }
-    }
     if version.is_some() && version == *seen {
         return Ok(());
     }

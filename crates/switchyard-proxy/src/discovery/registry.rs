@@ -233,6 +233,7 @@ impl ServiceRegistry {
     /// Adds or replaces one instance of the cluster's copy (this node's own
     /// write, before the next read of Redis).
     pub fn mirror_one(&self, service: &str, id: &str, mirrored: Mirrored) {
+        self.mirrored.store(true, Ordering::Release);
         let left = Duration::from_millis(mirrored.expires_ms.saturating_sub(mirrored.now_ms));
         let beat = mirrored.expires_ms.saturating_sub(mirrored.record.ttl_ms);
         let instance = Instance::new(&mirrored.record, Instant::now() + left, Some(beat));
@@ -254,9 +255,17 @@ impl ServiceRegistry {
         self.mirrored.load(Ordering::Acquire)
     }
 
-    /// Cluster mode is off: the instances held expire here again.
+    /// Cluster mode is off: the instances held expire here again, each a
+    /// TTL from now at the earliest (heartbeats went to Redis until now).
     pub fn unmirror(&self) {
-        self.mirrored.store(false, Ordering::Release);
+        if !self.mirrored.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let now = Instant::now();
+        let mut services = self.services.lock().expect("registry lock is never poisoned");
+        for instance in services.values_mut().flat_map(|instances| instances.values_mut()) {
+            instance.expires = instance.expires.max(now + instance.ttl);
+        }
     }
 
     /// Every instance held, as records with the time each has left (to

@@ -66,6 +66,28 @@ impl RedisServer {
         format!("redis://{}/0", self.addr)
     }
 
+    /// Freezes this server (SIGSTOP): connections stay open, nothing is
+    /// answered, its data stays.
+    #[allow(dead_code)]
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    #[allow(dead_code)]
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("a running server").id();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
     /// Stops this server (only the process this handle started).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
