@@ -492,6 +492,15 @@ fn routes(config: &switchyard_config::Config) -> Value {
                     "publish_rules": hub.publish.len(),
                     "subscribe_rules": hub.subscribe.as_ref().map(Vec::len),
                 }}),
+                switchyard_config::RouteAction::Aggregate(aggregate) => json!({"aggregate": {
+                    "calls": aggregate.calls.iter().map(|c| json!({
+                        "name": c.name,
+                        "cluster": c.cluster,
+                        "required": c.required,
+                        "uses": c.uses.iter().map(|&u| aggregate.calls[u].name.as_str()).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                    "timeout_ms": aggregate.timeout.as_millis() as u64,
+                }}),
             };
             let mut filters = Vec::new();
             if route.ip_filter.is_some() {

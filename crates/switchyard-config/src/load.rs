@@ -271,7 +271,7 @@ redirect = { location = "/z" }
             "{joined}"
         );
         assert!(
-            joined.contains("only one of `cluster`, `redirect`, `direct`, `static` and `hub`"),
+            joined.contains("only one of `cluster`, `redirect`, `direct`, `static`, `hub` and `aggregate`"),
             "{joined}"
         );
     }

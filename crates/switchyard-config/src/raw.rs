@@ -325,6 +325,100 @@ pub struct RawRoute {
     /// Be a pub/sub hub.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hub: Option<RawHub>,
+    /// Answer from several upstream calls merged into one JSON object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<RawAggregate>,
+    /// JSON and XML body transforms of requests and responses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transform: Option<RawTransform>,
+}
+
+/// `aggregate = { calls = [...], timeout, max_response, forward_headers }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawAggregate {
+    pub calls: Vec<RawCall>,
+    /// The whole answer's time limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Largest response body read from one call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_response: Option<String>,
+    /// Client request headers every call gets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_headers: Option<Vec<String>>,
+}
+
+/// One upstream call of an aggregate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawCall {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// `/users/{path.id}/orders?limit={query.limit}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// A failed required call fails the whole answer; an optional one
+    /// becomes `null` with an entry in `errors`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RawRetry>,
+}
+
+/// `transform = { request, response, max_body, on_oversize }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawTransform {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<RawBodyTransform>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<RawBodyTransform>,
+    /// Largest body buffered to transform.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<String>,
+    /// A larger body: `pass` it untransformed, or `refuse` it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_oversize: Option<String>,
+}
+
+/// The edits of one direction, applied in this order: `from_xml`,
+/// `unwrap`, `remove`, `rename`, `move`, `set`, `wrap`, `to_xml`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawBodyTransform {
+    /// Read the body as XML (into JSON by the documented mapping).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_xml: Option<bool>,
+    /// Replace the body with the value at this JSON pointer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unwrap: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    /// Pointer to pointer, same parent.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rename: BTreeMap<String, String>,
+    /// Pointer to pointer, anywhere.
+    #[serde(rename = "move", skip_serializing_if = "BTreeMap::is_empty")]
+    pub move_: BTreeMap<String, String>,
+    /// Pointer to JSON value.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, serde_json::Value>,
+    /// Put the body under this member of a new object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wrap: Option<String>,
+    /// Write the body as XML under this root element name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_xml: Option<String>,
+    /// Response statuses to send as others (`{ "404" = 200 }`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub status: BTreeMap<String, u16>,
 }
 
 /// `hub = { history, history_ttl, max_message, queue, slow_consumer,

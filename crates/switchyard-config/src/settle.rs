@@ -29,6 +29,8 @@ pub fn settle(raw: RawConfig) -> Result<Config, Vec<Diagnostic>> {
     }
 }
 
+mod aggregate;
+
 #[derive(Default)]
 struct Settler {
     errors: Vec<Diagnostic>,
@@ -1220,6 +1222,12 @@ impl Settler {
             if r.grpc_web.is_some() && !forwards {
                 self.error(at.key("grpc_web"), "only routes with a `cluster` take `grpc_web`");
             }
+            let transform = r.transform.as_ref().map(|raw| {
+                if !forwards {
+                    self.error(at.key("transform"), "only routes with a `cluster` take `transform`");
+                }
+                self.transform(raw, &at.key("transform"))
+            });
             if let (Some(name), Some(action)) = (name, action) {
                 out.push(Route {
                     name,
@@ -1245,6 +1253,7 @@ impl Settler {
                     grpc_web: r.grpc_web.unwrap_or(false),
                     compression,
                     cache,
+                    transform,
                 });
             }
         }
@@ -2362,6 +2371,7 @@ impl Settler {
             ("direct", r.direct.is_some()),
             ("static", r.static_files.is_some()),
             ("hub", r.hub.is_some()),
+            ("aggregate", r.aggregate.is_some()),
         ]
         .iter()
         .filter(|(_, present)| *present)
@@ -2371,7 +2381,7 @@ impl Settler {
             0 => {
                 self.error(
                     at.clone(),
-                    "a route needs one of `cluster`, `redirect`, `direct`, `static` or `hub`",
+                    "a route needs one of `cluster`, `redirect`, `direct`, `static`, `hub` or `aggregate`",
                 );
                 return None;
             }
@@ -2380,7 +2390,7 @@ impl Settler {
                 self.error(
                     at.key(given[1]),
                     format!(
-                        "a route takes only one of `cluster`, `redirect`, `direct`, `static` and `hub` (found `{}`)",
+                        "a route takes only one of `cluster`, `redirect`, `direct`, `static`, `hub` and `aggregate` (found `{}`)",
                         given.join("` and `")
                     ),
                 );
@@ -2407,6 +2417,12 @@ impl Settler {
         }
         if let Some(raw) = &r.hub {
             return Some(RouteAction::Hub(self.hub(raw, &at.key("hub"))));
+        }
+        if let Some(raw) = &r.aggregate {
+            let timeout = self.duration(&r.timeout, at.key("timeout"), defaults::ROUTE_TIMEOUT);
+            return self
+                .aggregate(raw, &at.key("aggregate"), clusters, matcher, timeout)
+                .map(RouteAction::Aggregate);
         }
         r.direct
             .as_ref()

@@ -336,6 +336,100 @@ pub struct Route {
     pub compression: Option<Compression>,
     /// Responses stored and reused; `None`: every request goes upstream.
     pub cache: Option<RouteCache>,
+    /// Body transforms; `None`: bodies pass as they are.
+    pub transform: Option<Transform>,
+}
+
+/// `aggregate`: one JSON answer built from several upstream calls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aggregate {
+    pub calls: Vec<AggregateCall>,
+    /// The whole answer's time limit.
+    pub timeout: Duration,
+    /// Largest response body read from one call.
+    pub max_response: u64,
+    /// Client request headers every call gets.
+    pub forward_headers: Vec<HeaderName>,
+}
+
+/// One upstream call of an aggregate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateCall {
+    pub name: String,
+    pub cluster: String,
+    pub method: Method,
+    /// The request target, filled in per request.
+    pub target: Vec<TemplatePart>,
+    pub timeout: Duration,
+    pub required: bool,
+    pub retry: Option<Retry>,
+    /// The calls whose answers the target uses (indices into `calls`).
+    pub uses: Vec<usize>,
+}
+
+/// A piece of a call's target template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    Literal(String),
+    /// `{path.NAME}`: a capture of the route's path template.
+    Path(String),
+    /// `{query.NAME}`: the client's query parameter.
+    Query(String),
+    /// `{header.NAME}`: the client's request header.
+    Header(HeaderName),
+    /// `{call.NAME/pointer}`: a value in an earlier call's JSON answer.
+    Call {
+        call: usize,
+        pointer: String,
+    },
+}
+
+/// `transform`: body edits of a forwarding route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transform {
+    pub request: Option<BodyTransform>,
+    pub response: Option<BodyTransform>,
+    /// Largest body buffered to transform.
+    pub max_body: u64,
+    pub on_oversize: Oversize,
+}
+
+/// What a body over `max_body` gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Oversize {
+    /// Sent on untransformed (and logged).
+    Pass,
+    /// Refused: 413 for a request, 502 for a response.
+    Refuse,
+}
+
+/// The edits of one direction, in the order they apply.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BodyTransform {
+    pub from_xml: bool,
+    pub unwrap: Option<String>,
+    pub remove: Vec<String>,
+    /// `rename` and `move`: from pointer, to pointer.
+    pub moves: Vec<(String, String)>,
+    pub set: Vec<(String, serde_json::Value)>,
+    pub wrap: Option<String>,
+    /// Root element name when the body goes out as XML.
+    pub to_xml: Option<String>,
+    /// Response statuses sent as others.
+    pub status: Vec<(http::StatusCode, http::StatusCode)>,
+}
+
+impl BodyTransform {
+    /// Whether the body itself changes (not only the status).
+    pub fn edits_body(&self) -> bool {
+        self.from_xml
+            || self.unwrap.is_some()
+            || !self.remove.is_empty()
+            || !self.moves.is_empty()
+            || !self.set.is_empty()
+            || self.wrap.is_some()
+            || self.to_xml.is_some()
+    }
 }
 
 /// A route's response compression.
@@ -573,6 +667,8 @@ pub enum RouteAction {
     Static(StaticFiles),
     /// Be a pub/sub hub.
     Hub(Hub),
+    /// Answer from several upstream calls.
+    Aggregate(Aggregate),
 }
 
 /// `hub = { ... }`: a pub/sub hub (SSE, WebSocket and long-poll

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -361,6 +362,36 @@ where
         }
     }
     Ok(ReadAhead::Complete(chunks))
+}
+
+/// A body read up to a limit.
+pub enum Collected {
+    /// All of it.
+    Complete(Bytes),
+    /// More than the limit: what was read, then the rest, as one body.
+    TooLarge(ProxyBody),
+}
+
+/// Reads `body` whole if it is at most `limit` bytes.
+pub async fn collect_limited(mut body: ProxyBody, limit: u64) -> Result<Collected, BodyError> {
+    use http_body_util::BodyExt;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        total += data.len() as u64;
+        chunks.push(data);
+        if total > limit {
+            let read = futures_util::stream::iter(chunks.into_iter().map(|c| Ok(Frame::data(c))));
+            let rest = http_body_util::BodyStream::new(body);
+            return Ok(Collected::TooLarge(ProxyBody::stream(read.chain(rest))));
+        }
+    }
+    Ok(Collected::Complete(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => chunks.concat().into(),
+    }))
 }
 
 pin_project! {

@@ -101,6 +101,20 @@ pub enum ProxyError {
     ClusterUnavailable,
     #[error("the idempotency store (the cluster's Redis) cannot be reached")]
     IdempotencyUnavailable,
+    #[error("aggregate call \"{call}\" failed: {reason}")]
+    AggregateCall {
+        call: String,
+        status: Option<u16>,
+        reason: String,
+    },
+    #[error("aggregate call \"{call}\" cannot be made from this request: {reason}")]
+    AggregateInput { call: String, reason: String },
+    #[error("aggregate call \"{call}\" did not answer within the route's time")]
+    AggregateTimeout { call: String },
+    #[error("the {side} body is larger than the {limit} bytes a transform reads")]
+    TransformTooLarge { side: &'static str, limit: u64 },
+    #[error("the request body cannot be transformed: {0}")]
+    TransformInput(String),
 }
 
 impl ProxyError {
@@ -128,6 +142,15 @@ impl ProxyError {
             | Self::NotCached
             | Self::HubRequest(_) => Side::Downstream,
             Self::HubFull { .. } | Self::ClusterUnavailable | Self::IdempotencyUnavailable => Side::Internal,
+            Self::AggregateInput { .. } | Self::TransformInput(_) => Side::Downstream,
+            Self::AggregateCall { .. } | Self::AggregateTimeout { .. } => Side::Upstream,
+            Self::TransformTooLarge { side, .. } => {
+                if *side == "request" {
+                    Side::Downstream
+                } else {
+                    Side::Upstream
+                }
+            }
             Self::WebSocketLimit { .. } => Side::Upstream,
             Self::FaultInjected { .. }
             | Self::IdempotencyStoreFull
@@ -198,6 +221,16 @@ impl ProxyError {
             Self::HubFull { .. } | Self::ClusterUnavailable | Self::IdempotencyUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::AggregateCall { .. } => StatusCode::BAD_GATEWAY,
+            Self::AggregateInput { .. } | Self::TransformInput(_) => StatusCode::BAD_REQUEST,
+            Self::AggregateTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::TransformTooLarge { side, .. } => {
+                if *side == "request" {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_GATEWAY
+                }
+            }
             Self::UpstreamConnect { .. } | Self::Upstream { .. } | Self::WebSocketUpstream { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -243,6 +276,11 @@ impl ProxyError {
             Self::HubFull { .. } => "hub_full",
             Self::ClusterUnavailable => "cluster_unavailable",
             Self::IdempotencyUnavailable => "idempotency_unavailable",
+            Self::AggregateCall { .. } => "aggregate_call_failed",
+            Self::AggregateInput { .. } => "aggregate_bad_request",
+            Self::AggregateTimeout { .. } => "aggregate_timeout",
+            Self::TransformTooLarge { .. } => "transform_too_large",
+            Self::TransformInput(_) => "transform_failed",
         }
     }
 
@@ -379,6 +417,16 @@ impl ProxyError {
             Self::IdempotencyUnavailable => {
                 "idempotency keys are kept in the cluster's Redis, which cannot be reached now, so a repeat could not be recognised; retry later".into()
             }
+            Self::AggregateCall { call, status, reason } => match status {
+                Some(status) => format!("required call \"{call}\" failed with status {status}: {reason}"),
+                None => format!("required call \"{call}\" failed: {reason}"),
+            },
+            Self::AggregateInput { call, reason } => format!("required call \"{call}\" needs more from this request: {reason}"),
+            Self::AggregateTimeout { call } => format!("required call \"{call}\" did not answer within the route's time"),
+            Self::TransformTooLarge { side, limit } => {
+                format!("the {side} body is larger than the {limit} bytes this route transforms (on_oversize = \"refuse\")")
+            }
+            Self::TransformInput(why) => format!("the request body cannot be transformed: {why}"),
             Self::RateLimited { decision } => format!(
                 "rate limit of {} requests exceeded; retry in {} s",
                 decision.limit,

@@ -171,7 +171,44 @@ pub(crate) async fn forward<'s>(
         .with_limit(max_body)
         .with_min_rate(listener.min_body_rate);
     let chunked = head.headers.contains_key(header::TRANSFER_ENCODING);
+    // A request body transform reads the body whole, up to its limit.
+    let request_edits = route
+        .transform
+        .as_ref()
+        .and_then(|t| t.request.as_ref().filter(|e| e.edits_body()).map(|e| (t, e)));
+    if request_edits.is_some() && !crate::transform::request_readable(&head.headers) {
+        tracing::info!(route = %route.name, reason = "compressed by the client", "transform: request passed untransformed");
+    }
+    let request_edits = request_edits.filter(|_| crate::transform::request_readable(&head.headers));
     let body = match keep_limit {
+        _ if request_edits.is_some() => {
+            let (transform, edits) = request_edits.expect("checked just above");
+            let limit = transform.max_body;
+            match read_ahead(timed, limit).await.map_err(client_body_error)? {
+                ReadAhead::Complete(chunks) if chunks.iter().all(|c| c.is_empty()) => Plan::Replay(chunks),
+                ReadAhead::Complete(chunks) => {
+                    let input: Bytes = chunks.concat().into();
+                    let (output, content_type) =
+                        crate::transform::body(edits, &input).map_err(ProxyError::TransformInput)?;
+                    crate::transform::retarget(&mut head.headers, &output, content_type);
+                    Plan::Replay(vec![output])
+                }
+                ReadAhead::TooLarge { prefix, rest } => match transform.on_oversize {
+                    switchyard_config::Oversize::Pass => {
+                        tracing::info!(
+                            route = %route.name,
+                            limit,
+                            reason = "larger than max_body",
+                            "transform: request passed untransformed"
+                        );
+                        Plan::Prefixed(Some((prefix, rest)))
+                    }
+                    switchyard_config::Oversize::Refuse => {
+                        return Err(ProxyError::TransformTooLarge { side: "request", limit })
+                    }
+                },
+            }
+        }
         // A grpc-web-text body (browsers send them whole) is decoded first.
         _ if matches!(grpc_web, Some((grpc::web::Mode::Text, _))) => {
             let limit = max_body.unwrap_or(GRPC_WEB_TEXT_MAX);

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+mod aggregate;
 mod auth;
 pub mod body;
 pub mod cache;
@@ -33,6 +34,7 @@ mod server;
 pub mod snapshot;
 pub mod static_files;
 pub mod trace;
+pub mod transform;
 mod tunnel;
 pub mod upstream;
 pub mod websocket;

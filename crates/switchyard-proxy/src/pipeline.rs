@@ -469,6 +469,10 @@ async fn serve<'s>(
         RouteAction::Direct(direct) => direct_response(direct),
         RouteAction::Redirect(redirect) => redirect_response(redirect, entry, &req),
         RouteAction::Hub(_) => unreachable!("hub routes are answered above"),
+        RouteAction::Aggregate(aggregate) => {
+            let calls = entry.aggregate.as_deref().expect("an aggregate route has its calls");
+            crate::aggregate::serve(aggregate, entry, calls, &listener.config, conn, &req, ids).await?
+        }
         RouteAction::Static(files) => {
             let target = rewritten_path_and_query(entry, req.uri());
             crate::static_files::serve(files, entry.files.as_deref(), &req, target.path()).await?
@@ -491,6 +495,9 @@ async fn serve<'s>(
             }
         },
     };
+    if let Some(transform) = &entry.route.transform {
+        response = crate::transform::response(transform, &entry.route.name, response).await?;
+    }
     if let Some((settings, negotiated)) = &compression {
         response = crate::compress::apply(settings, negotiated, response);
     }
@@ -526,7 +533,10 @@ pub(crate) fn rewritten_path_and_query(entry: &RouteEntry, uri: &Uri) -> PathAnd
         (None, Some(path)) => Cow::Owned(fill_path(&entry.route.matcher.path, uri.path(), path)),
         (None, None) => return original,
     };
+    // A rewrite may map path captures into the query (`/v1/user?id={id}`):
+    // the client's own query parameters follow.
     let joined = match uri.query() {
+        Some(query) if new_path.contains('?') => format!("{new_path}&{query}"),
         Some(query) => format!("{new_path}?{query}"),
         None => new_path.into_owned(),
     };

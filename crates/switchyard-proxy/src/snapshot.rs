@@ -105,6 +105,31 @@ pub struct RouteEntry {
     pub(crate) cache: Option<crate::cache::RouteCache>,
     /// The route's pub/sub hub (`hub`; outlives reloads).
     pub hub: Option<Arc<crate::hub::Hub>>,
+    /// An aggregate route's calls, each a forwarding entry of its own.
+    pub aggregate: Option<Arc<[RouteEntry]>>,
+}
+
+impl RouteEntry {
+    /// A forwarding entry for one call of an aggregate route.
+    pub(crate) fn for_call(route: Route, cluster: Option<Arc<ClusterRuntime>>, metrics: RouteMetrics) -> Self {
+        RouteEntry {
+            route,
+            cluster,
+            idempotency: None,
+            fault: None,
+            budget: None,
+            ip_filter: None,
+            limits: Vec::new(),
+            cors: None,
+            auth: None,
+            metrics,
+            websockets: Arc::default(),
+            files: None,
+            cache: None,
+            hub: None,
+            aggregate: None,
+        }
+    }
 }
 
 impl AsRef<Route> for RouteEntry {
@@ -604,6 +629,12 @@ impl Registry {
                         files: matches!(route.action, RouteAction::Static(_))
                             .then(|| Arc::new(crate::static_files::FileCache::new())),
                         hub: self.hubs.get(&route.name).cloned(),
+                        aggregate: match &route.action {
+                            RouteAction::Aggregate(aggregate) => {
+                                Some(crate::aggregate::call_entries(route, aggregate, &clusters, metrics).into())
+                            }
+                            _ => None,
+                        },
                         cache: route.cache.as_ref().map(|settings| crate::cache::RouteCache {
                             settings: settings.clone(),
                             store: store.clone(),

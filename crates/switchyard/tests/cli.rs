@@ -113,7 +113,7 @@ fn check_reports_each_kind_of_mistake_with_its_location() {
         (
             "route without action",
             "[[routes]]\nname = \"r\"\n",
-            "bad.toml:13:1: `routes[1]`: a route needs one of `cluster`, `redirect`, `direct`, `static` or `hub`",
+            "bad.toml:13:1: `routes[1]`: a route needs one of `cluster`, `redirect`, `direct`, `static`, `hub` or `aggregate`",
         ),
         (
             "bad redirect status",

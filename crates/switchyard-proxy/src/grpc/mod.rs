@@ -95,6 +95,10 @@ pub fn code_of(error: &ProxyError) -> u8 {
         | ProxyError::ClusterUnavailable
         | ProxyError::IdempotencyUnavailable => UNAVAILABLE,
         ProxyError::HubRequest(_) => INTERNAL,
+        ProxyError::AggregateInput { .. } | ProxyError::TransformInput(_) => INTERNAL,
+        ProxyError::AggregateCall { .. } => UNAVAILABLE,
+        ProxyError::AggregateTimeout { .. } => DEADLINE_EXCEEDED,
+        ProxyError::TransformTooLarge { .. } => RESOURCE_EXHAUSTED,
         ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } | ProxyError::UriTooLong { .. } => INTERNAL,
         ProxyError::ClientTimeout | ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
             DEADLINE_EXCEEDED
