@@ -184,7 +184,9 @@ fn required_failed(call: &str, failure: &Failure) -> ProxyError {
             call: call.to_owned(),
             reason: why.clone(),
         },
-        Failure::TimedOut => ProxyError::AggregateTimeout { call: call.to_owned() },
+        Failure::TimedOut | Failure::Proxy(StatusCode::GATEWAY_TIMEOUT, _) => {
+            ProxyError::AggregateTimeout { call: call.to_owned() }
+        }
         other => ProxyError::AggregateCall {
             call: call.to_owned(),
             status: other.status(),
@@ -205,7 +207,10 @@ fn sub_request(
     if let Some(host) = req.headers().get(header::HOST) {
         builder = builder.header(header::HOST, host);
     }
-    for name in &aggregate.forward_headers {
+    // The trace context always goes (replaced by each attempt's own span
+    // when the gateway records spans), with the configured headers.
+    let trace = [&crate::trace::TRACEPARENT, &crate::trace::TRACESTATE];
+    for name in trace.into_iter().chain(&aggregate.forward_headers) {
         for value in req.headers().get_all(name) {
             builder = builder.header(name, value);
         }

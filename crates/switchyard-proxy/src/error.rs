@@ -109,7 +109,7 @@ pub enum ProxyError {
     },
     #[error("aggregate call \"{call}\" cannot be made from this request: {reason}")]
     AggregateInput { call: String, reason: String },
-    #[error("aggregate call \"{call}\" did not answer within the route's time")]
+    #[error("aggregate call \"{call}\" did not answer in time")]
     AggregateTimeout { call: String },
     #[error("the {side} body is larger than the {limit} bytes a transform reads")]
     TransformTooLarge { side: &'static str, limit: u64 },
@@ -422,7 +422,9 @@ impl ProxyError {
                 None => format!("required call \"{call}\" failed: {reason}"),
             },
             Self::AggregateInput { call, reason } => format!("required call \"{call}\" needs more from this request: {reason}"),
-            Self::AggregateTimeout { call } => format!("required call \"{call}\" did not answer within the route's time"),
+            Self::AggregateTimeout { call } => {
+                format!("required call \"{call}\" did not answer in time (its own timeout or the route's)")
+            }
             Self::TransformTooLarge { side, limit } => {
                 format!("the {side} body is larger than the {limit} bytes this route transforms (on_oversize = \"refuse\")")
             }

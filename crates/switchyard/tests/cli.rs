@@ -180,6 +180,21 @@ fn check_reports_each_kind_of_mistake_with_its_location() {
             "[[routes]]\nname = \"r\"\ncluster = \"api\"\nidempotency = { on_redis_error = \"allow\" }\n",
             "bad.toml:16:17: `routes[1].idempotency.on_redis_error`: only applies in cluster mode",
         ),
+        (
+            "aggregate calls that use each other",
+            "[[routes]]\nname = \"r\"\naggregate = { calls = [{ name = \"a\", cluster = \"api\", path = \"/a/{call.b/id}\" }, { name = \"b\", cluster = \"api\", path = \"/b/{call.a/id}\" }] }\n",
+            "bad.toml:15:55: `routes[1].aggregate.calls[0].path`: the calls use each other in a cycle: a -> b -> a",
+        ),
+        (
+            "aggregate path variable without a path template",
+            "[[routes]]\nname = \"r\"\naggregate = { calls = [{ name = \"a\", cluster = \"api\", path = \"/a/{path.id}\" }] }\n",
+            "bad.toml:15:55: `routes[1].aggregate.calls[0].path`: {path.id} needs a path template with a {id} segment",
+        ),
+        (
+            "transform rename across parents",
+            "[[routes]]\nname = \"r\"\ncluster = \"api\"\ntransform = { response = { rename = { \"/a/b\" = \"/c\" } } }\n",
+            "bad.toml:16:39: `routes[1].transform.response.rename./a/b`: a rename keeps the parent",
+        ),
         ("TOML syntax", "[[routes]\n", "bad.toml:13:"),
         (
             "exposed admin without token",
