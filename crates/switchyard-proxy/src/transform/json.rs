@@ -17,8 +17,10 @@ pub fn apply(edits: &BodyTransform, mut body: Value) -> Value {
         remove(&mut body, pointer);
     }
     for (from, to) in &edits.moves {
-        if let Some(value) = remove(&mut body, from) {
-            set(&mut body, to, value);
+        if !rename_in_place(&mut body, from, to) {
+            if let Some(value) = remove(&mut body, from) {
+                set(&mut body, to, value);
+            }
         }
     }
     for (pointer, value) in &edits.set {
@@ -49,7 +51,8 @@ pub fn remove(doc: &mut Value, pointer: &str) -> Option<Value> {
         at = child_mut(at, token)?;
     }
     match at {
-        Value::Object(members) => members.remove(&last),
+        // Members keep their order (it is the element order of XML out).
+        Value::Object(members) => members.shift_remove(&last),
         Value::Array(items) => {
             let index: usize = last.parse().ok()?;
             (index < items.len()).then(|| items.remove(index))
@@ -101,6 +104,34 @@ pub fn set(doc: &mut Value, pointer: &str, value: Value) {
             *other = Value::Object(members);
         }
     }
+}
+
+/// Renames a member in its object, keeping its place among the members
+/// (`from` and `to` with the same parent); `false` when that does not apply.
+fn rename_in_place(doc: &mut Value, from: &str, to: &str) -> bool {
+    let mut from_tokens: Vec<String> = tokens(from).collect();
+    let mut to_tokens: Vec<String> = tokens(to).collect();
+    let (Some(old), Some(new)) = (from_tokens.pop(), to_tokens.pop()) else {
+        return false;
+    };
+    if from_tokens != to_tokens {
+        return false;
+    }
+    let mut at = &mut *doc;
+    for token in &from_tokens {
+        match child_mut(at, token) {
+            Some(child) => at = child,
+            None => return false,
+        }
+    }
+    let Value::Object(members) = at else { return false };
+    let Some(index) = members.keys().position(|k| *k == old) else {
+        return false;
+    };
+    let value = members.shift_remove(&old).expect("the member is there");
+    members.shift_remove(&new);
+    members.shift_insert(index.min(members.len()), new, value);
+    true
 }
 
 fn child_mut<'a>(value: &'a mut Value, token: &str) -> Option<&'a mut Value> {

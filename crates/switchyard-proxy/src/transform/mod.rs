@@ -126,3 +126,41 @@ pub async fn response(
 pub fn request_readable(headers: &HeaderMap) -> bool {
     readable(headers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The example of docs/aggregation.md, both ways.
+    #[test]
+    fn the_documented_quote_example() {
+        let request = BodyTransform {
+            set: vec![("/channel".into(), json!("mobile"))],
+            to_xml: Some("QuoteRequest".into()),
+            ..BodyTransform::default()
+        };
+        let (xml, content_type) = body(&request, br#"{"@currency": "EUR", "item": [{"sku": "a", "qty": 2}]}"#).unwrap();
+        assert_eq!(content_type, "application/xml; charset=utf-8");
+        assert_eq!(
+            std::str::from_utf8(&xml).unwrap(),
+            r#"<?xml version="1.0" encoding="UTF-8"?><QuoteRequest currency="EUR"><item><sku>a</sku><qty>2</qty></item><channel>mobile</channel></QuoteRequest>"#
+        );
+        let response = BodyTransform {
+            from_xml: true,
+            unwrap: Some("/QuoteResponse".into()),
+            moves: vec![("/Total".into(), "/total".into())],
+            ..BodyTransform::default()
+        };
+        let (json, content_type) = body(
+            &response,
+            b"<QuoteResponse><Total>42.50</Total><Valid>true</Valid></QuoteResponse>",
+        )
+        .unwrap();
+        assert_eq!(content_type, "application/json");
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"total":"42.50","Valid":"true"}"#
+        );
+    }
+}
