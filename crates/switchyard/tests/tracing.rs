@@ -393,3 +393,75 @@ fn tracing_settings_are_checked() {
     let line = check("[tracing]\notlp_endpoint = \"http://c:4318\"\nsampling = 1");
     assert!(line.contains("t.toml:3"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregate_calls_are_child_spans_of_the_request() {
+    let collector = Collector::start().await;
+    let one = Backend::start("one").await;
+    let two = Backend::start("two").await;
+    let gw = GatewayProcess::start(&format!(
+        r#"
+[tracing]
+otlp_endpoint = "http://{}/v1/traces"
+service_name = "edge-gw"
+batch_timeout = "100ms"
+headers = {{ "x-collector-key" = "k-123" }}
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+
+[[clusters]]
+name = "one"
+endpoints = [{{ address = "{}" }}]
+
+[[clusters]]
+name = "two"
+endpoints = [{{ address = "{}" }}]
+
+[[routes]]
+name = "home"
+aggregate = {{ calls = [
+  {{ name = "a", cluster = "one", path = "/a" }},
+  {{ name = "b", cluster = "two", path = "/b/{{call.a/path}}" }},
+] }}
+"#,
+        collector.addr, one.addr, two.addr
+    ));
+    let trace_id = "5cf92f3577b34da6a3ce929d0e0e4737";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let reply = get(&client(Proto::H1), &gw.url("/home"), &[("traceparent", &traceparent)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["b"]["path"], "/b/%2Fa", "b used a's answer");
+    let spans = collector.wait_for(trace_id, 3).await;
+    let servers: Vec<&Value> = spans.iter().filter(|s| s["kind"] == 2).collect();
+    let clients: Vec<&Value> = spans.iter().filter(|s| s["kind"] == 3).collect();
+    assert_eq!((servers.len(), clients.len()), (1, 2), "{spans:#?}");
+    let mut upstreams: Vec<String> = Vec::new();
+    for span in &clients {
+        assert_eq!(
+            span["parentSpanId"], servers[0]["spanId"],
+            "each call is a child of the request"
+        );
+        upstreams.push(
+            attribute(span, "server.address")["stringValue"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    upstreams.sort();
+    let mut want = vec![one.addr.to_string(), two.addr.to_string()];
+    want.sort();
+    assert_eq!(upstreams, want);
+    // Each upstream saw the trace, with its own call's attempt as parent.
+    for backend in [&one, &two] {
+        let span = clients
+            .iter()
+            .find(|s| attribute(s, "server.address")["stringValue"] == backend.addr.to_string())
+            .unwrap();
+        let (seen_trace, parent, _) = parts(backend.seen()[0].headers["traceparent"].to_str().unwrap());
+        assert_eq!(seen_trace, trace_id);
+        assert_eq!(parent, span["spanId"].as_str().unwrap());
+    }
+}
