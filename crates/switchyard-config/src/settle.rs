@@ -1222,6 +1222,20 @@ impl Settler {
             if r.grpc_web.is_some() && !forwards {
                 self.error(at.key("grpc_web"), "only routes with a `cluster` take `grpc_web`");
             }
+            if r.aggregate.is_some() {
+                for (key, present) in [
+                    ("rewrite", r.rewrite.is_some()),
+                    ("request_headers", r.request_headers.is_some()),
+                    ("response_headers", r.response_headers.is_some()),
+                ] {
+                    if present {
+                        self.error(
+                            at.key(key),
+                            format!("an `aggregate` route takes no `{key}`: each call's `path` is its target, and the answer is the gateway's own"),
+                        );
+                    }
+                }
+            }
             let transform = r.transform.as_ref().map(|raw| {
                 if !forwards {
                     self.error(at.key("transform"), "only routes with a `cluster` take `transform`");

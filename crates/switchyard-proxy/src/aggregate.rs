@@ -128,14 +128,29 @@ pub(crate) async fn serve(
                 .and_then(|target| sub_request(aggregate, call, req, &target));
                 match sub {
                     Ok(sub) => running.push(async move {
-                        (
-                            i,
-                            run(&calls[i], listener, conn, sub, ids, aggregate.max_response).await,
-                        )
+                        // The call's timeout covers its whole answer, body included.
+                        let answer = run(&calls[i], listener, conn, sub, ids, aggregate.max_response);
+                        let result = tokio::time::timeout(call.timeout, answer).await.unwrap_or_else(|_| {
+                            Err(Failure::Proxy(
+                                StatusCode::GATEWAY_TIMEOUT,
+                                format!("no whole answer within the call's timeout ({:?})", call.timeout),
+                            ))
+                        });
+                        (i, result)
                     }),
                     Err(failure) => results[i] = Some(Err(failure)),
                 }
             }
+        }
+        // A failed required call decides the answer: no need to wait for
+        // the others.
+        let failed_required = aggregate
+            .calls
+            .iter()
+            .zip(&results)
+            .find(|(call, result)| call.required && matches!(result, Some(Err(_))));
+        if let Some((call, Some(Err(failure)))) = failed_required {
+            return Err(required_failed(&call.name, failure));
         }
         if running.is_empty() {
             break;
@@ -204,7 +219,8 @@ fn sub_request(
     target: &str,
 ) -> Result<Request<crate::body::RequestBody>, Failure> {
     let mut builder = Request::builder().method(call.method.clone()).uri(target);
-    if let Some(host) = req.headers().get(header::HOST) {
+    // The client's host (HTTP/2 clients send it as `:authority`).
+    if let Some(host) = crate::pipeline::request_host(req) {
         builder = builder.header(header::HOST, host);
     }
     // The trace context always goes (replaced by each attempt's own span
@@ -241,7 +257,7 @@ async fn run(
         Ok(response) => response,
         Err(error) => {
             entry.metrics.request(&method, error.status(), started.elapsed());
-            return Err(Failure::Proxy(error.status(), error.to_string()));
+            return Err(Failure::Proxy(error.status(), error.client_message()));
         }
     };
     let status = response.status();
@@ -320,9 +336,28 @@ fn fill(
                 }
             }
         };
+        // An empty value or a dot segment would change which resource the
+        // target names (`/users/` is the collection, `/users/..` walks up,
+        // and `%2E%2E` is decoded back by normalising upstreams).
+        if value.is_empty() || value == "." || value == ".." {
+            return Err(Failure::Input(format!(
+                "an empty, \".\" or \"..\" value for {}",
+                describe(part)
+            )));
+        }
         out.extend(utf8_percent_encode(&value, VALUE));
     }
     Ok(out)
+}
+
+fn describe(part: &TemplatePart) -> String {
+    match part {
+        TemplatePart::Literal(text) => text.clone(),
+        TemplatePart::Path(name) => format!("{{path.{name}}}"),
+        TemplatePart::Query(name) => format!("{{query.{name}}}"),
+        TemplatePart::Header(name) => format!("{{header.{name}}}"),
+        TemplatePart::Call { pointer, .. } => format!("a value at \"{pointer}\""),
+    }
 }
 
 /// The route entries of an aggregate's calls: each a forwarding route to

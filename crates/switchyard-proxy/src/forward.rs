@@ -193,6 +193,10 @@ pub(crate) async fn forward<'s>(
                     crate::transform::retarget(&mut head.headers, &output, content_type);
                     Plan::Replay(vec![output])
                 }
+                // A keyed request must be read whole: its fingerprint is its body.
+                ReadAhead::TooLarge { .. } if idempotency.is_some() => {
+                    return Err(ProxyError::IdempotencyBodyTooLarge { limit })
+                }
                 ReadAhead::TooLarge { prefix, rest } => match transform.on_oversize {
                     switchyard_config::Oversize::Pass => {
                         tracing::info!(

@@ -460,6 +460,7 @@ async fn serve<'s>(
         return Ok(response);
     }
 
+    let head_request = req.method() == http::Method::HEAD;
     let compression = entry
         .route
         .compression
@@ -496,7 +497,7 @@ async fn serve<'s>(
         },
     };
     if let Some(transform) = &entry.route.transform {
-        response = crate::transform::response(transform, &entry.route.name, response).await?;
+        response = crate::transform::response(transform, &entry.route.name, head_request, response).await?;
     }
     if let Some((settings, negotiated)) = &compression {
         response = crate::compress::apply(settings, negotiated, response);
@@ -634,7 +635,7 @@ fn no_route(req: &Request<Incoming>) -> ProxyError {
 
 /// The host the client asked for: the URI authority (HTTP/2, absolute-form),
 /// else the `Host` header. May include a port.
-fn request_host<B>(req: &Request<B>) -> Option<&str> {
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<&str> {
     host_of(req.uri(), req.headers())
 }
 

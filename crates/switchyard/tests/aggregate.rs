@@ -345,6 +345,17 @@ aggregate = { timeout = "300ms", calls = [{ name = "late", cluster = "slow", pat
     assert_eq!(code(&missing), "aggregate_bad_request");
     assert!(missing.text().contains("\\\"q\\\""), "{}", missing.text());
 
+    // A value that would change the resource named is refused.
+    for bad in ["..", "."] {
+        let walked = get(&c, &gw.url(&format!("/needs-input?q={bad}")), &[]).await;
+        assert_eq!(walked.status, 400, "{bad}: {}", walked.text());
+        assert_eq!(code(&walked), "aggregate_bad_request");
+    }
+    assert!(ok.seen().iter().all(|s| !s.path_and_query.contains("q=.")));
+    let fine = get(&c, &gw.url("/needs-input?q=a/b%3Fc"), &[]).await;
+    assert_eq!(fine.status, 200, "{}", fine.text());
+    assert!(ok.seen().iter().any(|s| s.path_and_query == "/main?q=a%2Fb%3Fc"));
+
     let late = get(&c, &gw.url("/out-of-time"), &[]).await;
     assert_eq!(late.status, 504, "{}", late.text());
     assert_eq!(code(&late), "aggregate_timeout");

@@ -195,6 +195,11 @@ fn check_reports_each_kind_of_mistake_with_its_location() {
             "[[routes]]\nname = \"r\"\ncluster = \"api\"\ntransform = { response = { rename = { \"/a/b\" = \"/c\" } } }\n",
             "bad.toml:16:39: `routes[1].transform.response.rename./a/b`: a rename keeps the parent",
         ),
+        (
+            "aggregate forwarding a header of the client's own body",
+            "[[routes]]\nname = \"r\"\naggregate = { forward_headers = [\"content-length\"], calls = [{ name = \"a\", cluster = \"api\", path = \"/a\" }] }\n",
+            "bad.toml:15:34: `routes[1].aggregate.forward_headers[0]`: \"content-length\" describes the client's own connection or body",
+        ),
         ("TOML syntax", "[[routes]\n", "bad.toml:13:"),
         (
             "exposed admin without token",

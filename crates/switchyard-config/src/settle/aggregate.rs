@@ -17,6 +17,24 @@ pub const MAX_CALLS: usize = 16;
 /// Default largest response body read from one call, and default largest
 /// body a transform buffers.
 const DEFAULT_MAX_BODY: u64 = 1 << 20;
+/// Headers a call never takes from the client: they describe the client's
+/// own connection and body (a call has none), or the gateway sets them.
+const NOT_FORWARDED: [&str; 14] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "expect",
+    "host",
+    "accept-encoding",
+];
 /// Headers every call gets from the client's request unless the route says
 /// otherwise (`X-Request-Id` and the trace context always go).
 const DEFAULT_FORWARD_HEADERS: [&str; 3] = ["authorization", "cookie", "accept-language"];
@@ -50,7 +68,18 @@ impl Settler {
             Some(names) => names
                 .iter()
                 .enumerate()
-                .filter_map(|(i, name)| self.header_name(name, at.key("forward_headers").index(i)))
+                .filter_map(|(i, name)| {
+                    let at = at.key("forward_headers").index(i);
+                    let header = self.header_name(name, at.clone())?;
+                    if NOT_FORWARDED.contains(&header.as_str()) {
+                        self.error(
+                            at,
+                            format!("\"{name}\" describes the client's own connection or body: calls get their own"),
+                        );
+                        return None;
+                    }
+                    Some(header)
+                })
                 .collect(),
             None => DEFAULT_FORWARD_HEADERS
                 .iter()
@@ -259,6 +288,12 @@ impl Settler {
             if !valid_xml_name(root) {
                 self.error(at.key("to_xml"), format!("\"{root}\" is not an XML element name"));
             }
+            if let Some(wrap) = raw.wrap.as_deref().filter(|w| !valid_xml_name(w)) {
+                self.error(
+                    at.key("wrap"),
+                    format!("\"{wrap}\" becomes an XML element (`to_xml`) but is not an XML element name"),
+                );
+            }
         }
         let mut status = Vec::new();
         if !raw.status.is_empty() && !response {
@@ -335,6 +370,11 @@ fn parent(pointer: &str) -> &str {
 fn parse_target(text: &str, captures: &[&str], calls: &[Option<&str>]) -> Result<Vec<TemplatePart>, String> {
     if !text.starts_with('/') {
         return Err(format!("\"{text}\" must start with '/'"));
+    }
+    if let Some(bad) = text.chars().find(|c| !c.is_ascii_graphic() || *c == '#') {
+        return Err(format!(
+            "{bad:?} cannot be in a request target (spaces, controls, '#' and non-ASCII are not allowed; values from variables are escaped)"
+        ));
     }
     let mut parts = Vec::new();
     let mut rest = text;

@@ -57,12 +57,16 @@ pub fn retarget(headers: &mut HeaderMap, body: &Bytes, content_type: HeaderValue
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::ETAG);
+    // Ranges of the upstream's body would not match this one.
+    headers.remove(header::ACCEPT_RANGES);
 }
 
 /// The response side: status mapping, then body edits.
+/// `head`: the request was a HEAD (the response has no body to edit).
 pub async fn response(
     transform: &Transform,
     route: &str,
+    head: bool,
     response: Response<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let Some(edits) = &transform.response else {
@@ -71,8 +75,14 @@ pub async fn response(
     let (mut parts, streamed) = response.into_parts();
     if let Some((_, to)) = edits.status.iter().find(|(from, _)| *from == parts.status) {
         parts.status = *to;
+        // RFC 9110: these carry no content.
+        if matches!(to.as_u16(), 204 | 304) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            parts.headers.remove(header::TRANSFER_ENCODING);
+            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+        }
     }
-    let bodyless = matches!(parts.status.as_u16(), 204 | 304) || parts.status.is_informational();
+    let bodyless = head || matches!(parts.status.as_u16(), 204 | 304) || parts.status.is_informational();
     if !edits.edits_body() || bodyless {
         return Ok(Response::from_parts(parts, streamed));
     }
@@ -110,6 +120,10 @@ pub async fn response(
             })
         }
     };
+    if input.is_empty() {
+        // Nothing to edit (the request side leaves empty bodies alone too).
+        return Ok(Response::from_parts(parts, ProxyBody::empty()));
+    }
     match body(edits, &input) {
         Ok((output, content_type)) => {
             retarget(&mut parts.headers, &output, content_type);

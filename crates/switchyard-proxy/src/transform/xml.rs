@@ -22,6 +22,8 @@ use serde_json::{Map, Value};
 
 /// Deepest nesting read (a guard against hostile documents).
 const MAX_DEPTH: usize = 256;
+/// Most attributes of one element.
+const MAX_ATTRIBUTES: usize = 256;
 
 struct Element {
     name: String,
@@ -140,16 +142,24 @@ pub fn to_json(xml: &[u8]) -> Result<Value, String> {
 fn open(start: &BytesStart<'_>) -> Result<Element, String> {
     let name = String::from_utf8(start.name().as_ref().to_vec()).map_err(|_| "an element name is not UTF-8")?;
     let mut element = Element::new(name);
-    for attribute in start.attributes() {
+    // The reader's own duplicate check compares each attribute with every
+    // earlier one (quadratic): the map below finds duplicates instead.
+    for (count, attribute) in start.attributes().with_checks(false).enumerate() {
+        if count >= MAX_ATTRIBUTES {
+            return Err(format!("<{}> has more than {MAX_ATTRIBUTES} attributes", element.name));
+        }
         let attribute = attribute.map_err(|e| format!("bad attribute: {e}"))?;
         let key = String::from_utf8(attribute.key.as_ref().to_vec()).map_err(|_| "an attribute name is not UTF-8")?;
         let value = attribute
             .unescape_value()
             .map_err(|e| format!("bad attribute value: {e}"))?;
         element.has_structure = true;
-        element
+        let previous = element
             .members
             .insert(format!("@{key}"), Value::String(value.into_owned()));
+        if previous.is_some() {
+            return Err(format!("<{}> has attribute \"{key}\" twice", element.name));
+        }
     }
     Ok(element)
 }
@@ -328,5 +338,10 @@ mod tests {
             .contains("not an XML name"));
         let deep = "<a>".repeat(300) + &"</a>".repeat(300);
         assert!(to_json(deep.as_bytes()).unwrap_err().contains("deeper"));
+        assert!(to_json(b"<a x=\"1\" x=\"2\"/>").unwrap_err().contains("twice"));
+        let many: String = (0..300).map(|i| format!(" k{i}=\"\"")).collect();
+        assert!(to_json(format!("<a{many}/>").as_bytes())
+            .unwrap_err()
+            .contains("more than 256"));
     }
 }
