@@ -774,6 +774,21 @@ pub struct RawRewrite {
     pub path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Query parameter edits: `{ remove = [..], rename = {..}, set = {..} }`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<RawQueryRewrite>,
+}
+
+/// Query parameter edits, applied in this order: remove, rename, set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawQueryRewrite {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rename: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
 }
 
 /// `{ add = {..}, set = {..}, remove = [..] }` on request or response headers.

@@ -2686,10 +2686,27 @@ impl Settler {
             }
         }
         let host = raw.host.as_ref().and_then(|h| self.header_value(h, at.key("host")));
+        let query = raw.query.as_ref().map(|q| {
+            let at = at.key("query");
+            for (to_key, name) in q.rename.iter() {
+                if name.is_empty() || to_key.is_empty() {
+                    self.error(at.key("rename").key(to_key), "parameter names cannot be empty");
+                }
+            }
+            if q.remove.iter().any(String::is_empty) || q.set.keys().any(String::is_empty) {
+                self.error(at.clone(), "parameter names cannot be empty");
+            }
+            QueryRewrite {
+                remove: q.remove.clone(),
+                rename: q.rename.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
+                set: q.set.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
+            }
+        });
         Rewrite {
             prefix: raw.prefix.clone(),
             path: raw.path.clone(),
             host,
+            query,
         }
     }
 

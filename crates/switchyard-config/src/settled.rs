@@ -912,6 +912,16 @@ pub struct Rewrite {
     pub path: Option<String>,
     /// Send this `Host` upstream instead of the client's.
     pub host: Option<HeaderValue>,
+    /// Query parameter edits.
+    pub query: Option<QueryRewrite>,
+}
+
+/// Query parameter edits: `remove`, then `rename`, then `set`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryRewrite {
+    pub remove: Vec<String>,
+    pub rename: Vec<(String, String)>,
+    pub set: Vec<(String, String)>,
 }
 
 /// Header edits: `remove` first, then `set` (replace), then `add` (append).

@@ -532,16 +532,45 @@ pub(crate) fn rewritten_path_and_query(entry: &RouteEntry, uri: &Uri) -> PathAnd
     let new_path = match (&rewrite.prefix, &rewrite.path) {
         (Some(prefix), _) => replace_prefix(&entry.route.matcher.path, uri.path(), prefix),
         (None, Some(path)) => Cow::Owned(fill_path(&entry.route.matcher.path, uri.path(), path)),
-        (None, None) => return original,
+        (None, None) if rewrite.query.is_none() => return original,
+        (None, None) => Cow::Borrowed(uri.path()),
     };
     // A rewrite may map path captures into the query (`/v1/user?id={id}`):
     // the client's own query parameters follow.
-    let joined = match uri.query() {
+    let mut joined = match uri.query() {
         Some(query) if new_path.contains('?') => format!("{new_path}&{query}"),
         Some(query) => format!("{new_path}?{query}"),
         None => new_path.into_owned(),
     };
+    if let Some(edits) = &rewrite.query {
+        joined = edit_query(&joined, edits);
+    }
     PathAndQuery::try_from(joined).unwrap_or(original)
+}
+
+/// `target` with its query parameters removed, renamed and set (in that
+/// order; the parameters are encoded again).
+fn edit_query(target: &str, edits: &switchyard_config::QueryRewrite) -> String {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .filter(|(name, _)| !edits.remove.contains(name))
+        .collect();
+    for (from, to) in &edits.rename {
+        for param in params.iter_mut().filter(|(name, _)| name == from) {
+            param.0.clone_from(to);
+        }
+    }
+    for (name, value) in &edits.set {
+        params.retain(|(n, _)| n != name);
+        params.push((name.clone(), value.clone()));
+    }
+    if params.is_empty() {
+        return path.to_owned();
+    }
+    let mut out = form_urlencoded::Serializer::for_suffix(format!("{path}?"), path.len() + 1);
+    out.extend_pairs(params);
+    out.finish()
 }
 
 /// `/api/users` with prefix `/api/` replaced by `/v2/` becomes `/v2/users`.

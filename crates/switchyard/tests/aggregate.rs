@@ -380,6 +380,12 @@ match = { path = "/users/{id}" }
 cluster = "users"
 rewrite = { path = "/v1/user?id={id}" }
 transform = { response = { unwrap = "/data", remove = ["/user/password_hash"], rename = { "/user/full_name" = "/user/name" }, move = { "/user/id" = "/id" }, set = { "/source" = "gateway", "/tags/-" = "b" }, wrap = "result", status = { "404" = 200 } } }
+
+[[routes]]
+name = "search"
+match = { path = "/search" }
+cluster = "users"
+rewrite = { path = "/v2/find", query = { remove = ["utm_source"], rename = { q = "term" }, set = { version = "2" } } }
 "#,
     );
     let c = client(Proto::H1);
@@ -398,6 +404,20 @@ transform = { response = { unwrap = "/data", remove = ["/user/password_hash"], r
         users.seen()[0].path_and_query,
         "/v1/user?id=7&verbose=1",
         "path captures map into the query"
+    );
+    // Query parameters renamed, removed and set on the way.
+    get(&c, &gw.url("/search?q=red%20shoes&utm_source=ad&page=2&version=1"), &[]).await;
+    assert!(
+        users
+            .seen()
+            .iter()
+            .any(|s| s.path_and_query == "/v2/find?term=red+shoes&page=2&version=2"),
+        "{:?}",
+        users
+            .seen()
+            .iter()
+            .map(|s| s.path_and_query.clone())
+            .collect::<Vec<_>>()
     );
     let missing = get(&c, &gw.url("/users/8"), &[]).await;
     assert_eq!(missing.status, 200, "404 is mapped to 200");
