@@ -1635,18 +1635,21 @@ impl Settler {
         Fault { delay, abort }
     }
 
-    fn upstream_tls(&mut self, raw: &RawUpstreamTls, at: &KeyPath) -> UpstreamTls {
-        if let Some(ca) = &raw.ca {
+    /// Checks the files of a TLS client (roots to trust, and a certificate
+    /// with its key to show); returns the certificate and key paths.
+    fn client_tls(
+        &mut self,
+        ca: &Option<String>,
+        cert: &Option<String>,
+        key: &Option<String>,
+        at: &KeyPath,
+    ) -> Option<(String, String)> {
+        if let Some(ca) = ca {
             if let Err(why) = switchyard_security::tls::load_roots(ca) {
                 self.error(at.key("ca"), why);
             }
         }
-        if let Some(name) = &raw.server_name {
-            if rustls_name_invalid(name) {
-                self.error(at.key("server_name"), format!("invalid server name \"{name}\""));
-            }
-        }
-        let client_cert = match (&raw.client_cert, &raw.client_key) {
+        match (cert, key) {
             (Some(cert), Some(key)) => {
                 if let Err(why) = switchyard_security::tls::load_cert(cert, key) {
                     self.error(at.key("client_cert"), why);
@@ -1658,7 +1661,16 @@ impl Settler {
                 self.error(at.clone(), "`client_cert` and `client_key` go together");
                 None
             }
-        };
+        }
+    }
+
+    fn upstream_tls(&mut self, raw: &RawUpstreamTls, at: &KeyPath) -> UpstreamTls {
+        if let Some(name) = &raw.server_name {
+            if rustls_name_invalid(name) {
+                self.error(at.key("server_name"), format!("invalid server name \"{name}\""));
+            }
+        }
+        let client_cert = self.client_tls(&raw.ca, &raw.client_cert, &raw.client_key, at);
         UpstreamTls {
             ca: raw.ca.clone(),
             server_name: raw.server_name.clone(),
@@ -1975,24 +1987,7 @@ impl Settler {
             if !url.starts_with("rediss://") {
                 self.error(at.clone(), "TLS settings need a `rediss://` URL");
             }
-            if let Some(ca) = &raw_tls.ca {
-                if let Err(why) = switchyard_security::tls::load_roots(ca) {
-                    self.error(at.key("ca"), why);
-                }
-            }
-            let client_cert = match (&raw_tls.client_cert, &raw_tls.client_key) {
-                (Some(cert), Some(key)) => {
-                    if let Err(why) = switchyard_security::tls::load_cert(cert, key) {
-                        self.error(at.key("client_cert"), why);
-                    }
-                    Some((cert.clone(), key.clone()))
-                }
-                (None, None) => None,
-                _ => {
-                    self.error(at.clone(), "`client_cert` and `client_key` go together");
-                    None
-                }
-            };
+            let client_cert = self.client_tls(&raw_tls.ca, &raw_tls.client_cert, &raw_tls.client_key, &at);
             RedisTls {
                 ca: raw_tls.ca.clone(),
                 client_cert,

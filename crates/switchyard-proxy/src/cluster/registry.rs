@@ -80,16 +80,16 @@ return {{record, expiry, now}}
     ))
 });
 
-/// KEYS: hash, expiry, services, version. ARGV: id, record, ttl ms,
-/// service. Gives the instance at least its TTL from now, and writes it
-/// back if Redis lost it. Returns 1 when it was written back.
+/// KEYS and ARGV as [`REGISTER`]'s (most instances unused). Gives the
+/// instance at least its TTL from now, and writes it back if Redis lost it.
+/// Returns 1 when it was written back.
 static REVIVE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         r#"{NOW}
 local wanted = now + tonumber(ARGV[3])
 local expiry = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0')
 if expiry < wanted then redis.call('ZADD', KEYS[2], wanted, ARGV[1]) end
-redis.call('SADD', KEYS[3], ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[5])
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
   redis.call('INCR', KEYS[4])
   return 1
@@ -168,24 +168,35 @@ pub(crate) enum Registered {
     Full,
 }
 
+/// `script` (REGISTER or REVIVE) for one instance. KEYS: hash, expiry,
+/// services, version. ARGV: id, record, ttl ms, most instances, service.
+fn instance_invocation<'s>(
+    script: &'s redis::Script,
+    service: &str,
+    id: &str,
+    record: &Record,
+) -> redis::ScriptInvocation<'s> {
+    let text = serde_json::to_string(record).expect("a record serialises");
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(hash_key(service))
+        .key(expiry_key(service))
+        .key(SERVICES)
+        .key(VERSION)
+        .arg(id)
+        .arg(text)
+        .arg(record.ttl_ms)
+        .arg(MAX_INSTANCES)
+        .arg(service);
+    invocation
+}
+
 /// The registry as Redis holds it: instances by service and id.
 pub(crate) type Services = HashMap<String, BTreeMap<String, Mirrored>>;
 
 impl Link {
     pub(crate) async fn register(&self, service: &str, id: &str, record: &Record) -> Result<Registered, String> {
-        let text = serde_json::to_string(record).expect("a record serialises");
-        let mut invocation = REGISTER.prepare_invoke();
-        invocation
-            .key(hash_key(service))
-            .key(expiry_key(service))
-            .key(SERVICES)
-            .key(VERSION)
-            .arg(id)
-            .arg(&text)
-            .arg(record.ttl_ms)
-            .arg(MAX_INSTANCES)
-            .arg(service);
-        let answer: Vec<i64> = self.call(invocation).await?;
+        let answer: Vec<i64> = self.call(instance_invocation(&REGISTER, service, id, record)).await?;
         match answer.as_slice() {
             [expires, now] => Ok(Registered::Done(Mirrored {
                 record: record.clone(),
@@ -268,18 +279,7 @@ pub(crate) async fn revive(registry: &ServiceRegistry, link: &Link) -> Result<()
     let held = registry.records(Instant::now());
     let mut written_back = 0;
     for (service, id, record, _) in &held {
-        let text = serde_json::to_string(record).expect("a record serialises");
-        let mut invocation = REVIVE.prepare_invoke();
-        invocation
-            .key(hash_key(service))
-            .key(expiry_key(service))
-            .key(SERVICES)
-            .key(VERSION)
-            .arg(id)
-            .arg(&text)
-            .arg(record.ttl_ms)
-            .arg(service);
-        let restored: i64 = link.call(invocation).await?;
+        let restored: i64 = link.call(instance_invocation(&REVIVE, service, id, record)).await?;
         written_back += restored;
     }
     if !held.is_empty() {

@@ -1,0 +1,169 @@
+//! Hitless operations, first part: configuration reloads and a listener
+//! added at run time close no open connection. 50 WebSocket connections and
+//! 20 SSE subscribers exchange messages continuously through 10 reloads
+//! (each changing the routes) and the addition of a listener; none closes
+//! and no message is lost or repeated.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::Request;
+use support::client::{client, full, get, send, Proto};
+use support::sse::SseReader;
+use support::ws::{config as ws_config, EchoServer};
+use support::GatewayProcess;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The configuration of reload `n`: the same WebSocket and hub routes, plus
+/// `n` other routes, and (from `with_second`) a second listener.
+fn config(echo: std::net::SocketAddr, n: usize, second: Option<u16>) -> String {
+    let extra: String = (0..n)
+        .map(|i| {
+            format!(
+                "[[routes]]\nname = \"extra-{i}\"\nmatch = {{ path = \"/extra/{i}\" }}\ndirect = {{ status = 200, body = \"{i}\" }}\n\n"
+            )
+        })
+        .collect();
+    let second = second
+        .map(|port| format!("[[listeners]]\nname = \"second\"\nlisten = \"127.0.0.1:{port}\"\n\n"))
+        .unwrap_or_default();
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+
+{second}
+[[clusters]]
+name = "echo"
+endpoints = [{{ address = "{echo}" }}]
+
+[[routes]]
+name = "ws"
+match = {{ path = "/ws" }}
+cluster = "echo"
+
+[[routes]]
+name = "live"
+match = {{ path_prefix = "/live/" }}
+hub = {{ history = 1000, publish = [{{ topics = ">" }}] }}
+
+{extra}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_and_a_new_listener_close_no_connection_and_lose_no_message() {
+    let echo = EchoServer::start("echo").await;
+    let gw = GatewayProcess::start(&config(echo.addr, 0, None));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // 50 WebSocket connections, each sending numbered messages and checking
+    // every echo comes back in order (at most 60 s and 100,000 messages each).
+    let echoed = Arc::new(AtomicU64::new(0));
+    let mut sockets = Vec::new();
+    for c in 0..50 {
+        let url = format!("ws://{}/ws", gw.addr());
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), false)
+            .await
+            .expect("WebSocket handshake");
+        let (stop, echoed) = (stop.clone(), echoed.clone());
+        sockets.push(tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline && n < 100_000 {
+                let text = format!("{c}:{n}");
+                ws.send(Message::text(text.clone()))
+                    .await
+                    .map_err(|e| format!("connection {c}: send {n}: {e}"))?;
+                let answer = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                    .await
+                    .map_err(|_| format!("connection {c}: no echo of {n} in 10 s"))?;
+                match answer {
+                    Some(Ok(Message::Text(got))) if got.as_str() == text => {}
+                    other => return Err(format!("connection {c}: after {n}: {other:?}")),
+                }
+                echoed.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = ws.close(None).await;
+            Ok::<u64, String>(n)
+        }));
+    }
+
+    // 20 SSE subscribers of one topic, and a publisher.
+    let c = client(Proto::H1);
+    let mut readers = Vec::new();
+    for _ in 0..20 {
+        readers.push(SseReader::open(&c, &gw.url("/live/ticks"), &[]).await);
+    }
+    let publisher = {
+        let (stop, url) = (stop.clone(), gw.url("/live/ticks"));
+        tokio::spawn(async move {
+            let c = client(Proto::H1);
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) && sent < 5_000 {
+                let reply = send(&c, Request::post(&url).body(full(format!("tick {sent}"))).unwrap()).await;
+                assert_eq!(reply.status, 200, "publish {sent}: {}", reply.text());
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            sent
+        })
+    };
+
+    // 10 reloads, each changing the routes; a listener added at the fifth.
+    let second = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for n in 1..=10 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        gw.rewrite_config(&config(echo.addr, n, (n >= 5).then_some(second)));
+        gw.signal("HUP");
+        // The file watcher and SIGHUP may each reload: wait for the change.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while get(&c, &gw.url(&format!("/extra/{}", n - 1)), &[]).await.status != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reload {n} not seen: {}",
+                gw.dump_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let via_second = get(&c, &format!("http://127.0.0.1:{second}/extra/0"), &[]).await;
+    assert_eq!(via_second.status, 200, "the added listener serves");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let sent = publisher.await.unwrap();
+    let mut exchanged = 0;
+    for socket in sockets {
+        let n = socket.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
+        assert!(n > 0);
+        exchanged += n;
+    }
+    // Every subscriber got every message, in order, with no gap.
+    for (i, reader) in readers.iter_mut().enumerate() {
+        let events = reader.take(sent as usize).await;
+        let data: Vec<String> = events.iter().map(|e| e.data.clone()).collect();
+        let want: Vec<String> = (0..sent).map(|k| format!("tick {k}")).collect();
+        assert_eq!(data, want, "subscriber {i}");
+    }
+    eprintln!(
+        "through 10 reloads and a new listener: {exchanged} WebSocket echoes on 50 connections, {sent} messages to each of 20 SSE subscribers"
+    );
+}
