@@ -34,6 +34,11 @@ use crate::snapshot::RouteEntry;
 /// put into a target.
 const VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
+static FORWARDED: http::HeaderName = http::HeaderName::from_static("forwarded");
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+
 /// Why a call has no answer.
 #[derive(Debug, Clone)]
 enum Failure {
@@ -162,6 +167,16 @@ pub(crate) async fn serve(
         }
     }
     drop(running);
+    // Calls cut off by the aggregate's time count as timed out.
+    for (i, result) in results.iter().enumerate() {
+        if started[i] && result.is_none() {
+            calls[i].metrics.request(
+                &aggregate.calls[i].method,
+                StatusCode::GATEWAY_TIMEOUT,
+                aggregate.timeout,
+            );
+        }
+    }
 
     let mut answer = Map::new();
     let mut errors = Map::new();
@@ -224,9 +239,18 @@ fn sub_request(
         builder = builder.header(header::HOST, host);
     }
     // The trace context always goes (replaced by each attempt's own span
-    // when the gateway records spans), with the configured headers.
-    let trace = [&crate::trace::TRACEPARENT, &crate::trace::TRACESTATE];
-    for name in trace.into_iter().chain(&aggregate.forward_headers) {
+    // when the gateway records spans), and the forwarding headers (which
+    // the forwarding step keeps only from trusted proxies, as for any
+    // request), with the configured headers.
+    let always = [
+        &crate::trace::TRACEPARENT,
+        &crate::trace::TRACESTATE,
+        &FORWARDED,
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+    ];
+    for name in always.into_iter().chain(&aggregate.forward_headers) {
         for value in req.headers().get_all(name) {
             builder = builder.header(name, value);
         }
