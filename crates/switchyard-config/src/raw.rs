@@ -116,6 +116,9 @@ pub struct RawRuntime {
     /// How long a graceful shutdown waits for in-flight requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<String>,
+    /// How long WebSocket connections of a route removed by a reload stay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed_route_grace: Option<String>,
 }
 
 /// `[admin]`: the admin API listener.

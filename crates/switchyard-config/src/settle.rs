@@ -342,6 +342,11 @@ impl Settler {
         Runtime {
             workers: raw.workers.unwrap_or(0),
             drain_timeout: self.duration(&raw.drain_timeout, path.key("drain_timeout"), defaults::DRAIN_TIMEOUT),
+            removed_route_grace: self.duration(
+                &raw.removed_route_grace,
+                path.key("removed_route_grace"),
+                Duration::from_secs(30),
+            ),
         }
     }
 

@@ -127,6 +127,9 @@ pub struct Runtime {
     pub workers: usize,
     /// Longest a graceful shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// How long WebSocket connections of a route removed by a reload keep
+    /// flowing before they are closed.
+    pub removed_route_grace: Duration,
 }
 
 /// The admin API listener.

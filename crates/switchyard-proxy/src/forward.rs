@@ -351,6 +351,7 @@ pub(crate) async fn forward<'s>(
             entry.metrics.websocket.clone(),
             (slot, done.in_flight, conn.guard.clone()),
             (Arc::from(route.name.as_str()), Arc::from(endpoint.address())),
+            entry.drain.clone(),
         );
         return Ok(answer);
     }

@@ -243,7 +243,7 @@ impl Metrics {
             websocket_connections: counter(
                 &r,
                 "switchyard_websocket_connections_total",
-                "WebSocket connections by route and result (opened; refused: the route's limit; failed: the upgrade did not complete).",
+                "WebSocket connections by route and result (opened; refused: the route's limit; failed: the upgrade did not complete; drained: closed a grace period after a reload removed the route).",
                 &["route", "result"],
             ),
             websocket_active: gauge(
@@ -399,6 +399,7 @@ impl Metrics {
                 opened: self.websocket_connections.with_label_values(&[route, "opened"]),
                 refused: self.websocket_connections.with_label_values(&[route, "refused"]),
                 failed: self.websocket_connections.with_label_values(&[route, "failed"]),
+                drained: self.websocket_connections.with_label_values(&[route, "drained"]),
                 active: self.websocket_active.with_label_values(&[route]),
                 bytes: crate::tunnel::Meters {
                     from_client: self.websocket_bytes.with_label_values(&[route, "from_client"]),

@@ -107,6 +107,9 @@ pub struct RouteEntry {
     pub hub: Option<Arc<crate::hub::Hub>>,
     /// An aggregate route's calls, each a forwarding entry of its own.
     pub aggregate: Option<Arc<[RouteEntry]>>,
+    /// Cancelled a grace period after a reload removes the route: its
+    /// WebSocket tunnels then close (outlives reloads while the route stays).
+    pub drain: tokio_util::sync::CancellationToken,
 }
 
 impl RouteEntry {
@@ -128,6 +131,7 @@ impl RouteEntry {
             cache: None,
             hub: None,
             aggregate: None,
+            drain: tokio_util::sync::CancellationToken::new(),
         }
     }
 }
@@ -312,6 +316,8 @@ pub struct Registry {
     tracer: Option<Arc<Tracer>>,
     /// The response store, kept while `[cache] max_size` stays the same.
     store: Option<Arc<crate::cache::ResponseStore>>,
+    /// Drain signals of routes by name (see [`RouteEntry::drain`]).
+    route_drains: HashMap<String, tokio_util::sync::CancellationToken>,
     /// Pub/sub hubs by route name (their settings follow reloads).
     hubs: HashMap<String, Arc<crate::hub::Hub>>,
     /// Whether a snapshot was built before (endpoints added later slow-start).
@@ -480,6 +486,27 @@ impl Registry {
             route_budgets_in_use.insert(route.name.clone(), budget);
         }
         self.route_budgets = route_budgets_in_use;
+        // Routes a reload removes: their WebSocket tunnels keep flowing for
+        // the grace period, then close.
+        let mut drains_in_use = HashMap::new();
+        for route in &config.routes {
+            let token = self.route_drains.remove(&route.name).unwrap_or_default();
+            drains_in_use.insert(route.name.clone(), token);
+        }
+        let grace = config.runtime.removed_route_grace;
+        for (route, token) in std::mem::replace(&mut self.route_drains, drains_in_use) {
+            let open = self
+                .websockets
+                .get(&route)
+                .map_or(0, |n| n.load(std::sync::atomic::Ordering::Relaxed));
+            if open > 0 {
+                tracing::info!(%route, open, grace = ?grace, "route removed: its WebSocket connections drain for the grace period, then close");
+            }
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                token.cancel();
+            });
+        }
         self.websockets = config
             .routes
             .iter()
@@ -629,6 +656,7 @@ impl Registry {
                         files: matches!(route.action, RouteAction::Static(_))
                             .then(|| Arc::new(crate::static_files::FileCache::new())),
                         hub: self.hubs.get(&route.name).cloned(),
+                        drain: self.route_drains[&route.name].clone(),
                         aggregate: match &route.action {
                             RouteAction::Aggregate(aggregate) => {
                                 Some(crate::aggregate::call_entries(route, aggregate, &clusters, metrics).into())

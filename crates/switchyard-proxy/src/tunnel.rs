@@ -40,6 +40,16 @@ pub(crate) enum End {
     Lifetime,
     /// A read or write failed (a reset, usually).
     Failed(io::Error),
+    /// Its route was removed, and the grace period ran out.
+    Drained,
+}
+
+/// Completes when `drain` is cancelled; never without one.
+async fn drained(drain: Option<&tokio_util::sync::CancellationToken>) {
+    match drain {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl std::fmt::Display for End {
@@ -47,6 +57,7 @@ impl std::fmt::Display for End {
         match self {
             End::Closed => f.write_str("closed"),
             End::Idle => f.write_str("idle timeout"),
+            End::Drained => f.write_str("route removed (drained)"),
             End::Lifetime => f.write_str("maximum lifetime"),
             End::Failed(error) => write!(f, "error: {error}"),
         }
@@ -71,7 +82,14 @@ pub(crate) struct Outcome {
 
 /// Joins `client` and `upstream` until both are done or the limits end the
 /// tunnel.
-pub(crate) async fn splice<C, U>(client: &mut C, upstream: &mut U, limits: Limits, meters: &Meters) -> Outcome
+/// `drain`: when cancelled, the tunnel ends (its route was removed).
+pub(crate) async fn splice<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    limits: Limits,
+    meters: &Meters,
+    drain: Option<&tokio_util::sync::CancellationToken>,
+) -> Outcome
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -127,6 +145,7 @@ where
                 }
             }
             () = &mut lifetime => break End::Lifetime,
+            () = drained(drain) => break End::Drained,
         }
     };
     report(&mut reported);
@@ -300,7 +319,8 @@ mod tests {
             idle_timeout: Duration::from_secs(10),
             max_lifetime: None,
         };
-        let tunnel = tokio::spawn(async move { splice(&mut client_far, &mut upstream_far, limits, &meters).await });
+        let tunnel =
+            tokio::spawn(async move { splice(&mut client_far, &mut upstream_far, limits, &meters, None).await });
         // 200 KiB one way: the buffer grows, every byte arrives in order.
         let payload: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
         let sent = payload.clone();
@@ -341,7 +361,7 @@ mod tests {
             max_lifetime: None,
         };
         let started = tokio::time::Instant::now();
-        let outcome = splice(&mut client_far, &mut upstream_far, limits, &meters()).await;
+        let outcome = splice(&mut client_far, &mut upstream_far, limits, &meters(), None).await;
         assert!(matches!(outcome.end, End::Idle), "{:?}", outcome.end);
         let waited = started.elapsed();
         assert!(
@@ -367,7 +387,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        let outcome = splice(&mut client_far, &mut upstream_far, limits, &meters()).await;
+        let outcome = splice(&mut client_far, &mut upstream_far, limits, &meters(), None).await;
         assert!(matches!(outcome.end, End::Lifetime), "{:?}", outcome.end);
         assert!(outcome.from_client >= 10, "{}", outcome.from_client);
         chatter.abort();

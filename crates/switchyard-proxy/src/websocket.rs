@@ -100,6 +100,8 @@ pub(crate) struct WebSocketMetrics {
     pub opened: IntCounter,
     pub refused: IntCounter,
     pub failed: IntCounter,
+    /// Closed because their route was removed (after the grace period).
+    pub drained: IntCounter,
     pub active: IntGauge,
     pub bytes: Meters,
 }
@@ -157,6 +159,7 @@ pub(crate) fn spawn_tunnel<H: Send + 'static>(
     metrics: WebSocketMetrics,
     hold: H,
     (route, endpoint): (Arc<str>, Arc<str>),
+    drain: tokio_util::sync::CancellationToken,
 ) {
     let tunnel = async move {
         let _hold = hold;
@@ -175,7 +178,11 @@ pub(crate) fn spawn_tunnel<H: Send + 'static>(
         };
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
-        let outcome = tunnel::splice(&mut client, &mut upstream, limits, &metrics.bytes).await;
+        let outcome = tunnel::splice(&mut client, &mut upstream, limits, &metrics.bytes, Some(&drain)).await;
+        if matches!(outcome.end, tunnel::End::Drained) {
+            metrics.drained.inc();
+            tracing::info!(%route, %endpoint, "WebSocket closed: its route was removed and the grace period ran out");
+        }
         tracing::debug!(
             %route,
             %endpoint,

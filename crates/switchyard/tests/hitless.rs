@@ -167,3 +167,109 @@ async fn reloads_and_a_new_listener_close_no_connection_and_lose_no_message() {
         "through 10 reloads and a new listener: {exchanged} WebSocket echoes on 50 connections, {sent} messages to each of 20 SSE subscribers"
     );
 }
+
+fn drain_config(echo: std::net::SocketAddr, with_old: bool) -> String {
+    let old = if with_old {
+        "[[routes]]\nname = \"old\"\nmatch = { path = \"/old\" }\ncluster = \"echo\"\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"
+[runtime]
+removed_route_grace = "3s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+
+[[clusters]]
+name = "echo"
+endpoints = [{{ address = "{echo}" }}]
+
+[[routes]]
+name = "ws"
+match = {{ path = "/ws" }}
+cluster = "echo"
+
+{old}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_route_drains_its_websockets_on_the_grace_period() {
+    let echo = EchoServer::start("echo").await;
+    let gw = GatewayProcess::start(&drain_config(echo.addr, true));
+    let connect = |path: &'static str| {
+        let url = format!("ws://{}{path}", gw.addr());
+        async move {
+            tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), false)
+                .await
+                .expect("WebSocket handshake")
+                .0
+        }
+    };
+    let mut kept = connect("/ws").await;
+    let mut removed = connect("/old").await;
+    let c = client(Proto::H1);
+
+    gw.rewrite_config(&drain_config(echo.addr, false));
+    gw.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get(&c, &gw.url("/old"), &[]).await.status != 404 {
+        assert!(std::time::Instant::now() < deadline, "the reload was not seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // New requests no longer reach the route, but its open connection
+    // still flows during the grace period.
+    removed.send(Message::text("still here")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), removed.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(echoed, Some(Ok(Message::Text(ref t))) if t.as_str() == "still here"),
+        "{echoed:?}"
+    );
+    // Then it is closed (not before the grace period: it just answered).
+    let end = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match removed.next().await {
+                Some(Ok(Message::Text(_))) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the removed route's connection closes after the grace period");
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    // The route that stayed is untouched.
+    kept.send(Message::text("fine")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), kept.next()).await.unwrap();
+    assert!(
+        matches!(echoed, Some(Ok(Message::Text(ref t))) if t.as_str() == "fine"),
+        "{echoed:?}"
+    );
+
+    assert!(
+        gw.wait_log(Duration::from_secs(5), |v| {
+            support::gateway::has_message(
+                v,
+                "route removed: its WebSocket connections drain for the grace period, then close",
+            ) && v["route"] == "old"
+        })
+        .await,
+        "{}",
+        gw.dump_logs()
+    );
+    let scrape = get(&c, &gw.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        support::metric(
+            &scrape,
+            r#"switchyard_websocket_connections_total{result="drained",route="old"}"#
+        ),
+        1.0
+    );
+}

@@ -91,7 +91,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, mut stream: T
         }
     }
     metrics.proxied.inc();
-    let outcome = tunnel::splice(&mut stream, &mut upstream, limits, &metrics.bytes).await;
+    let outcome = tunnel::splice(&mut stream, &mut upstream, limits, &metrics.bytes, None).await;
     drop(in_flight);
     tracing::debug!(
         %listener,
