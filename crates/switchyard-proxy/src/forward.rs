@@ -172,14 +172,14 @@ pub(crate) async fn forward<'s>(
         .with_min_rate(listener.min_body_rate);
     let chunked = head.headers.contains_key(header::TRANSFER_ENCODING);
     // A request body transform reads the body whole, up to its limit.
-    let request_edits = route
+    let mut request_edits = route
         .transform
         .as_ref()
         .and_then(|t| t.request.as_ref().filter(|e| e.edits_body()).map(|e| (t, e)));
-    if request_edits.is_some() && !crate::transform::request_readable(&head.headers) {
+    if request_edits.is_some() && !crate::transform::readable(&head.headers) {
         tracing::info!(route = %route.name, reason = "compressed by the client", "transform: request passed untransformed");
+        request_edits = None;
     }
-    let request_edits = request_edits.filter(|_| crate::transform::request_readable(&head.headers));
     let body = match keep_limit {
         _ if request_edits.is_some() => {
             let (transform, edits) = request_edits.expect("checked just above");

@@ -76,6 +76,18 @@ pub(crate) fn manager_config(mode: &ClusterMode) -> ConnectionManagerConfig {
         .set_max_delay(Duration::from_secs(1))
 }
 
+/// `prefix` and the hex of the first `bytes` bytes of `key`'s SHA-256:
+/// client-chosen bytes never become Redis key syntax.
+pub(crate) fn hashed_key(prefix: &str, key: &[u8], bytes: usize) -> String {
+    let digest = Sha256::digest(key);
+    let mut out = String::with_capacity(prefix.len() + 2 * bytes);
+    out.push_str(prefix);
+    for byte in &digest[..bytes.min(digest.len())] {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
 /// The URL without its password, for logs and the admin API.
 pub(crate) fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -98,8 +110,35 @@ impl RedisStore {
     }
 
     /// The connection, while the node is connected to Redis.
-    pub(crate) fn connection(&self) -> Option<ConnectionManager> {
-        self.link.load().as_ref().map(|link| link.manager.clone())
+    fn connection(&self) -> Result<ConnectionManager, String> {
+        self.link
+            .load()
+            .as_ref()
+            .map(|link| link.manager.clone())
+            .ok_or_else(|| "not connected to the cluster's Redis".to_owned())
+    }
+
+    /// Runs a script within `redis_timeout`; `Err` says why it could not.
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, String> {
+        let mut connection = self.connection()?;
+        Self::answer(tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection)).await)
+    }
+
+    /// Runs a command within `redis_timeout`; `Err` says why it could not.
+    pub(crate) async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, String> {
+        let mut connection = self.connection()?;
+        Self::answer(tokio::time::timeout(self.timeout, command.query_async(&mut connection)).await)
+    }
+
+    fn answer<T>(result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>) -> Result<T, String> {
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("no answer in time".into()),
+        }
     }
 
     /// Counts a failed call and logs it (at most every 10 seconds); `what`
@@ -159,35 +198,13 @@ impl GlobalBucket {
     /// Takes a token for `key`; `None` when Redis could not answer (the
     /// caller applies `on_error`).
     pub async fn check(&self, key: &[u8]) -> Option<Decision> {
-        // Keys are hashed: client-chosen bytes never become Redis key syntax.
-        let digest = Sha256::digest(key);
-        let mut redis_key = String::with_capacity(self.prefix.len() + 32);
-        redis_key.push_str(&self.prefix);
-        for byte in &digest[..16] {
-            let _ = write!(redis_key, "{byte:02x}");
-        }
-        let Some(mut connection) = self.store.connection() else {
-            self.store.warn(
-                "rate limit",
-                "not connected to the cluster's Redis",
-                self.on_error == OnRedisError::Allow,
-            );
-            return None;
-        };
-        let mut invocation = GCRA.key(redis_key);
+        let mut invocation = GCRA.key(hashed_key(&self.prefix, key, 16));
         invocation.arg(self.interval_us).arg(self.tolerance_us);
-        let call = invocation.invoke_async::<(i64, i64, i64)>(&mut connection);
-        let result = tokio::time::timeout(self.store.timeout, call).await;
-        let (allowed, ahead, retry) = match result {
-            Ok(Ok(values)) => values,
-            Ok(Err(error)) => {
+        let (allowed, ahead, retry) = match self.store.invoke::<(i64, i64, i64)>(invocation).await {
+            Ok(values) => values,
+            Err(error) => {
                 self.store
-                    .warn("rate limit", &error.to_string(), self.on_error == OnRedisError::Allow);
-                return None;
-            }
-            Err(_) => {
-                self.store
-                    .warn("rate limit", "no answer in time", self.on_error == OnRedisError::Allow);
+                    .warn("rate limit", &error, self.on_error == OnRedisError::Allow);
                 return None;
             }
         };

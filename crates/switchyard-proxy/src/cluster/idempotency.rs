@@ -12,17 +12,15 @@
 //! request with a key gets the route's `on_redis_error`: refused (503) or
 //! run without the key.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use sha2::{Digest, Sha256};
 use switchyard_config::OnRedisError;
 use switchyard_resilience::idempotency::{Begin, BoxFuture, IdempotencyStore, StoredResponse};
 
-use crate::global_limit::RedisStore;
+use crate::global_limit::{hashed_key, RedisStore};
 
 /// KEYS: the key. ARGV: fingerprint, lease ms, owner. Returns {"proceed"},
 /// {"mismatch"}, {"running"} or {"done", status, headers, body}.
@@ -109,17 +107,6 @@ impl SharedIdempotency {
             && self.on_error == on_error
     }
 
-    async fn run<T: redis::FromRedisValue>(&self, invocation: redis::ScriptInvocation<'_>) -> Result<T, String> {
-        let Some(mut manager) = self.redis.connection() else {
-            return Err("not connected to the cluster's Redis".into());
-        };
-        match tokio::time::timeout(self.redis.timeout, invocation.invoke_async(&mut manager)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err("no answer in time".into()),
-        }
-    }
-
     /// The owner token of this node's claim on `redis_key`, forgotten.
     fn take_claim(&self, redis_key: &str) -> Option<u64> {
         self.claims
@@ -140,15 +127,10 @@ fn lease(route_timeout: Duration) -> Duration {
     route_timeout * 2 + Duration::from_secs(30)
 }
 
-/// Client-chosen bytes never become Redis key syntax: the key is hashed.
+/// The key's Redis key (hashed: client-chosen bytes never become Redis
+/// key syntax).
 fn redis_key(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    let mut out = String::with_capacity(16 + 64);
-    out.push_str("switchyard:idem:");
-    for byte in digest {
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
+    hashed_key("switchyard:idem:", key.as_bytes(), 32)
 }
 
 /// `name: value` lines (names hold no `:`, values no newline).
@@ -200,7 +182,7 @@ impl IdempotencyStore for SharedIdempotency {
                 .arg(fingerprint.to_string())
                 .arg(self.lease.as_millis() as u64)
                 .arg(owner);
-            let answer: Vec<Vec<u8>> = match self.run(invocation).await {
+            let answer: Vec<Vec<u8>> = match self.redis.invoke(invocation).await {
                 Ok(answer) => answer,
                 Err(error) => {
                     self.failed(&error);
@@ -235,21 +217,12 @@ impl IdempotencyStore for SharedIdempotency {
             let deadline = tokio::time::Instant::now() + timeout;
             while tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(POLL).await;
-                let Some(mut manager) = self.redis.connection() else {
-                    self.failed("not connected to the cluster's Redis");
-                    return None;
-                };
                 let mut command = redis::cmd("HMGET");
                 command.arg(&key).arg("state").arg("status").arg("headers").arg("body");
-                let read = command.query_async::<Vec<Option<Vec<u8>>>>(&mut manager);
-                let fields = match tokio::time::timeout(self.redis.timeout, read).await {
-                    Ok(Ok(fields)) => fields,
-                    Ok(Err(error)) => {
-                        self.failed(&error.to_string());
-                        return None;
-                    }
-                    Err(_) => {
-                        self.failed("no answer in time");
+                let fields: Vec<Option<Vec<u8>>> = match self.redis.query(&command).await {
+                    Ok(fields) => fields,
+                    Err(error) => {
+                        self.failed(&error);
                         return None;
                     }
                 };
@@ -281,7 +254,7 @@ impl IdempotencyStore for SharedIdempotency {
                 .arg(encode_headers(&response.headers))
                 .arg(response.body.as_ref())
                 .arg(self.ttl.as_millis() as u64);
-            match self.run::<i64>(invocation).await {
+            match self.redis.invoke::<i64>(invocation).await {
                 Ok(1) => {}
                 Ok(_) => tracing::warn!("idempotency: the claim had lapsed when the answer came; it is not kept"),
                 Err(error) => self.failed(&error),
@@ -297,7 +270,7 @@ impl IdempotencyStore for SharedIdempotency {
             };
             let mut invocation = ABANDON.prepare_invoke();
             invocation.key(redis_key).arg(owner);
-            if let Err(error) = self.run::<i64>(invocation).await {
+            if let Err(error) = self.redis.invoke::<i64>(invocation).await {
                 self.failed(&error);
             }
         })

@@ -44,7 +44,7 @@ pub fn body(edits: &BodyTransform, input: &[u8]) -> Result<(Bytes, HeaderValue),
 
 /// Whether a body with these headers can be read as text at all (not
 /// compressed).
-fn readable(headers: &HeaderMap) -> bool {
+pub fn readable(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_ENCODING)
         .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"))
@@ -134,11 +134,6 @@ pub async fn response(
             Ok(Response::from_parts(parts, ProxyBody::full(input)))
         }
     }
-}
-
-/// Whether a request body of these headers can be transformed.
-pub fn request_readable(headers: &HeaderMap) -> bool {
-    readable(headers)
 }
 
 #[cfg(test)]
