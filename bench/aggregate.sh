@@ -25,16 +25,7 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 cargo build --release -p switchyard --examples --bin switchyard >&2 || exit 1
 BIN=target/release
 
-D=$(mktemp -d); PIDS=()
-cleanup() { # stop only what this script started, by pid
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null; done
-  rm -rf "$D"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-wait_port() { for i in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; return 1; }
-wait_line() { for i in $(seq 1 200); do [ -s "$1" ] && return 0; sleep 0.05; done; return 1; }
+. bench/lib.sh
 
 for s in profile orders offers; do
   $BIN/examples/json_backend $s "$DELAY" >"$D/$s.addr" & PIDS+=($!)
@@ -96,7 +87,6 @@ run() {
     /^    Latency/ {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; lat=v}
     END {print rps, lat}'
 }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 : >"$D/agg"; : >"$D/seq"
 for r in $(seq 1 "$ROUNDS"); do

@@ -24,15 +24,7 @@ command -v redis-server >/dev/null || {
 cargo build --release -p switchyard --example hub_load >&2 || { echo "cargo build failed" >&2; exit 1; }
 LOAD=target/release/examples/hub_load
 
-D=$(mktemp -d); PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null; done
-  rm -rf "$D"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-wait_port() { for i in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; return 1; }
+. bench/lib.sh
 rss() { awk -v f="$1:" '$1==f {printf "%.1f", $2/1024}' /proc/$2/status; }
 
 cp "$SWITCHYARD" "$D/switchyard-bin"

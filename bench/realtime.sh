@@ -37,16 +37,7 @@ CALLS=${CALLS:-200000}
 cargo build --release -p switchyard --examples --bin switchyard >&2 || exit 1
 BIN=target/release
 
-D=$(mktemp -d); PIDS=()
-cleanup() { # stop only what this script started, by pid
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null; done
-  rm -rf "$D"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-wait_port() { for i in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; return 1; }
-wait_line() { for i in $(seq 1 200); do [ -s "$1" ] && return 0; sleep 0.05; done; return 1; }
+. bench/lib.sh
 kib() { awk -v k="$2" '$1==k":"{print $2}' /proc/$1/status; }
 
 if [[ " $SCENARIOS " == *" websocket "* ]]; then

@@ -20,16 +20,7 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 cargo build --release -p switchyard --examples --bin switchyard >&2 || exit 1
 BIN=target/release
 
-D=$(mktemp -d); PIDS=()
-cleanup() { # stop only what this script started, by pid
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null; done
-  rm -rf "$D"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-wait_port() { for i in $(seq 1 400); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; return 1; }
-wait_line() { for i in $(seq 1 200); do [ -s "$1" ] && return 0; sleep 0.05; done; return 1; }
+. bench/lib.sh
 
 $BIN/examples/json_backend upstream >"$D/up.addr" & PIDS+=($!)
 wait_line "$D/up.addr" || exit 1
@@ -60,7 +51,6 @@ PY
 : >"$D/times"
 for i in $(seq 1 "$RELOADS"); do reload "$i" | awk '$1==200 {print $2*1000}' >>"$D/times"; done
 [ "$(wc -l <"$D/times")" = "$RELOADS" ] || { echo "some reloads failed" >&2; exit 1; }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 latency() { # wrk: "p50 p99" in ms
   wrk -t1 -c"$CONNS" -d"${SECS}s" --latency http://127.0.0.1:18120/r/5 2>&1 | awk '
