@@ -20,22 +20,11 @@ use support::sse::SseReader;
 use support::GatewayProcess;
 
 fn node(redis: &str, origin: std::net::SocketAddr) -> GatewayProcess {
-    GatewayProcess::start(&format!(
-        r#"
-[access_log]
-enabled = false
-
-[admin]
-listen = "127.0.0.1:0"
-
-[cluster]
-redis = "{redis}"
-redis_timeout = "2s"
-
-[[listeners]]
-name = "public"
-listen = "127.0.0.1:0"
-
+    cluster_node(
+        &redis_at(redis),
+        "127.0.0.1:0",
+        &format!(
+            r#"
 [[clusters]]
 name = "origin"
 endpoints = [{{ address = "{origin}" }}]
@@ -50,7 +39,8 @@ name = "pages"
 cluster = "origin"
 cache = {{ ttl = "60s" }}
 "#
-    ))
+        ),
+    )
 }
 
 /// The page through `gw` with the public host every node serves.
@@ -370,22 +360,11 @@ async fn a_config_put_on_one_node_runs_on_every_node() {
 /// A node with the shared state of cluster mode in use: a cluster fed by
 /// the registry, an idempotent route, a global limit, and a plain route.
 fn shared_node(redis: &str, origin: std::net::SocketAddr) -> GatewayProcess {
-    GatewayProcess::start(&format!(
-        r#"
-[access_log]
-enabled = false
-
-[admin]
-listen = "127.0.0.1:0"
-
-[cluster]
-redis = "{redis}"
-redis_timeout = "2s"
-
-[[listeners]]
-name = "public"
-listen = "127.0.0.1:0"
-
+    cluster_node(
+        &redis_at(redis),
+        "127.0.0.1:0",
+        &format!(
+            r#"
 [[clusters]]
 name = "origin"
 endpoints = [{{ address = "{origin}" }}]
@@ -422,7 +401,8 @@ rate_limit = {{ rate = 100000, per = "1s", scope = "global" }}
 name = "plain"
 cluster = "origin"
 "#
-    ))
+        ),
+    )
 }
 
 async fn admin_call(
@@ -700,6 +680,25 @@ async fn redis_restarted_under_load_fails_no_proxied_request() {
 
 /// A node with a hub route and `cluster` as the body of its `[cluster]`.
 fn bare_node(cluster: &str) -> GatewayProcess {
+    cluster_node(cluster, "127.0.0.1:0", LIVE_ROUTE)
+}
+
+/// A hub route every node has.
+const LIVE_ROUTE: &str = r#"
+[[routes]]
+name = "live"
+match = { path_prefix = "/live/" }
+hub = { publish = [{ topics = ">" }] }
+"#;
+
+/// `[cluster]`'s body for the Redis at `redis`.
+fn redis_at(redis: &str) -> String {
+    format!("redis = \"{redis}\"\nredis_timeout = \"2s\"")
+}
+
+/// Starts a node: quiet access log, an admin API, `cluster` as its
+/// `[cluster]` table, a `public` listener on `listen`, then `rest`.
+fn cluster_node(cluster: &str, listen: &str, rest: &str) -> GatewayProcess {
     GatewayProcess::start(&format!(
         r#"
 [access_log]
@@ -713,13 +712,9 @@ listen = "127.0.0.1:0"
 
 [[listeners]]
 name = "public"
-listen = "127.0.0.1:0"
+listen = "{listen}"
 
-[[routes]]
-name = "live"
-match = {{ path_prefix = "/live/" }}
-hub = {{ publish = [{{ topics = ">" }}] }}
-"#
+{rest}"#
     ))
 }
 
@@ -842,31 +837,7 @@ async fn the_primary_is_found_through_sentinel() {
 #[tokio::test]
 async fn each_node_keeps_its_own_addresses_under_the_shared_configuration() {
     let _redis = RedisServer::start();
-    let node_on = |port: u16| {
-        GatewayProcess::start(&format!(
-            r#"
-[access_log]
-enabled = false
-
-[admin]
-listen = "127.0.0.1:0"
-
-[cluster]
-redis = "{}"
-redis_timeout = "2s"
-
-[[listeners]]
-name = "public"
-listen = "127.0.0.1:{port}"
-
-[[routes]]
-name = "live"
-match = {{ path_prefix = "/live/" }}
-hub = {{ publish = [{{ topics = ">" }}] }}
-"#,
-            _redis.url()
-        ))
-    };
+    let node_on = |port: u16| cluster_node(&redis_at(&_redis.url()), &format!("127.0.0.1:{port}"), LIVE_ROUTE);
     let (port_a, port_b) = (RedisServer::free_port(), RedisServer::free_port());
     let a = node_on(port_a);
     let b = node_on(port_b);
