@@ -20,6 +20,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -78,6 +79,8 @@ pub struct AdminServer {
     /// The bound address.
     pub local_addr: SocketAddr,
     stop: CancellationToken,
+    /// A second descriptor of the listening socket, for a successor process.
+    fd: OwnedFd,
 }
 
 impl AdminServer {
@@ -85,11 +88,30 @@ impl AdminServer {
     pub fn stop(&self) {
         self.stop.cancel();
     }
+
+    /// A duplicate of the listening socket, to hand to a successor process.
+    pub fn passable_socket(&self) -> std::io::Result<OwnedFd> {
+        self.fd.try_clone()
+    }
 }
 
 /// Binds the admin listener and serves it in the background.
 pub async fn start(settings: &Admin, gateway: Gateway) -> std::io::Result<AdminServer> {
-    let listener = TcpListener::bind(settings.listen).await?;
+    start_on(settings, gateway, None).await
+}
+
+/// [`start`] on `inherited`, the admin socket a predecessor process handed
+/// over, when there is one; else binds `settings.listen`.
+pub async fn start_on(settings: &Admin, gateway: Gateway, inherited: Option<OwnedFd>) -> std::io::Result<AdminServer> {
+    let listener = match inherited {
+        Some(fd) => {
+            let listener = std::net::TcpListener::from(fd);
+            listener.set_nonblocking(true)?;
+            TcpListener::from_std(listener)?
+        }
+        None => TcpListener::bind(settings.listen).await?,
+    };
+    let fd = listener.as_fd().try_clone_to_owned()?;
     let local_addr = listener.local_addr()?;
     gateway.set_admin_address(local_addr);
     let stop = CancellationToken::new();
@@ -100,7 +122,7 @@ pub async fn start(settings: &Admin, gateway: Gateway) -> std::io::Result<AdminS
     };
     tokio::spawn(accept_loop(listener, state, stop.clone()));
     tracing::info!(address = %local_addr, "admin listening");
-    Ok(AdminServer { local_addr, stop })
+    Ok(AdminServer { local_addr, stop, fd })
 }
 
 async fn accept_loop(listener: TcpListener, state: AdminState, stop: CancellationToken) {
@@ -212,6 +234,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<AdminBody
         (&Method::PUT, "/api/log-level") => put_log_level(req).await,
         (&Method::GET, "/api/cache") => json_response(StatusCode::OK, &state.gateway.cache_stats()),
         (&Method::GET, "/api/nodes") => json_response(StatusCode::OK, &state.gateway.nodes().await),
+        (&Method::GET, "/api/processes") => json_response(StatusCode::OK, &state.gateway.processes()),
         (&Method::POST, "/api/cache/purge") => purge_cache(state, req).await,
         (&Method::GET, "/") => static_document(DASHBOARD, "text/html; charset=utf-8"),
         (&Method::GET, "/api/openapi.json") => static_document(OPENAPI, "application/json"),
@@ -261,6 +284,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/api/cache"),
     ("POST", "/api/cache/purge"),
     ("GET", "/api/nodes"),
+    ("GET", "/api/processes"),
 ];
 
 /// The dashboard: one self-contained page (no outside scripts, styles or fonts).

@@ -119,6 +119,18 @@ pub struct RawRuntime {
     /// How long WebSocket connections of a route removed by a reload stay.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub removed_route_grace: Option<String>,
+    /// The Unix socket `switchyard upgrade` and a successor process talk to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade_socket: Option<String>,
+    /// How long a successor process has to start before an upgrade is given up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade_timeout: Option<String>,
+    /// How long a process replaced by an upgrade keeps its open connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade_drain_timeout: Option<String>,
+    /// A file this process writes its pid to (and a successor takes over).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<String>,
 }
 
 /// `[admin]`: the admin API listener.

@@ -347,6 +347,28 @@ impl Settler {
                 path.key("removed_route_grace"),
                 Duration::from_secs(30),
             ),
+            upgrade_socket: raw.upgrade_socket.as_ref().and_then(|text| {
+                // sun_path holds 108 bytes with the terminating NUL.
+                if text.is_empty() || text.len() > 107 {
+                    self.error(
+                        path.key("upgrade_socket"),
+                        format!("a Unix socket path must be 1 to 107 bytes long, not {}", text.len()),
+                    );
+                    return None;
+                }
+                Some(std::path::PathBuf::from(text))
+            }),
+            upgrade_timeout: self.duration(
+                &raw.upgrade_timeout,
+                path.key("upgrade_timeout"),
+                Duration::from_secs(60),
+            ),
+            upgrade_drain_timeout: self.duration(
+                &raw.upgrade_drain_timeout,
+                path.key("upgrade_drain_timeout"),
+                Duration::from_secs(600),
+            ),
+            pid_file: raw.pid_file.as_ref().map(std::path::PathBuf::from),
         }
     }
 

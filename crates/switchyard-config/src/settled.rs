@@ -130,6 +130,33 @@ pub struct Runtime {
     /// How long WebSocket connections of a route removed by a reload keep
     /// flowing before they are closed.
     pub removed_route_grace: Duration,
+    /// The Unix socket of binary upgrades (`switchyard upgrade`); `None`: a
+    /// path derived from the configuration file's (see [`upgrade_socket_for`]).
+    pub upgrade_socket: Option<std::path::PathBuf>,
+    /// How long a successor process has to take the sockets over and start.
+    pub upgrade_timeout: Duration,
+    /// How long a process replaced by an upgrade keeps its open connections
+    /// (WebSocket, SSE, TCP, requests in flight) before it exits.
+    pub upgrade_drain_timeout: Duration,
+    /// Where the serving process writes its pid (a successor rewrites it).
+    pub pid_file: Option<std::path::PathBuf>,
+}
+
+/// The upgrade socket of a gateway run with the configuration file `file`:
+/// `runtime.upgrade_socket` when set, else one in the temporary directory
+/// named after the file's canonical path (FNV-1a, stable across versions, so
+/// that an old and a new binary find the same socket).
+pub fn upgrade_socket_for(runtime: &Runtime, file: &std::path::Path) -> std::path::PathBuf {
+    if let Some(path) = &runtime.upgrade_socket {
+        return path.clone();
+    }
+    let file = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in file.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    std::env::temp_dir().join(format!("switchyard-{hash:016x}.sock"))
 }
 
 /// The admin API listener.

@@ -21,6 +21,7 @@ mod filters;
 mod forward;
 mod global_limit;
 pub mod grpc;
+pub mod handover;
 pub mod headers;
 mod health;
 pub mod hub;
@@ -50,6 +51,7 @@ use switchyard_config::Config;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::handover::Inherited;
 use crate::health::HealthCheckers;
 use crate::server::{accept_loop, bind, BoundListener, ListenOn, Socket};
 use crate::snapshot::{Registry, Snapshot};
@@ -74,6 +76,15 @@ pub struct Shared {
     /// Fires when the gateway starts draining.
     pub(crate) drain: CancellationToken,
     draining: AtomicBool,
+    /// Fires when a successor process took the listening sockets over: stop
+    /// accepting, let open connections finish (see [`Gateway::retire`]).
+    pub(crate) retire: CancellationToken,
+    /// Set with `retire`; HTTP/1 responses then close their connection.
+    pub(crate) retiring: AtomicBool,
+    /// Sockets a predecessor handed over, until listeners claim them.
+    inherited: Mutex<Inherited>,
+    /// The process this one took the sockets over from, on an upgrade.
+    predecessor: Mutex<Option<handover::Predecessor>>,
     /// This node in cluster mode (`[cluster]`): membership and the bus.
     pub(crate) cluster: cluster::ClusterState,
 }
@@ -161,6 +172,10 @@ pub struct Gateway {
 impl Gateway {
     /// Binds the listeners of `config` and starts serving.
     pub async fn start(config: Config) -> Result<Gateway, ApplyError> {
+        Gateway::start_with(config, Inherited::default()).await
+    }
+
+    async fn start_with(config: Config, inherited: Inherited) -> Result<Gateway, ApplyError> {
         let link = cluster::LinkSlot::default();
         let mut registry = Registry::new(link.clone());
         let metrics = Arc::new(metrics::Metrics::new());
@@ -177,6 +192,10 @@ impl Gateway {
             tracker: TaskTracker::new(),
             drain: CancellationToken::new(),
             draining: AtomicBool::new(false),
+            retire: CancellationToken::new(),
+            retiring: AtomicBool::new(false),
+            inherited: Mutex::new(inherited),
+            predecessor: Mutex::new(None),
             cluster: cluster::ClusterState::new(link),
         });
         let gateway = Gateway { shared };
@@ -265,7 +284,16 @@ impl Gateway {
 
         let mut fresh = Vec::new();
         for (name, address) in to_bind {
-            match bind(address) {
+            let handed = shared
+                .inherited
+                .lock()
+                .expect("inherited sockets lock is never poisoned")
+                .take(&name, address);
+            let socket = match handed {
+                Some(handed) => handed.adopt(),
+                None => bind(address),
+            };
+            match socket {
                 Ok(socket) => fresh.push((name, address, socket)),
                 Err(error) => {
                     shared
@@ -299,6 +327,13 @@ impl Gateway {
             // A child of the drain token: one token per connection to watch.
             let stop = shared.drain.child_token();
             let listener = Arc::from(name.as_str());
+            let fd = match socket.duplicate() {
+                Ok(fd) => fd,
+                Err(error) => {
+                    tracing::error!(listener = %name, %error, "cannot keep the socket for upgrades; not listening");
+                    continue;
+                }
+            };
             let task = match socket {
                 Socket::Tcp(socket) => tokio::spawn(accept_loop(shared.clone(), listener, socket, stop.clone())),
                 Socket::Udp(socket) => tokio::spawn(l4::udp::serve(shared.clone(), listener, socket, stop.clone())),
@@ -311,6 +346,7 @@ impl Gateway {
                     local,
                     stop,
                     task,
+                    fd,
                 },
             );
         }

@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{header, HeaderValue, Request, Response, Uri, Version};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use switchyard_config::{Direct, PathMatch, Redirect, RouteAction};
 
@@ -225,6 +225,16 @@ pub async fn handle(
         }
     };
     response.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+    // A process retiring after an upgrade sends its HTTP/1 clients to the
+    // successor: this connection closes after this response.
+    if version < Version::HTTP_2
+        && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        && shared.retiring.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some((cors, origin)) = &outcome.cors {
         cors.apply(origin.as_deref(), response.headers_mut());
     }

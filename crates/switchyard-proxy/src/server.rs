@@ -6,7 +6,7 @@ use std::io;
 use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -60,6 +60,15 @@ impl Socket {
             Socket::Udp(s) => s.local_addr(),
         }
     }
+
+    /// A second descriptor of the socket, kept to hand it to a successor.
+    pub(crate) fn duplicate(&self) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        match self {
+            Socket::Tcp(s) => s.as_fd().try_clone_to_owned(),
+            Socket::Udp(s) => s.as_fd().try_clone_to_owned(),
+        }
+    }
 }
 
 /// A bound listener socket and the token that stops its accept loop.
@@ -70,8 +79,12 @@ pub(crate) struct BoundListener {
     /// The address actually bound.
     pub local: SocketAddr,
     pub stop: CancellationToken,
-    /// The accept loop; it ends (closing the socket) soon after `stop`.
+    /// The accept loop; it ends (closing its descriptor) soon after `stop`.
     pub task: tokio::task::JoinHandle<()>,
+    /// A second descriptor of the socket, handed to a successor process on
+    /// upgrade. Dropped with the listener, so a removed listener's address
+    /// is free once its loop has ended.
+    pub fd: std::os::fd::OwnedFd,
 }
 
 /// Binds a listener's socket.
@@ -95,6 +108,10 @@ pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(addr)?;
     socket.listen(4096)
 }
+
+/// How long an HTTP/1 connection of a retiring process may stay quiet
+/// before it is closed (its client reconnects to the successor).
+const RETIRING_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Open connections of one listener, in all and by client address.
 #[derive(Debug, Default)]
@@ -184,6 +201,8 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: T
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
+            // A successor accepts on the same socket from now on.
+            _ = shared.retire.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -318,11 +337,25 @@ async fn drive<IO>(
         inner: stream,
         activity: activity.clone(),
     });
-    let service = service_fn(move |req| handle(shared.clone(), info.clone(), req));
+    // Whether the client speaks HTTP/2 here: a retiring process closes
+    // those at once (GOAWAY tells the client what was not served).
+    let http2 = Arc::new(AtomicBool::new(false));
+    let retire = shared.retire.clone();
+    let service = {
+        let http2 = http2.clone();
+        service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            if req.version() == hyper::Version::HTTP_2 {
+                http2.store(true, Ordering::Relaxed);
+            }
+            handle(shared.clone(), info.clone(), req)
+        })
+    };
     let conn = runtime.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
 
+    let mut idle_timeout = idle_timeout;
     let mut draining = false;
+    let mut retiring = false;
     let mut last_seen = 0;
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
@@ -337,6 +370,21 @@ async fn drive<IO>(
             _ = closing.cancelled(), if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
+            }
+            _ = retire.cancelled(), if !draining && !retiring => {
+                retiring = true;
+                if http2.load(Ordering::Relaxed) {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                } else {
+                    // Closing an idle HTTP/1 connection now would race a
+                    // request the client may be sending: its next response
+                    // says `Connection: close` instead (see `handle`), and
+                    // a connection that stays quiet closes soon.
+                    idle_timeout = RETIRING_IDLE_TIMEOUT.min(idle_timeout);
+                    last_seen = activity.load(Ordering::Relaxed);
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                }
             }
             _ = &mut idle, if !draining => {
                 let now_seen = activity.load(Ordering::Relaxed);

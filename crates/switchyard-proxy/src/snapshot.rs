@@ -318,13 +318,41 @@ pub struct Registry {
     store: Option<Arc<crate::cache::ResponseStore>>,
     /// Drain signals of routes by name (see [`RouteEntry::drain`]).
     route_drains: HashMap<String, tokio_util::sync::CancellationToken>,
+    /// Routes a reload removed whose grace period runs, for the admin API.
+    draining: Arc<std::sync::Mutex<Vec<DrainingRoute>>>,
     /// Pub/sub hubs by route name (their settings follow reloads).
     hubs: HashMap<String, Arc<crate::hub::Hub>>,
     /// Whether a snapshot was built before (endpoints added later slow-start).
     built: bool,
 }
 
+/// A route a reload removed, in its grace period.
+#[derive(Debug)]
+struct DrainingRoute {
+    route: String,
+    /// Its WebSocket connections still open.
+    websockets: Arc<std::sync::atomic::AtomicUsize>,
+    until: std::time::SystemTime,
+    token: tokio_util::sync::CancellationToken,
+}
+
 impl Registry {
+    /// Removed routes whose connections still drain (`GET /api/processes`).
+    pub(crate) fn draining_routes(&self) -> serde_json::Value {
+        self.draining
+            .lock()
+            .expect("draining lock is never poisoned")
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "route": d.route,
+                    "websockets": d.websockets.load(std::sync::atomic::Ordering::Relaxed),
+                    "closes_at": humantime::format_rfc3339_millis(d.until).to_string(),
+                })
+            })
+            .collect()
+    }
+
     /// An empty registry whose Redis stores use the cluster's `link`.
     pub(crate) fn new(cluster_link: crate::cluster::LinkSlot) -> Self {
         Self {
@@ -495,16 +523,29 @@ impl Registry {
         }
         let grace = config.runtime.removed_route_grace;
         for (route, token) in std::mem::replace(&mut self.route_drains, drains_in_use) {
-            let open = self
-                .websockets
-                .get(&route)
-                .map_or(0, |n| n.load(std::sync::atomic::Ordering::Relaxed));
+            let websockets = self.websockets.get(&route).cloned().unwrap_or_default();
+            let open = websockets.load(std::sync::atomic::Ordering::Relaxed);
             if open > 0 {
                 tracing::info!(%route, open, grace = ?grace, "route removed: its WebSocket connections drain for the grace period, then close");
             }
+            let entry = DrainingRoute {
+                route,
+                websockets,
+                until: std::time::SystemTime::now() + grace,
+                token: token.clone(),
+            };
+            self.draining
+                .lock()
+                .expect("draining lock is never poisoned")
+                .push(entry);
+            let draining = self.draining.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
                 token.cancel();
+                draining
+                    .lock()
+                    .expect("draining lock is never poisoned")
+                    .retain(|d| !d.token.is_cancelled());
             });
         }
         self.websockets = config

@@ -73,7 +73,7 @@ pub fn run(listen: &str, admin: &str) -> anyhow::Result<()> {
              curl -s http://{admin}/api/config                          # the running configuration\n\
              Ctrl-C drains in-flight requests and exits."
         );
-        serve(config, None).await
+        serve(config, None, None).await
     })
 }
 

@@ -6,6 +6,7 @@
 mod demo;
 mod logging;
 mod serve;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +43,14 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Upgrade a running `switchyard run --config FILE` to the binary now at
+    /// its path, with no connection refused: the new process takes the
+    /// listening sockets over, the old one drains and exits (also: SIGUSR2).
+    Upgrade {
+        /// The configuration file the running process was started with.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Start demo backends and a gateway in front of them; no files needed.
     Demo {
         /// Address of the demo gateway.
@@ -61,6 +70,7 @@ fn main() -> ExitCode {
             logging::init(cli.log_format, &cli.log_level);
             report(serve::run_file(config))
         }
+        Command::Upgrade { config } => upgrade(&config),
         Command::Demo { listen, admin } => {
             logging::init(cli.log_format, &cli.log_level);
             report(demo::run(&listen, &admin))
@@ -84,6 +94,36 @@ fn check(path: &std::path::Path) -> ExitCode {
         Err(diagnostics) => {
             eprintln!("{diagnostics}");
             eprintln!("{}: {} error(s)", path.display(), diagnostics.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `switchyard upgrade`: the new process validates the file the same way
+/// (an invalid one is reported here, and nothing changes).
+fn upgrade(path: &std::path::Path) -> ExitCode {
+    let config = match switchyard_config::load_file(path) {
+        Ok(config) => config,
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            eprintln!(
+                "{}: {} error(s); not upgrading (the running process is unchanged)",
+                path.display(),
+                diagnostics.len()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let socket = switchyard_config::upgrade_socket_for(&config.runtime, path);
+    // The old process answers once the new one serves, or gives up.
+    let wait = config.runtime.upgrade_timeout + std::time::Duration::from_secs(10);
+    match upgrade::request(&socket, wait) {
+        Ok(message) => {
+            println!("upgraded: {message}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }

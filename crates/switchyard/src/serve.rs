@@ -1,5 +1,6 @@
 //! The process lifecycle of `switchyard run`: start, reload (SIGHUP, file
-//! change), drain on SIGTERM/SIGINT.
+//! change), binary upgrade (`switchyard upgrade`, SIGUSR2), drain on
+//! SIGTERM/SIGINT.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,14 +9,24 @@ use anyhow::{anyhow, Context};
 use notify::{RecursiveMode, Watcher};
 use switchyard_config::Config;
 use switchyard_proxy::Gateway;
+use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-/// `switchyard run --config FILE`.
+use crate::upgrade::{self, Inheritance, Relaunch, Request, UpgradeSocket};
+
+/// `switchyard run --config FILE`. Started by an upgrade (the environment
+/// names the old process's upgrade socket), it takes the old process's
+/// sockets over before it serves.
 pub fn run_file(path: PathBuf) -> anyhow::Result<()> {
     let config = switchyard_config::load_file(&path).map_err(|d| anyhow!("invalid configuration:\n{d}"))?;
+    let relaunch = Relaunch::capture()?;
+    let inheritance = match std::env::var_os(upgrade::FROM_ENV) {
+        Some(socket) => Some(upgrade::take_over(Path::new(&socket)).context("taking over from the running process")?),
+        None => None,
+    };
     let runtime = build_runtime(config.runtime.workers)?;
-    runtime.block_on(serve(config, Some(path)))
+    runtime.block_on(serve(config, Some(path), Some((relaunch, inheritance))))
 }
 
 /// The async runtime: `workers` threads (0: one per core). With one worker, a
@@ -38,23 +49,104 @@ pub fn build_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> 
         .context("starting the async runtime")
 }
 
-/// Serves `config` until SIGTERM or SIGINT, then drains. With `path`, reloads
-/// from that file on SIGHUP and whenever it changes.
-pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+/// Starts the gateway and the admin API: on the sockets a predecessor handed
+/// over, if any, else bound afresh.
+async fn start(
+    config: Config,
+    inheritance: Option<Inheritance>,
+) -> anyhow::Result<(Gateway, Option<switchyard_admin::AdminServer>)> {
     let admin_settings = config.admin.clone();
-    let gateway = Gateway::start(config).await.context("starting listeners")?;
-    let admin = match &admin_settings {
-        Some(settings) => Some(
-            switchyard_admin::start(settings, gateway.clone())
+    let (gateway, inherited_admin, inheritance) = match inheritance {
+        Some(mut inheritance) => {
+            let listeners = std::mem::take(&mut inheritance.listeners);
+            let admin = inheritance.admin.take();
+            let gateway = Gateway::start_inheriting(config, listeners)
                 .await
-                .with_context(|| format!("starting the admin API on {}", settings.listen))?,
-        ),
+                .context("starting listeners")?;
+            (gateway, admin, Some(inheritance))
+        }
+        None => (Gateway::start(config).await.context("starting listeners")?, None, None),
+    };
+    let admin = match &admin_settings {
+        Some(settings) => {
+            // The admin socket carries over when its address did not change.
+            let fd = inherited_admin
+                .filter(|(configured, _)| *configured == settings.listen)
+                .map(|(_, fd)| fd);
+            Some(
+                switchyard_admin::start_on(settings, gateway.clone(), fd)
+                    .await
+                    .with_context(|| format!("starting the admin API on {}", settings.listen))?,
+            )
+        }
         None => None,
+    };
+    if let Some(inheritance) = inheritance {
+        inheritance.ready(gateway.clone())?;
+    }
+    Ok((gateway, admin))
+}
+
+/// How the serve loop ended.
+enum Exit {
+    /// SIGTERM or SIGINT: drain and exit.
+    Shutdown,
+    /// A successor took the sockets over: retire.
+    Upgraded(upgrade::Successor),
+}
+
+/// Serves `config` until SIGTERM or SIGINT, then drains. With `path`, reloads
+/// from that file on SIGHUP and whenever it changes. With `upgrades` (how
+/// this process was started, and what a predecessor handed over), listens
+/// on the upgrade socket and upgrades on request or SIGUSR2.
+pub async fn serve(
+    config: Config,
+    path: Option<PathBuf>,
+    upgrades: Option<(Relaunch, Option<Inheritance>)>,
+) -> anyhow::Result<()> {
+    let (relaunch, inheritance) = match upgrades {
+        Some((relaunch, inheritance)) => (Some(relaunch), inheritance),
+        None => (None, None),
+    };
+    let successor_of = inheritance.as_ref().map(|i| i.predecessor);
+    let (gateway, admin) = start(config, inheritance).await?;
+    if let Some(pid) = successor_of {
+        tracing::info!(
+            previous = pid,
+            "upgrade: serving on the sockets of the previous process"
+        );
+    }
+    let pid_file = gateway.config().runtime.pid_file.clone();
+    if let Some(file) = &pid_file {
+        write_pid_file(file)?;
+    }
+    // The upgrade socket: taken over from a predecessor (whose file it is
+    // still), or fresh.
+    let upgrade_socket = match (&relaunch, &path) {
+        (Some(_), Some(path)) => {
+            let socket = switchyard_config::upgrade_socket_for(&gateway.config().runtime, path);
+            match UpgradeSocket::bind(&socket, successor_of.is_some()) {
+                Ok(Some(socket)) => Some(socket),
+                Ok(None) => {
+                    tracing::warn!(socket = %socket.display(), "another running switchyard has this upgrade socket: this process cannot be upgraded");
+                    None
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "no upgrade socket: this process cannot be upgraded"
+                    );
+                    None
+                }
+            }
+        }
+        _ => None,
     };
 
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut user2 = signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
     // Without a file, a channel that never yields (its sender lives here).
     let (_no_changes, idle) = mpsc::channel(1);
     let (_watcher, mut changes) = match &path {
@@ -72,15 +164,24 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     // renewal) reloads, so new connections get the new certificate.
     let (mut _material_watcher, mut material_changes) = watch_files(&material_files(&gateway.config()));
 
-    loop {
+    let exit = loop {
+        // An upgrade asked for, with where to answer (SIGUSR2: the log).
+        let mut upgrade_asked: Option<Option<tokio::net::UnixStream>> = None;
         tokio::select! {
-            _ = terminate.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); break; }
-            _ = interrupt.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); break; }
+            _ = terminate.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); break Exit::Shutdown; }
+            _ = interrupt.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); break Exit::Shutdown; }
             _ = hangup.recv() => {
                 if let Some(path) = &path {
                     reload(&gateway, path, "SIGHUP", &mut last_text, true).await;
                 }
             }
+            _ = user2.recv() => upgrade_asked = Some(None),
+            request = next_request(upgrade_socket.as_ref()) => match request {
+                Request::Upgrade { reply } => upgrade_asked = Some(Some(reply)),
+                Request::TakeOver { mut stream, .. } => {
+                    let _ = stream.write_all(b"error no upgrade is in progress\n").await;
+                }
+            },
             Some(()) = changes.recv() => {
                 // Editors write in several steps: let them finish, then read once.
                 tokio::time::sleep(Duration::from_millis(150)).await;
@@ -97,20 +198,81 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
                 }
             }
         }
+        if let Some(reply) = upgrade_asked {
+            let handed = match (&upgrade_socket, &relaunch) {
+                (Some(socket), Some(relaunch)) => {
+                    let config = gateway.config();
+                    let admin = config.admin.as_ref().zip(admin.as_ref());
+                    upgrade::hand_over(socket, relaunch, &gateway, admin, config.runtime.upgrade_timeout).await
+                }
+                _ => Err(anyhow!("this process has no upgrade socket (see its start-up log)")),
+            };
+            match handed {
+                Ok(successor) => {
+                    let message = format!(
+                        "ok process {} serves; process {} drains {} open connection(s) for up to {:?}\n",
+                        successor.pid,
+                        std::process::id(),
+                        gateway.open_connections(),
+                        gateway.config().runtime.upgrade_drain_timeout
+                    );
+                    if let Some(mut reply) = reply {
+                        let _ = reply.write_all(message.as_bytes()).await;
+                    }
+                    break Exit::Upgraded(successor);
+                }
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), "upgrade failed; this process serves on");
+                    if let Some(mut reply) = reply {
+                        let line = format!("error {error:#}").replace('\n', " ");
+                        let _ = reply.write_all(format!("{line}\n").as_bytes()).await;
+                    }
+                }
+            }
+        }
         // The set of files to watch follows the configuration.
         (_material_watcher, material_changes) = watch_files(&material_files(&gateway.config()));
+    };
+    if let (Some(socket), Exit::Shutdown) = (&upgrade_socket, &exit) {
+        // Ours to remove; after an upgrade the file is the successor's.
+        let _ = std::fs::remove_file(socket.path());
     }
+    drop(upgrade_socket);
 
-    let drain_timeout = gateway.config().runtime.drain_timeout;
-    tracing::info!(timeout = ?drain_timeout, "draining in-flight requests");
-    // A second SIGTERM/SIGINT during the drain means "now".
-    let clean = tokio::select! {
-        clean = gateway.shutdown(drain_timeout) => clean,
-        _ = terminate.recv() => { tracing::warn!("second signal: exiting without waiting"); false }
-        _ = interrupt.recv() => { tracing::warn!("second signal: exiting without waiting"); false }
+    let clean = match exit {
+        Exit::Shutdown => {
+            let drain_timeout = gateway.config().runtime.drain_timeout;
+            tracing::info!(timeout = ?drain_timeout, "draining in-flight requests");
+            // A second SIGTERM/SIGINT during the drain means "now".
+            tokio::select! {
+                clean = gateway.shutdown(drain_timeout) => clean,
+                _ = terminate.recv() => { tracing::warn!("second signal: exiting without waiting"); false }
+                _ = interrupt.recv() => { tracing::warn!("second signal: exiting without waiting"); false }
+            }
+        }
+        Exit::Upgraded(successor) => {
+            if let Some(admin) = &admin {
+                admin.stop();
+            }
+            let deadline = gateway.config().runtime.upgrade_drain_timeout;
+            tracing::info!(
+                successor = successor.pid,
+                open = gateway.open_connections(),
+                deadline = ?deadline,
+                "upgrade: the new process serves; this one stops accepting and drains"
+            );
+            tokio::select! {
+                clean = successor.report_until(&gateway, gateway.retire(deadline)) => clean,
+                _ = terminate.recv() => { tracing::warn!("SIGTERM while retiring: exiting without waiting"); false }
+                _ = interrupt.recv() => { tracing::warn!("SIGINT while retiring: exiting without waiting"); false }
+            }
+        }
     };
     if let Some(admin) = admin {
         admin.stop();
+    }
+    if let Some(file) = &pid_file {
+        remove_pid_file(file);
     }
     if clean {
         tracing::info!("drained; exiting");
@@ -118,6 +280,28 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         tracing::warn!("drain timeout reached; closing the remaining connections");
     }
     Ok(())
+}
+
+/// The next request on the upgrade socket; never, without one.
+async fn next_request(socket: Option<&UpgradeSocket>) -> Request {
+    match socket {
+        Some(socket) => socket.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes this process's id to `file` (a successor overwrites it).
+fn write_pid_file(file: &Path) -> anyhow::Result<()> {
+    std::fs::write(file, format!("{}\n", std::process::id()))
+        .with_context(|| format!("writing the pid file {}", file.display()))
+}
+
+/// Removes `file` if it still names this process (not its successor).
+fn remove_pid_file(file: &Path) {
+    let ours = std::fs::read_to_string(file).is_ok_and(|text| text.trim() == std::process::id().to_string());
+    if ours {
+        let _ = std::fs::remove_file(file);
+    }
 }
 
 /// Reads, validates and applies the file. A bad file keeps the running config.

@@ -295,6 +295,10 @@ const READ_PAGE: &str = r##"(() => {
     nodes_up: [...document.querySelectorAll('#nodes [data-field="state"]')].filter((e) => e.textContent === "up").length,
     this_node: document.querySelectorAll('#nodes tr[data-this="true"]').length,
     nodes_note: q("#nodes-note").textContent,
+    this_pid: Number(q('#processes tr[data-role="this process"]')?.dataset.pid ?? 0),
+    this_state: q('#processes tr[data-role="this process"] [data-field="state"]')?.textContent ?? null,
+    previous_pid: Number(q('#processes tr[data-role="previous process"]')?.dataset.pid ?? 0),
+    previous_state: q('#processes tr[data-role="previous process"] [data-field="state"]')?.textContent ?? null,
     sparkline_points: Number(q("#sparkline").dataset.points || 0),
     background: getComputedStyle(document.body).backgroundColor,
   };
@@ -345,6 +349,17 @@ match = {{ path_prefix = "/events/" }}
 hub = {{ publish = [{{ topics = ">" }}] }}
 "#
     )
+}
+
+/// A process started by an upgrade (not our child), stopped by its pid.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-s", "KILL", &self.0.to_string()])
+            .status();
+    }
 }
 
 /// Where screenshots go: `target/test-artifacts/` of the workspace.
@@ -541,6 +556,44 @@ async fn the_dashboard_streams_live_figures_in_a_real_browser() {
         })
         .collect();
     assert!(problems.is_empty(), "the page reported errors: {problems:#?}");
+
+    // The processes panel: this process serving; after a binary upgrade
+    // (the admin socket is handed over, so the page stays where it is),
+    // the new process serving and the old one draining or gone.
+    let shown = cdp.eval(&read_page).await;
+    assert_eq!(shown["this_pid"], gw.pid(), "{shown}");
+    assert_eq!(shown["this_state"], "serving", "{shown}");
+    gw.rewrite_config(&valid);
+    let upgraded = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["upgrade", "--config"])
+        .arg(&gw.config_path)
+        .output()
+        .expect("run switchyard upgrade");
+    let answer = String::from_utf8_lossy(&upgraded.stdout).into_owned();
+    assert!(
+        upgraded.status.success(),
+        "{answer} {}",
+        String::from_utf8_lossy(&upgraded.stderr)
+    );
+    let successor: u32 = answer
+        .split_whitespace()
+        .nth(2)
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {answer:?}"));
+    let _successor = KillOnDrop(successor);
+    let old_pid = gw.pid();
+    cdp.wait_for(
+        "the processes panel shows the upgrade",
+        Duration::from_secs(20),
+        &read_page,
+        |v| {
+            v["this_pid"] == successor
+                && v["this_state"] == "serving"
+                && v["previous_pid"] == old_pid
+                && (v["previous_state"] == "draining" || v["previous_state"] == "exited")
+        },
+    )
+    .await;
 
     // Ask the browser to quit, give it a moment, then the guard kills what is left.
     // (Sent without waiting: the browser may hang up before it answers.)

@@ -82,9 +82,16 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, socket: UdpSo
     let mut sweep = tokio::time::interval(SWEEP);
     let mut metrics: Option<L4Metrics> = None;
     let millis = |started: Instant| started.elapsed().as_millis() as u64;
+    // Once a successor took the socket over it reads the datagrams; this
+    // process only relays its open sessions' replies until they idle out.
+    let mut retired = false;
     loop {
         let (n, client) = tokio::select! {
             _ = stop.cancelled() => break,
+            _ = shared.retire.cancelled(), if !retired => {
+                retired = true;
+                continue;
+            }
             _ = sweep.tick() => {
                 let snapshot = shared.snapshot.load();
                 let Some(runtime) = snapshot.listeners.get(&*listener) else { continue };
@@ -108,7 +115,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, socket: UdpSo
                 metrics = Some(runtime.metrics.l4.clone());
                 continue;
             }
-            received = socket.recv_from(&mut buffer) => match received {
+            received = socket.recv_from(&mut buffer), if !retired => match received {
                 Ok(received) => received,
                 Err(error) => {
                     tracing::debug!(%error, %listener, "udp receive failed");
