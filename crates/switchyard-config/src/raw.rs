@@ -19,7 +19,9 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub access_log: RawAccessLog,
     pub listeners: Vec<RawListener>,
-    pub routes: Vec<RawRoute>,
+    /// Boxed: a route's settings are large, and a configuration may have
+    /// tens of thousands (a growing vector then moves pointers, not routes).
+    pub routes: Vec<Box<RawRoute>>,
     pub clusters: Vec<RawCluster>,
     /// `[cluster]`: shared state for several gateway nodes.
     #[serde(skip_serializing_if = "Option::is_none")]

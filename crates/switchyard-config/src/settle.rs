@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -1145,13 +1146,13 @@ impl Settler {
     /// `listeners` are the HTTP listeners' names, `l4_listeners` the others'.
     fn routes(
         &mut self,
-        raw: &[RawRoute],
+        raw: &[Box<RawRoute>],
         path: &KeyPath,
         (listeners, l4_listeners): (&[&str], &[&str]),
         clusters: &[&str],
-    ) -> Vec<Route> {
-        let mut names = HashSet::new();
-        let mut out = Vec::new();
+    ) -> Vec<Arc<Route>> {
+        let mut names = HashSet::with_capacity(raw.len());
+        let mut out = Vec::with_capacity(raw.len());
         for (i, r) in raw.iter().enumerate() {
             let at = path.index(i);
             let name = match &r.name {
@@ -1270,7 +1271,7 @@ impl Settler {
                 self.transform(raw, &at.key("transform"))
             });
             if let (Some(name), Some(action)) = (name, action) {
-                out.push(Route {
+                out.push(Arc::new(Route {
                     name,
                     listener: r.listener.clone(),
                     matcher,
@@ -1295,7 +1296,7 @@ impl Settler {
                     compression,
                     cache,
                     transform,
-                });
+                }));
             }
         }
         out

@@ -22,8 +22,9 @@ pub struct Config {
     /// Whether each request is logged as an `access` event.
     pub access_log: bool,
     pub listeners: Vec<Listener>,
-    /// Routes in declared order.
-    pub routes: Vec<Route>,
+    /// Routes in declared order; shared with the runtime's route entries,
+    /// which a reload then builds without copying them.
+    pub routes: Vec<std::sync::Arc<Route>>,
     pub clusters: Vec<Cluster>,
     /// Shared state for several nodes (`[cluster]`); `None`: a single node.
     pub cluster_mode: Option<ClusterMode>,

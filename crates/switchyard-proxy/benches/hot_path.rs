@@ -4,7 +4,6 @@
 //!     cargo bench -p switchyard-proxy --bench hot_path
 
 use std::hint::black_box;
-use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method, Version};
@@ -38,7 +37,7 @@ fn route_table() -> String {
 
 fn bench_router(c: &mut Criterion) {
     let config = switchyard_config::parse_toml(&route_table(), "bench.toml").expect("valid bench config");
-    let router: Router = Router::new(config.routes.into_iter().map(Arc::new).collect());
+    let router: Router = Router::new(config.routes);
     let headers = HeaderMap::new();
     let mut tenant = HeaderMap::new();
     tenant.insert("x-tenant", HeaderValue::from_static("t7"));

@@ -420,9 +420,9 @@ pub(crate) fn call_entries(
             call_route.cache = None;
             call_route.transform = None;
             RouteEntry::for_call(
-                call_route,
+                Arc::new(call_route),
                 clusters.get(&call.cluster).cloned(),
-                metrics.route(&name, &call.cluster),
+                Arc::new(metrics.route(&name, &call.cluster)),
             )
         })
         .collect()

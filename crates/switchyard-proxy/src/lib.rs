@@ -115,6 +115,7 @@ impl Shared {
     /// the one new requests see, and starts or stops health checkers to
     /// match. Callers hold the `listeners` lock, so installs never interleave.
     fn install(&self, config: Arc<Config>, version: u64) {
+        let started = std::time::Instant::now();
         let snapshot = self.registry.lock().expect("registry lock is never poisoned").build(
             config,
             version,
@@ -122,7 +123,15 @@ impl Shared {
             &self.metrics,
         );
         let snapshot = Arc::new(snapshot);
-        self.snapshot.store(snapshot.clone());
+        let built = started.elapsed();
+        // Freed here unless a request in flight still holds it.
+        drop(self.snapshot.swap(snapshot.clone()));
+        tracing::debug!(
+            version,
+            built_ms = built.as_secs_f64() * 1e3,
+            swapped_ms = started.elapsed().as_secs_f64() * 1e3,
+            "snapshot built and swapped in"
+        );
         self.checkers
             .lock()
             .expect("checkers lock is never poisoned")

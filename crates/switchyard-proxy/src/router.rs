@@ -219,7 +219,7 @@ mod tests {
             "[[listeners]]\nname = \"l\"\nlisten = \"127.0.0.1:1\"\n[[clusters]]\nname = \"c\"\nendpoints = [{{ address = \"127.0.0.1:2\" }}]\n{toml_routes}"
         );
         let config = switchyard_config::parse_toml(&text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
-        Router::new(config.routes.into_iter().map(Arc::new).collect())
+        Router::new(config.routes)
     }
 
     fn find<'r>(

@@ -44,7 +44,7 @@ pub struct Snapshot {
     /// for each configuration applied.
     pub version: u64,
     /// Request counters for requests no route matched.
-    pub unrouted: RouteMetrics,
+    pub unrouted: Arc<RouteMetrics>,
     pub listeners: HashMap<String, ListenerRuntime>,
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
     /// Span export (`[tracing]`).
@@ -84,7 +84,7 @@ impl ListenerRuntime {
 /// A route with its cluster resolved.
 #[derive(Debug)]
 pub struct RouteEntry {
-    pub route: Route,
+    pub route: Arc<Route>,
     pub cluster: Option<Arc<ClusterRuntime>>,
     /// Responses kept by idempotency key (routes with `idempotency`).
     pub idempotency: Option<Arc<dyn IdempotencyStore>>,
@@ -96,7 +96,7 @@ pub struct RouteEntry {
     pub limits: Vec<Limit>,
     pub cors: Option<CorsPolicy>,
     pub auth: Option<Arc<RouteAuth>>,
-    pub metrics: RouteMetrics,
+    pub metrics: Arc<RouteMetrics>,
     /// WebSocket connections open through the route (outlives reloads).
     pub websockets: Arc<std::sync::atomic::AtomicUsize>,
     /// Small files served lately (`static` routes).
@@ -114,7 +114,11 @@ pub struct RouteEntry {
 
 impl RouteEntry {
     /// A forwarding entry for one call of an aggregate route.
-    pub(crate) fn for_call(route: Route, cluster: Option<Arc<ClusterRuntime>>, metrics: RouteMetrics) -> Self {
+    pub(crate) fn for_call(
+        route: Arc<Route>,
+        cluster: Option<Arc<ClusterRuntime>>,
+        metrics: Arc<RouteMetrics>,
+    ) -> Self {
         RouteEntry {
             route,
             cluster,
@@ -307,6 +311,9 @@ pub struct Registry {
     cluster_link: crate::cluster::LinkSlot,
     /// Route authentication by route name.
     auths: HashMap<String, Arc<RouteAuth>>,
+    /// Metric handles by route and cluster name: looking them up in their
+    /// families is most of a route's build cost, and they never change.
+    route_metrics: HashMap<(String, String), Arc<RouteMetrics>>,
     /// Open WebSocket connections by route name.
     websockets: HashMap<String, Arc<std::sync::atomic::AtomicUsize>>,
     /// The TLS settings each https listener serves with, kept so that a
@@ -660,11 +667,38 @@ impl Registry {
         }
         self.hubs = hubs_in_use;
 
+        let mut route_metrics_in_use = HashMap::with_capacity(config.routes.len() + 1);
+        // Requests no route matched count under route "-".
+        let unrouted = ("-".to_owned(), "-".to_owned());
+        let handles = match self.route_metrics.remove(&unrouted) {
+            Some(kept) => kept,
+            None => Arc::new(metrics.route("-", "-")),
+        };
+        route_metrics_in_use.insert(unrouted.clone(), handles);
+        for route in &config.routes {
+            let cluster = match &route.action {
+                RouteAction::Forward { cluster } => cluster.as_str(),
+                _ => "-",
+            };
+            let key = (route.name.clone(), cluster.to_owned());
+            let handles = match self.route_metrics.remove(&key) {
+                Some(kept) => kept,
+                None => Arc::new(metrics.route(&route.name, cluster)),
+            };
+            route_metrics_in_use.insert(key, handles);
+        }
+        self.route_metrics = route_metrics_in_use;
+
         let listeners = config
             .listeners
             .iter()
             .map(|listener| {
-                let entries = config
+                let mut entries = Vec::with_capacity(if listener.protocol.is_http() {
+                    config.routes.len()
+                } else {
+                    0
+                });
+                let built = config
                     .routes
                     .iter()
                     .filter(|r| listener.protocol.is_http() && r.listener.as_ref().is_none_or(|l| *l == listener.name))
@@ -683,13 +717,14 @@ impl Registry {
                         },
                         fault: route.fault.as_ref().map(fault_settings),
                         budget: self.route_budgets.get(&route.name).cloned(),
-                        metrics: metrics.route(
-                            &route.name,
+                        metrics: self.route_metrics[&(
+                            route.name.clone(),
                             match &route.action {
-                                RouteAction::Forward { cluster } => cluster,
-                                _ => "-",
+                                RouteAction::Forward { cluster } => cluster.clone(),
+                                _ => "-".to_owned(),
                             },
-                        ),
+                        )]
+                            .clone(),
                         ip_filter: route.ip_filter.as_ref().map(ip_filter),
                         cors: route.cors.as_ref().map(cors_policy),
                         auth: self.auths.get(&route.name).cloned(),
@@ -732,8 +767,8 @@ impl Registry {
                                 }
                             })
                             .collect(),
-                    })
-                    .collect();
+                    });
+                entries.extend(built);
                 let runtime = ListenerRuntime {
                     config: listener.clone(),
                     metrics: metrics.listener(&listener.name),
@@ -765,7 +800,7 @@ impl Registry {
             cache: store,
             config,
             version,
-            unrouted: metrics.route("-", "-"),
+            unrouted: self.route_metrics[&unrouted].clone(),
             listeners,
             clusters,
         }

@@ -273,3 +273,102 @@ async fn a_removed_route_drains_its_websockets_on_the_grace_period() {
         1.0
     );
 }
+
+/// A configuration change to one route rebuilds nothing of the clusters it
+/// does not touch: the health an active check found, the pooled upstream
+/// connection, and cached responses all carry over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_change_keeps_the_state_of_unrelated_clusters() {
+    let backend = support::Backend::start("steady").await;
+    // An address nobody listens on: the first health check marks it down,
+    // and the next check is an hour away.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = |changing_path: &str| {
+        format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+
+[[clusters]]
+name = "steady"
+endpoints = [{{ address = "{backend}" }}, {{ address = "{dead}" }}]
+health_check = {{ path = "/healthz", interval = "1h", jitter = "50ms", timeout = "2s", healthy_threshold = 1, unhealthy_threshold = 1 }}
+
+[[routes]]
+name = "cached"
+match = {{ path_prefix = "/cached/" }}
+cluster = "steady"
+cache = {{ ttl = "10m" }}
+
+[[routes]]
+name = "steady"
+match = {{ path_prefix = "/steady/" }}
+cluster = "steady"
+
+[[routes]]
+name = "changing"
+match = {{ path = "{changing_path}" }}
+direct = {{ status = 200, body = "changing" }}
+"#,
+            backend = backend.addr
+        )
+    };
+    let gw = GatewayProcess::start(&config("/v1"));
+    let http = client(Proto::H1);
+    let dead_is_down = |clusters: &serde_json::Value| {
+        clusters["clusters"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["address"] == dead.to_string() && e["healthy"] == false)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let clusters = get(&http, &gw.admin_url("/api/clusters"), &[]).await.json();
+        if dead_is_down(&clusters) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the check never ran: {clusters}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        get(&http, &gw.url("/cached/a"), &[]).await.header("x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        get(&http, &gw.url("/cached/a"), &[]).await.header("x-cache"),
+        Some("HIT")
+    );
+    assert_eq!(get(&http, &gw.url("/steady/1"), &[]).await.status, 200);
+    let pooled = backend.seen().last().unwrap().peer;
+
+    // Only the `changing` route changes.
+    gw.rewrite_config(&config("/v2"));
+    gw.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while get(&http, &gw.url("/v2"), &[]).await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "the reload did not apply");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let clusters = get(&http, &gw.admin_url("/api/clusters"), &[]).await.json();
+    assert!(dead_is_down(&clusters), "health state was rebuilt: {clusters}");
+    assert_eq!(
+        get(&http, &gw.url("/cached/a"), &[]).await.header("x-cache"),
+        Some("HIT"),
+        "the cache was emptied"
+    );
+    assert_eq!(get(&http, &gw.url("/steady/2"), &[]).await.status, 200);
+    assert_eq!(
+        backend.seen().last().unwrap().peer,
+        pooled,
+        "the pooled upstream connection was not reused"
+    );
+}
