@@ -646,7 +646,9 @@ async fn put_config(state: &AdminState, req: Request<Incoming>) -> Response<Admi
         &body,
         state.gateway.config().admin.as_ref().and_then(|a| a.token.as_deref()),
     );
-    let config = match switchyard_config::parse_json(&body) {
+    // Off the worker threads: a large document takes tens of milliseconds.
+    let parsed = tokio::task::spawn_blocking(move || switchyard_config::parse_json(&body)).await;
+    let config = match parsed.expect("parsing a configuration does not panic") {
         Ok(config) => config,
         Err(diagnostics) => {
             tracing::warn!(

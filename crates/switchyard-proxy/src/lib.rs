@@ -139,6 +139,18 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// [`Shared::install`] on the blocking pool: building the snapshot of a
+    /// large configuration takes tens of milliseconds, which would stall the
+    /// requests queued behind it on a worker thread.
+    async fn install_off_thread(self: &Arc<Self>, config: Arc<Config>, version: u64) {
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || shared.install(config, version))
+            .await
+            .expect("building a snapshot does not panic");
+    }
+}
+
 /// How long a burst of discovery changes (instances registering together)
 /// is gathered into one new snapshot.
 const DISCOVERY_SETTLE: Duration = Duration::from_millis(50);
@@ -167,7 +179,7 @@ async fn follow_discovery(shared: Arc<Shared>) {
         dns.mark_unchanged();
         let _serialised = shared.listeners.lock().await;
         let running = shared.snapshot.load_full();
-        shared.install(running.config.clone(), running.version);
+        shared.install_off_thread(running.config.clone(), running.version).await;
         tracing::debug!("discovered endpoints changed: snapshot rebuilt");
     }
 }
@@ -319,7 +331,7 @@ impl Gateway {
 
         shared.discovery.prepare(&config, &shared.drain).await;
         shared.metrics.reload(true, version, source.to_owned());
-        shared.install(Arc::new(config), version);
+        shared.install_off_thread(Arc::new(config), version).await;
 
         let stale: Vec<String> = bound
             .iter()
