@@ -15,6 +15,7 @@ pub mod cache;
 mod cluster;
 mod compress;
 mod conditional;
+mod drain;
 pub mod discovery;
 pub mod error;
 mod filters;

@@ -60,6 +60,7 @@ pub struct Metrics {
     websocket_connections: IntCounterVec,
     grpc_calls: IntCounterVec,
     websocket_active: IntGaugeVec,
+    streams_drained: IntCounterVec,
     websocket_bytes: IntCounterVec,
     l4_connections: IntCounterVec,
     l4_bytes: IntCounterVec,
@@ -246,6 +247,12 @@ impl Metrics {
                 "WebSocket connections by route and result (opened; refused: the route's limit; failed: the upgrade did not complete; drained: closed a grace period after a reload removed the route).",
                 &["route", "result"],
             ),
+            streams_drained: counter(
+                &r,
+                "switchyard_streams_drained_total",
+                "Long-lived responses (kind: sse, grpc) ended a grace period after a reload removed their route (WebSocket connections count under switchyard_websocket_connections_total).",
+                &["route", "kind"],
+            ),
             websocket_active: gauge(
                 &r,
                 "switchyard_websocket_connections_active",
@@ -261,7 +268,7 @@ impl Metrics {
             l4_connections: counter(
                 &r,
                 "switchyard_l4_connections_total",
-                "tcp listener connections by result (proxied; no_endpoint; connect_failed: one per endpoint attempt; rejected: ip_filter, SNI or PROXY header).",
+                "tcp listener connections by result (proxied; no_endpoint; connect_failed: one per endpoint attempt; rejected: ip_filter, SNI or PROXY header; drained: closed a grace period after a reload stopped the listener sending connections to their cluster).",
                 &["listener", "result"],
             ),
             l4_bytes: counter(
@@ -395,6 +402,8 @@ impl Metrics {
                 .rate_limit_decisions
                 .with_label_values(&[route, "store_unavailable"]),
             grpc: crate::grpc::GrpcMetrics::new(route, self.grpc_calls.clone()),
+            drained_sse: self.streams_drained.with_label_values(&[route, "sse"]),
+            drained_grpc: self.streams_drained.with_label_values(&[route, "grpc"]),
             websocket: crate::websocket::WebSocketMetrics {
                 opened: self.websocket_connections.with_label_values(&[route, "opened"]),
                 refused: self.websocket_connections.with_label_values(&[route, "refused"]),
@@ -456,6 +465,7 @@ impl Metrics {
                 no_endpoint: self.l4_connections.with_label_values(&[listener, "no_endpoint"]),
                 connect_failed: self.l4_connections.with_label_values(&[listener, "connect_failed"]),
                 rejected: self.l4_connections.with_label_values(&[listener, "rejected"]),
+                drained: self.l4_connections.with_label_values(&[listener, "drained"]),
                 sessions_opened: self.udp_sessions.with_label_values(&[listener, "opened"]),
                 datagrams_dropped: self.udp_sessions.with_label_values(&[listener, "dropped_datagram"]),
                 sessions_active: self.udp_sessions_active.with_label_values(&[listener]),
@@ -645,6 +655,9 @@ pub struct RouteMetrics {
     pub unavailable: IntCounter,
     pub(crate) websocket: crate::websocket::WebSocketMetrics,
     pub grpc: std::sync::Arc<crate::grpc::GrpcMetrics>,
+    /// Event streams and gRPC responses drained after the route was removed.
+    pub(crate) drained_sse: IntCounter,
+    pub(crate) drained_grpc: IntCounter,
 }
 
 impl RouteMetrics {

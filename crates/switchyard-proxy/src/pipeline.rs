@@ -467,7 +467,7 @@ async fn serve<'s>(
     if let Some(hub) = &entry.hub {
         let mut response = crate::hub::serve(hub, entry, conn, req, principal).await?;
         quota.apply(response.headers_mut());
-        return Ok(response);
+        return Ok(drain_on_removal(entry, response));
     }
 
     let head_request = req.method() == http::Method::HEAD;
@@ -513,7 +513,24 @@ async fn serve<'s>(
         response = crate::compress::apply(settings, negotiated, response);
     }
     quota.apply(response.headers_mut());
-    Ok(response)
+    Ok(drain_on_removal(entry, response))
+}
+
+/// An event stream or gRPC response ends a grace period after a reload
+/// removes its route (see [`crate::drain`]); other responses are untouched.
+fn drain_on_removal(entry: &RouteEntry, response: Response<ProxyBody>) -> Response<ProxyBody> {
+    let Some(kind) = crate::drain::Kind::of(response.headers().get(header::CONTENT_TYPE)) else {
+        return response;
+    };
+    let counter = match kind {
+        crate::drain::Kind::Sse => entry.metrics.drained_sse.clone(),
+        crate::drain::Kind::Grpc => entry.metrics.drained_grpc.clone(),
+    };
+    let route: Arc<str> = Arc::from(entry.route.name.as_str());
+    let drain = entry.drain.clone();
+    response.map(|body| {
+        ProxyBody::translated(body, |body| crate::drain::Draining::new(body, drain, kind, route, counter))
+    })
 }
 
 /// Rejects request heads that hyper accepts but a proxy must not pass on.

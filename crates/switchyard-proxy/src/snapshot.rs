@@ -64,6 +64,10 @@ pub struct ListenerRuntime {
     pub router: Router<RouteEntry>,
     /// The hyper connection builder with this listener's limits and timeouts.
     pub http: auto::Builder<TokioExecutor>,
+    /// `tcp` listeners: by cluster, cancelled a grace period after a reload
+    /// stops this listener sending connections there (the listener removed,
+    /// or its cluster or SNI routes changed); open connections then close.
+    pub drains: HashMap<String, tokio_util::sync::CancellationToken>,
 }
 
 impl std::fmt::Debug for ListenerRuntime {
@@ -325,6 +329,9 @@ pub struct Registry {
     store: Option<Arc<crate::cache::ResponseStore>>,
     /// Drain signals of routes by name (see [`RouteEntry::drain`]).
     route_drains: HashMap<String, tokio_util::sync::CancellationToken>,
+    /// Drain signals of `tcp` listeners by listener and cluster (see
+    /// [`ListenerRuntime::drains`]).
+    l4_drains: HashMap<(String, String), tokio_util::sync::CancellationToken>,
     /// Routes a reload removed whose grace period runs, for the admin API.
     draining: Arc<std::sync::Mutex<Vec<DrainingRoute>>>,
     /// Pub/sub hubs by route name (their settings follow reloads).
@@ -689,6 +696,32 @@ impl Registry {
         }
         self.route_metrics = route_metrics_in_use;
 
+        // tcp listeners' drain signals: kept while the listener still sends
+        // connections to the cluster, else fired after the grace period.
+        let mut l4_drains_in_use = HashMap::new();
+        for listener in config
+            .listeners
+            .iter()
+            .filter(|l| l.protocol == switchyard_config::ListenerProtocol::Tcp)
+        {
+            let clusters = listener
+                .cluster
+                .iter()
+                .chain(listener.sni_routes.iter().map(|r| &r.cluster));
+            for cluster in clusters {
+                let key = (listener.name.clone(), cluster.clone());
+                let token = self.l4_drains.remove(&key).unwrap_or_default();
+                l4_drains_in_use.insert(key, token);
+            }
+        }
+        for ((listener, cluster), token) in std::mem::replace(&mut self.l4_drains, l4_drains_in_use) {
+            tracing::info!(%listener, %cluster, grace = ?grace, "tcp listener no longer sends connections to this cluster: its open connections drain for the grace period, then close");
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                token.cancel();
+            });
+        }
+
         let listeners = config
             .listeners
             .iter()
@@ -780,6 +813,12 @@ impl Registry {
                     ip_filter: listener.ip_filter.as_ref().map(ip_filter),
                     router: Router::new(entries),
                     http: http_builder(listener),
+                    drains: self
+                        .l4_drains
+                        .iter()
+                        .filter(|((name, _), _)| *name == listener.name)
+                        .map(|((_, cluster), token)| (cluster.clone(), token.clone()))
+                        .collect(),
                 };
                 (listener.name.clone(), runtime)
             })

@@ -168,9 +168,11 @@ async fn reloads_and_a_new_listener_close_no_connection_and_lose_no_message() {
     );
 }
 
-fn drain_config(echo: std::net::SocketAddr, with_old: bool) -> String {
+fn drain_config(echo: std::net::SocketAddr, tcp_echo: std::net::SocketAddr, with_old: bool) -> String {
     let old = if with_old {
-        "[[routes]]\nname = \"old\"\nmatch = { path = \"/old\" }\ncluster = \"echo\"\n"
+        "[[routes]]\nname = \"old\"\nmatch = { path = \"/old\" }\ncluster = \"echo\"\n\n\
+         [[routes]]\nname = \"oldhub\"\nlistener = \"public\"\nmatch = { path_prefix = \"/oldhub/\" }\nhub = { publish = [{ topics = \">\" }] }\n\n\
+         [[listeners]]\nname = \"oldtcp\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"tcp\"\ncluster = \"tcpecho\"\n"
     } else {
         ""
     };
@@ -190,8 +192,13 @@ listen = "127.0.0.1:0"
 name = "echo"
 endpoints = [{{ address = "{echo}" }}]
 
+[[clusters]]
+name = "tcpecho"
+endpoints = [{{ address = "{tcp_echo}" }}]
+
 [[routes]]
 name = "ws"
+listener = "public"
 match = {{ path = "/ws" }}
 cluster = "echo"
 
@@ -199,10 +206,27 @@ cluster = "echo"
     )
 }
 
+/// A TCP server that echoes what it reads, on an ephemeral port.
+async fn tcp_echo() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    addr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_removed_route_drains_its_websockets_on_the_grace_period() {
+async fn a_removed_route_drains_its_websockets_event_streams_and_tcp_connections_on_the_grace_period() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let echo = EchoServer::start("echo").await;
-    let gw = GatewayProcess::start(&drain_config(echo.addr, true));
+    let raw_echo = tcp_echo().await;
+    let gw = GatewayProcess::start(&drain_config(echo.addr, raw_echo, true));
     let connect = |path: &'static str| {
         let url = format!("ws://{}{path}", gw.addr());
         async move {
@@ -215,8 +239,19 @@ async fn a_removed_route_drains_its_websockets_on_the_grace_period() {
     let mut kept = connect("/ws").await;
     let mut removed = connect("/old").await;
     let c = client(Proto::H1);
+    // An SSE subscriber of a hub route, and a connection through a tcp
+    // listener, both removed by the reload too.
+    let mut subscriber = SseReader::open(&client(Proto::H1), &gw.url("/oldhub/news"), &[]).await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.listeners["oldtcp"]).await.unwrap();
+    let mut buffer = [0u8; 5];
+    tcp.write_all(b"hello").await.unwrap();
+    tcp.read_exact(&mut buffer).await.unwrap();
+    assert_eq!(&buffer, b"hello");
+    let published = http::Request::post(gw.url("/oldhub/news")).body(full("before")).unwrap();
+    assert_eq!(send(&c, published).await.status, 200);
+    assert_eq!(subscriber.next().await.unwrap().data, "before");
 
-    gw.rewrite_config(&drain_config(echo.addr, false));
+    gw.rewrite_config(&drain_config(echo.addr, raw_echo, false));
     gw.signal("HUP");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while get(&c, &gw.url("/old"), &[]).await.status != 404 {
@@ -233,6 +268,9 @@ async fn a_removed_route_drains_its_websockets_on_the_grace_period() {
         matches!(echoed, Some(Ok(Message::Text(ref t))) if t.as_str() == "still here"),
         "{echoed:?}"
     );
+    tcp.write_all(b"again").await.unwrap();
+    tcp.read_exact(&mut buffer).await.unwrap();
+    assert_eq!(&buffer, b"again", "the tcp connection flows during the grace period");
     // Then it is closed (not before the grace period: it just answered).
     let end = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
@@ -245,6 +283,13 @@ async fn a_removed_route_drains_its_websockets_on_the_grace_period() {
     .await
     .expect("the removed route's connection closes after the grace period");
     assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(15), subscriber.next()).await;
+    assert!(matches!(ended, Ok(None)), "the event stream ends cleanly: {ended:?}");
+    let closed = tokio::time::timeout(Duration::from_secs(15), tcp.read(&mut buffer)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the tcp connection is closed: {closed:?}"
+    );
     // The route that stayed is untouched.
     kept.send(Message::text("fine")).await.unwrap();
     let echoed = tokio::time::timeout(Duration::from_secs(5), kept.next()).await.unwrap();
@@ -269,6 +314,17 @@ async fn a_removed_route_drains_its_websockets_on_the_grace_period() {
         support::metric(
             &scrape,
             r#"switchyard_websocket_connections_total{result="drained",route="old"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        support::metric(&scrape, r#"switchyard_streams_drained_total{kind="sse",route="oldhub"}"#),
+        1.0
+    );
+    assert_eq!(
+        support::metric(
+            &scrape,
+            r#"switchyard_l4_connections_total{listener="oldtcp",result="drained"}"#
         ),
         1.0
     );

@@ -24,6 +24,9 @@ pub(crate) struct L4Metrics {
     pub connect_failed: IntCounter,
     /// Connections refused before any endpoint was tried (ip_filter, SNI, PROXY header).
     pub rejected: IntCounter,
+    /// Connections closed a grace period after a reload stopped the listener
+    /// sending connections to their cluster.
+    pub drained: IntCounter,
     /// UDP sessions opened, and datagrams dropped (session table full, no endpoint).
     pub sessions_opened: IntCounter,
     pub datagrams_dropped: IntCounter,

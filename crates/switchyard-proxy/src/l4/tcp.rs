@@ -75,6 +75,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, mut stream: T
         max_lifetime: None,
     };
     let listen = config.listen;
+    let drain = runtime.drains.get(&cluster_name).cloned();
     drop(snapshot);
 
     let endpoint = cluster.endpoints[index].address();
@@ -91,8 +92,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, mut stream: T
         }
     }
     metrics.proxied.inc();
-    let outcome = tunnel::splice(&mut stream, &mut upstream, limits, &metrics.bytes, None).await;
+    let outcome = tunnel::splice(&mut stream, &mut upstream, limits, &metrics.bytes, drain.as_ref()).await;
     drop(in_flight);
+    if matches!(outcome.end, tunnel::End::Drained) {
+        metrics.drained.inc();
+        tracing::info!(%listener, client = %peer, cluster = %cluster.config.name, "tcp connection closed: the listener no longer sends connections to its cluster and the grace period ran out");
+    }
     tracing::debug!(
         %listener,
         client = %peer,
