@@ -529,7 +529,9 @@ fn drain_on_removal(entry: &RouteEntry, response: Response<ProxyBody>) -> Respon
     let route: Arc<str> = Arc::from(entry.route.name.as_str());
     let drain = entry.drain.clone();
     response.map(|body| {
-        ProxyBody::translated(body, |body| crate::drain::Draining::new(body, drain, kind, route, counter))
+        ProxyBody::translated(body, |body| {
+            crate::drain::Draining::new(body, drain, kind, route, counter)
+        })
     })
 }
 

@@ -247,7 +247,9 @@ async fn a_removed_route_drains_its_websockets_event_streams_and_tcp_connections
     tcp.write_all(b"hello").await.unwrap();
     tcp.read_exact(&mut buffer).await.unwrap();
     assert_eq!(&buffer, b"hello");
-    let published = http::Request::post(gw.url("/oldhub/news")).body(full("before")).unwrap();
+    let published = http::Request::post(gw.url("/oldhub/news"))
+        .body(full("before"))
+        .unwrap();
     assert_eq!(send(&c, published).await.status, 200);
     assert_eq!(subscriber.next().await.unwrap().data, "before");
 
@@ -318,7 +320,10 @@ async fn a_removed_route_drains_its_websockets_event_streams_and_tcp_connections
         1.0
     );
     assert_eq!(
-        support::metric(&scrape, r#"switchyard_streams_drained_total{kind="sse",route="oldhub"}"#),
+        support::metric(
+            &scrape,
+            r#"switchyard_streams_drained_total{kind="sse",route="oldhub"}"#
+        ),
         1.0
     );
     assert_eq!(
@@ -427,4 +432,57 @@ direct = {{ status = 200, body = "changing" }}
         pooled,
         "the pooled upstream connection was not reused"
     );
+}
+
+/// Moving a listener to another address: the new address accepts, the old
+/// one stops accepting, and a WebSocket opened on the old address keeps
+/// flowing (its listener drains; it does not cut).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_a_listener_keeps_its_open_connections() {
+    let echo = EchoServer::start("echo").await;
+    let config = |port: u16| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:{port}\"\n\n\
+             [[clusters]]\nname = \"echo\"\nendpoints = [{{ address = \"{}\" }}]\n\n\
+             [[routes]]\nname = \"ws\"\nmatch = {{ path = \"/ws\" }}\ncluster = \"echo\"\n",
+            echo.addr
+        )
+    };
+    let first = support::redis::RedisServer::free_port();
+    let gw = GatewayProcess::start(&config(first));
+    let url = format!("ws://127.0.0.1:{first}/ws");
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), false)
+        .await
+        .expect("WebSocket handshake");
+
+    let second = support::redis::RedisServer::free_port();
+    gw.rewrite_config(&config(second));
+    gw.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", second)).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the new address never accepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The old address stops accepting...
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", first)).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the old address still accepts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... while the connection made there still flows, both ways.
+    for i in 0..5 {
+        let text = format!("moved-{i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap();
+        assert!(
+            matches!(echoed, Some(Ok(Message::Text(ref t))) if t.as_str() == text),
+            "{echoed:?}"
+        );
+    }
+    let url = format!("ws://127.0.0.1:{second}/ws");
+    let (mut moved, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), false)
+        .await
+        .expect("WebSocket handshake on the new address");
+    moved.send(Message::text("new")).await.unwrap();
+    assert!(matches!(moved.next().await, Some(Ok(Message::Text(ref t))) if t.as_str() == "new"));
 }
