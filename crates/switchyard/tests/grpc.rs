@@ -260,3 +260,62 @@ async fn grpc_web_calls_from_http1_in_binary_and_text() {
     assert!(scrape.lines().any(|l| l == ok), "no `{ok}` in\n{scrape}");
     assert!(scrape.lines().any(|l| l == not_found), "no `{not_found}` in\n{scrape}");
 }
+
+/// A server-streaming call on a route a reload removes keeps streaming
+/// during `removed_route_grace`, then ends with UNAVAILABLE (which clients
+/// retry), counted and logged.
+#[tokio::test]
+async fn a_stream_of_a_removed_route_ends_with_unavailable_after_the_grace_period() {
+    let (upstream, _server) = start_server().await;
+    let config = |with_echo: bool| {
+        let echo = if with_echo {
+            "[[routes]]\nname = \"echo\"\nmatch = { path_prefix = \"/test.Echo/\" }\ncluster = \"grpc\"\n"
+        } else {
+            ""
+        };
+        format!(
+            "[runtime]\nremoved_route_grace = \"2s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\n\
+             [[clusters]]\nname = \"grpc\"\nprotocol = \"http2\"\nendpoints = [{{ address = \"{upstream}\" }}]\n\n{echo}"
+        )
+    };
+    let gw = GatewayProcess::start(&config(true));
+    let echo = EchoClient::connect(gw.addr()).await;
+    // 100,000 messages 20 ms apart: the stream outlasts the test.
+    let mut inbound = echo.server_stream_raw(100_000).await.expect("stream opens");
+    for _ in 0..3 {
+        inbound.message().await.expect("a message").expect("stream open");
+    }
+
+    gw.rewrite_config(&config(false));
+    gw.signal("HUP");
+    assert!(
+        gw.wait_log(Duration::from_secs(10), |v| support::gateway::has_message(v, "configuration reloaded"))
+            .await
+    );
+    // New calls no longer find the route...
+    let refused = echo.unary(Echo::new("new")).await.expect_err("the route is gone");
+    assert_ne!(refused.code(), Code::Ok);
+    // ... while the open stream goes on, then ends with UNAVAILABLE.
+    let mut after_reload = 0;
+    let end = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(_)) => after_reload += 1,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within the grace period and a margin");
+    let status = end.expect_err("the stream ends with a status");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("removed"), "{status:?}");
+    assert!(after_reload > 0, "the stream flowed during the grace period");
+
+    let scrape = get(&client(Proto::H1), &gw.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        support::metric(&scrape, r#"switchyard_streams_drained_total{kind="grpc",route="echo"}"#),
+        1.0
+    );
+}
