@@ -202,6 +202,11 @@ fn check_reports_each_kind_of_mistake_with_its_location() {
         ),
         ("TOML syntax", "[[routes]\n", "bad.toml:13:"),
         (
+            "upgrade socket path too long",
+            "[runtime]\nupgrade_socket = \"/tmp/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx.sock\"\n",
+            "bad.toml:14:1: `runtime.upgrade_socket`: a Unix socket path must be 1 to 107 bytes long, not 119",
+        ),
+        (
             "exposed admin without token",
             "[admin]\nlisten = \"0.0.0.0:9901\"\n",
             "bad.toml:13:2: `admin.token`: the admin API listens on non-loopback address",
@@ -329,5 +334,20 @@ async fn demo_serves_at_once_and_exits_cleanly() {
     assert!(
         stdout.contains(&format!("curl -s http://127.0.0.1:{port}/api/users")),
         "prints what to try:\n{stdout}"
+    );
+}
+
+#[test]
+fn upgrade_without_a_running_process_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, BASE).unwrap();
+    let out = switchyard().args(["upgrade", "--config"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no running switchyard answers on")
+            && stderr.contains("is it running with this configuration file?"),
+        "{stderr}"
     );
 }

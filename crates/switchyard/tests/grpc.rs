@@ -290,8 +290,11 @@ async fn a_stream_of_a_removed_route_ends_with_unavailable_after_the_grace_perio
     gw.rewrite_config(&config(false));
     gw.signal("HUP");
     assert!(
-        gw.wait_log(Duration::from_secs(10), |v| support::gateway::has_message(v, "configuration reloaded"))
-            .await
+        gw.wait_log(Duration::from_secs(10), |v| support::gateway::has_message(
+            v,
+            "configuration reloaded"
+        ))
+        .await
     );
     // New calls no longer find the route...
     let refused = echo.unary(Echo::new("new")).await.expect_err("the route is gone");
