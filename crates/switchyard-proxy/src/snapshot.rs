@@ -340,14 +340,33 @@ pub struct Registry {
     built: bool,
 }
 
-/// A route a reload removed, in its grace period.
+/// A route a reload removed, or a tcp listener's former cluster, in its
+/// grace period.
 #[derive(Debug)]
 struct DrainingRoute {
-    route: String,
-    /// Its WebSocket connections still open.
-    websockets: Arc<std::sync::atomic::AtomicUsize>,
+    /// `{"route": NAME}` or `{"listener": NAME, "cluster": NAME}`.
+    what: serde_json::Value,
+    /// A route's WebSocket connections still open.
+    websockets: Option<Arc<std::sync::atomic::AtomicUsize>>,
     until: std::time::SystemTime,
     token: tokio_util::sync::CancellationToken,
+}
+
+impl DrainingRoute {
+    /// Lists `self` until its grace period ends.
+    fn track(self, draining: &Arc<std::sync::Mutex<Vec<DrainingRoute>>>, grace: std::time::Duration) {
+        let token = self.token.clone();
+        draining.lock().expect("draining lock is never poisoned").push(self);
+        let draining = draining.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            token.cancel();
+            draining
+                .lock()
+                .expect("draining lock is never poisoned")
+                .retain(|d| !d.token.is_cancelled());
+        });
+    }
 }
 
 impl Registry {
@@ -358,11 +377,12 @@ impl Registry {
             .expect("draining lock is never poisoned")
             .iter()
             .map(|d| {
-                serde_json::json!({
-                    "route": d.route,
-                    "websockets": d.websockets.load(std::sync::atomic::Ordering::Relaxed),
-                    "closes_at": humantime::format_rfc3339_millis(d.until).to_string(),
-                })
+                let mut entry = d.what.clone();
+                if let Some(websockets) = &d.websockets {
+                    entry["websockets"] = websockets.load(std::sync::atomic::Ordering::Relaxed).into();
+                }
+                entry["closes_at"] = humantime::format_rfc3339_millis(d.until).to_string().into();
+                entry
             })
             .collect()
     }
@@ -542,25 +562,13 @@ impl Registry {
             if open > 0 {
                 tracing::info!(%route, open, grace = ?grace, "route removed: its WebSocket connections drain for the grace period, then close");
             }
-            let entry = DrainingRoute {
-                route,
-                websockets,
+            DrainingRoute {
+                what: serde_json::json!({ "route": route }),
+                websockets: Some(websockets),
                 until: std::time::SystemTime::now() + grace,
-                token: token.clone(),
-            };
-            self.draining
-                .lock()
-                .expect("draining lock is never poisoned")
-                .push(entry);
-            let draining = self.draining.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                token.cancel();
-                draining
-                    .lock()
-                    .expect("draining lock is never poisoned")
-                    .retain(|d| !d.token.is_cancelled());
-            });
+                token,
+            }
+            .track(&self.draining, grace);
         }
         self.websockets = config
             .routes
@@ -716,10 +724,13 @@ impl Registry {
         }
         for ((listener, cluster), token) in std::mem::replace(&mut self.l4_drains, l4_drains_in_use) {
             tracing::info!(%listener, %cluster, grace = ?grace, "tcp listener no longer sends connections to this cluster: its open connections drain for the grace period, then close");
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                token.cancel();
-            });
+            DrainingRoute {
+                what: serde_json::json!({ "listener": listener, "cluster": cluster }),
+                websockets: None,
+                until: std::time::SystemTime::now() + grace,
+                token,
+            }
+            .track(&self.draining, grace);
         }
 
         let listeners = config

@@ -260,6 +260,19 @@ async fn a_removed_route_drains_its_websockets_event_streams_and_tcp_connections
         assert!(std::time::Instant::now() < deadline, "the reload was not seen");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The admin API lists what drains, while it drains.
+    let processes = get(&c, &gw.admin_url("/api/processes"), &[]).await.json();
+    let draining = processes["this"]["draining_routes"].as_array().unwrap().clone();
+    assert!(
+        draining.iter().any(|d| d["route"] == "old" && d["websockets"] == 1),
+        "{processes}"
+    );
+    assert!(
+        draining
+            .iter()
+            .any(|d| d["listener"] == "oldtcp" && d["cluster"] == "tcpecho"),
+        "{processes}"
+    );
     // New requests no longer reach the route, but its open connection
     // still flows during the grace period.
     removed.send(Message::text("still here")).await.unwrap();
