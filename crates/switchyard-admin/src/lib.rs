@@ -128,6 +128,9 @@ pub async fn start_on(settings: &Admin, gateway: Gateway, inherited: Option<Owne
 async fn accept_loop(listener: TcpListener, state: AdminState, stop: CancellationToken) {
     loop {
         let (stream, _) = tokio::select! {
+            // Once stopped, never accept again (after an upgrade the socket
+            // lives on in the successor, which takes what comes).
+            biased;
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,

@@ -200,6 +200,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: T
     let connections = Arc::new(Connections::default());
     loop {
         let accepted = tokio::select! {
+            biased;
             _ = stop.cancelled() => break,
             // A successor accepts on the same socket from now on.
             _ = shared.retire.cancelled() => break,

@@ -209,6 +209,11 @@ pub async fn serve(
             };
             match handed {
                 Ok(successor) => {
+                    // The admin socket is the successor's now: stop taking
+                    // admin calls before saying the upgrade is done.
+                    if let Some(admin) = &admin {
+                        admin.stop();
+                    }
                     let message = format!(
                         "ok process {} serves; process {} drains {} open connection(s) for up to {:?}\n",
                         successor.pid,

@@ -165,11 +165,13 @@ impl Inheritance {
     /// reports until it exits, keeping `gateway`'s view of it current.
     pub fn ready(self, gateway: Gateway) -> anyhow::Result<()> {
         let mut stream = self.stream;
+        let predecessor = self.predecessor;
+        // Recorded first: once the old process hears `ready`, the admin API
+        // (this process's now) is asked about it.
+        gateway.set_predecessor(predecessor, None);
         stream.write_all(b"ready\n").context("telling the running process")?;
         stream.set_nonblocking(true)?;
         let stream = UnixStream::from_std(stream)?;
-        let predecessor = self.predecessor;
-        gateway.set_predecessor(predecessor, None);
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stream).lines();
             while let Ok(Some(line)) = lines.next_line().await {

@@ -283,8 +283,10 @@ async fn sigusr2_upgrades_again_and_a_failed_upgrade_leaves_the_process_serving(
     let good = config(backend.addr, echo.addr);
     let mut gw = GatewayProcess::start(&good);
     let old_pid = gw.pid();
-    let http = client(Proto::H1);
-    let admin = client(Proto::H1);
+    // A new client (so a new connection) for each request: a pooled
+    // connection to a retiring process may be closed just as it is reused,
+    // the usual HTTP/1.1 keep-alive race, which is not what this tests.
+    let fresh = || client(Proto::H1);
     let serving_pid = |processes: serde_json::Value| processes["this"]["pid"].as_u64().unwrap() as u32;
 
     // An invalid file: refused before anything starts.
@@ -311,8 +313,8 @@ async fn sigusr2_upgrades_again_and_a_failed_upgrade_leaves_the_process_serving(
         "{stderr}"
     );
     let _failed = started_pids(&gw).into_iter().map(Successor).collect::<Vec<_>>();
-    assert_eq!(get(&http, &gw.url("/still"), &[]).await.status, 200);
-    let processes = get(&admin, &gw.admin_url("/api/processes"), &[]).await.json();
+    assert_eq!(get(&fresh(), &gw.url("/still"), &[]).await.status, 200);
+    let processes = get(&fresh(), &gw.admin_url("/api/processes"), &[]).await.json();
     assert_eq!(serving_pid(processes), old_pid);
 
     // SIGUSR2 upgrades; the new process can be upgraded the same way again.
@@ -329,7 +331,7 @@ async fn sigusr2_upgrades_again_and_a_failed_upgrade_leaves_the_process_serving(
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(20);
         let next = loop {
-            let processes = get(&admin, &gw.admin_url("/api/processes"), &[]).await.json();
+            let processes = get(&fresh(), &gw.admin_url("/api/processes"), &[]).await.json();
             let pid = serving_pid(processes.clone());
             if pid != current && started_pids(&gw).len() > before {
                 assert_eq!(processes["previous"][0]["pid"], current, "{processes}");
@@ -344,11 +346,11 @@ async fn sigusr2_upgrades_again_and_a_failed_upgrade_leaves_the_process_serving(
         };
         chain.push(next);
         let _guard = Successor(next);
-        assert_eq!(get(&http, &gw.url("/after"), &[]).await.status, 200);
+        assert_eq!(get(&fresh(), &gw.url("/after"), &[]).await.status, 200);
         // The previous process had no long-lived connection: it exits.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let processes = get(&admin, &gw.admin_url("/api/processes"), &[]).await.json();
+            let processes = get(&fresh(), &gw.admin_url("/api/processes"), &[]).await.json();
             if processes["previous"][0]["state"] == "exited" {
                 break;
             }
