@@ -703,7 +703,13 @@ async fn put_config(state: &AdminState, req: Request<Incoming>) -> Response<Admi
     if config.admin.as_ref().map(|a| (a.listen, &a.token)) != running.admin.as_ref().map(|a| (a.listen, &a.token)) {
         tracing::warn!("admin API: changes to [admin] take effect on restart only");
     }
-    match state.gateway.put_config(config, expected).await {
+    // On a task of its own: a client that hangs up must not leave a
+    // configuration half applied (swapped in, listeners not yet started).
+    let gateway = state.gateway.clone();
+    let applied = tokio::spawn(async move { gateway.put_config(config, expected).await })
+        .await
+        .expect("applying a configuration does not panic");
+    match applied {
         Ok(version) => {
             tracing::info!(version, "admin API: configuration applied");
             let mut response = json_response(StatusCode::OK, &json!({"status": "applied", "version": version}));
@@ -765,7 +771,9 @@ fn parse_etag(value: &header::HeaderValue) -> Result<u64, ()> {
 fn restore_token(body: &Bytes, running: Option<&str>) -> Bytes {
     // Most documents carry no placeholder: no second parse for them (a
     // large configuration takes milliseconds to parse).
-    let placeholder = REDACTED.as_bytes();
+    // Searched without its angle brackets, which a JSON encoder may escape
+    // (Go writes `\u003c`).
+    let placeholder = b"redacted";
     if running.is_none() || !body.windows(placeholder.len()).any(|w| w == placeholder) {
         return body.clone();
     }

@@ -35,9 +35,12 @@ impl Kind {
     pub(crate) fn of(content_type: Option<&HeaderValue>) -> Option<Kind> {
         let value = content_type?.as_bytes();
         let starts = |prefix: &[u8]| value.len() >= prefix.len() && value[..prefix.len()].eq_ignore_ascii_case(prefix);
+        // gRPC proper (`application/grpc`, `+proto`, `;...`), not gRPC-Web,
+        // whose trailers travel in the body and an HTTP/1 client would lose.
+        let grpc = starts(b"application/grpc") && matches!(value.get(16), None | Some(b'+' | b';'));
         if starts(b"text/event-stream") {
             Some(Kind::Sse)
-        } else if starts(b"application/grpc") {
+        } else if grpc {
             Some(Kind::Grpc)
         } else {
             None

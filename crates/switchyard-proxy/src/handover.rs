@@ -122,10 +122,15 @@ impl Gateway {
         let shared = &self.shared;
         {
             // Held while retiring starts, so that no reload binds anew.
-            let _bound = shared.listeners.lock().await;
+            let mut bound = shared.listeners.lock().await;
             shared.draining.store(true, Ordering::SeqCst);
             shared.retiring.store(true, Ordering::SeqCst);
             shared.retire.cancel();
+            // This process's copies of the sockets go (the accept loops close
+            // theirs as they stop): a socket the successor did not take is
+            // then closed, refusing connections rather than queueing them.
+            // The listeners' stop tokens are not fired: connections go on.
+            bound.clear();
         }
         shared.tracker.close();
         let ended = tokio::time::timeout(deadline, shared.tracker.wait()).await.is_ok();

@@ -315,8 +315,10 @@ impl Gateway {
                 Some(handed) => handed.adopt(),
                 None => bind(address),
             };
+            // A second descriptor, kept to hand the socket to a successor.
+            let socket = socket.and_then(|socket| Ok((socket.duplicate()?, socket)));
             match socket {
-                Ok(socket) => fresh.push((name, address, socket)),
+                Ok((fd, socket)) => fresh.push((name, address, socket, fd)),
                 Err(error) => {
                     shared
                         .metrics
@@ -344,18 +346,11 @@ impl Gateway {
                 old.stop.cancel();
             }
         }
-        for (name, configured, socket) in fresh {
+        for (name, configured, socket, fd) in fresh {
             let local = socket.local_addr().unwrap_or(configured.address);
             // A child of the drain token: one token per connection to watch.
             let stop = shared.drain.child_token();
             let listener = Arc::from(name.as_str());
-            let fd = match socket.duplicate() {
-                Ok(fd) => fd,
-                Err(error) => {
-                    tracing::error!(listener = %name, %error, "cannot keep the socket for upgrades; not listening");
-                    continue;
-                }
-            };
             let task = match socket {
                 Socket::Tcp(socket) => tokio::spawn(accept_loop(shared.clone(), listener, socket, stop.clone())),
                 Socket::Udp(socket) => tokio::spawn(l4::udp::serve(shared.clone(), listener, socket, stop.clone())),

@@ -54,7 +54,7 @@ pub fn build_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> 
 async fn start(
     config: Config,
     inheritance: Option<Inheritance>,
-) -> anyhow::Result<(Gateway, Option<switchyard_admin::AdminServer>)> {
+) -> anyhow::Result<(Gateway, Option<switchyard_admin::AdminServer>, Option<Inheritance>)> {
     let admin_settings = config.admin.clone();
     let (gateway, inherited_admin, inheritance) = match inheritance {
         Some(mut inheritance) => {
@@ -81,10 +81,7 @@ async fn start(
         }
         None => None,
     };
-    if let Some(inheritance) = inheritance {
-        inheritance.ready(gateway.clone())?;
-    }
-    Ok((gateway, admin))
+    Ok((gateway, admin, inheritance))
 }
 
 /// How the serve loop ended.
@@ -109,13 +106,9 @@ pub async fn serve(
         None => (None, None),
     };
     let successor_of = inheritance.as_ref().map(|i| i.predecessor);
-    let (gateway, admin) = start(config, inheritance).await?;
-    if let Some(pid) = successor_of {
-        tracing::info!(
-            previous = pid,
-            "upgrade: serving on the sockets of the previous process"
-        );
-    }
+    let (gateway, mut admin, inheritance) = start(config, inheritance).await?;
+    // Everything that can fail comes before a predecessor is told this
+    // process serves: after that, it stops accepting.
     let pid_file = gateway.config().runtime.pid_file.clone();
     if let Some(file) = &pid_file {
         write_pid_file(file)?;
@@ -163,6 +156,13 @@ pub async fn serve(
     // Certificates and keys the configuration names: a change to one (say, a
     // renewal) reloads, so new connections get the new certificate.
     let (mut _material_watcher, mut material_changes) = watch_files(&material_files(&gateway.config()));
+    if let Some(inheritance) = inheritance {
+        inheritance.ready(gateway.clone())?;
+        tracing::info!(
+            previous = successor_of.unwrap_or_default(),
+            "upgrade: serving on the sockets of the previous process"
+        );
+    }
 
     let exit = loop {
         // An upgrade asked for, with where to answer (SIGUSR2: the log).
@@ -203,7 +203,20 @@ pub async fn serve(
                 (Some(socket), Some(relaunch)) => {
                     let config = gateway.config();
                     let admin = config.admin.as_ref().zip(admin.as_ref());
-                    upgrade::hand_over(socket, relaunch, &gateway, admin, config.runtime.upgrade_timeout).await
+                    let handing = upgrade::hand_over(socket, relaunch, &gateway, admin, config.runtime.upgrade_timeout);
+                    // A signal to stop abandons the upgrade (the new
+                    // process is stopped) and shuts down as usual.
+                    tokio::select! {
+                        handed = handing => handed,
+                        _ = terminate.recv() => {
+                            tracing::info!(signal = "SIGTERM", "upgrade abandoned; shutting down");
+                            break Exit::Shutdown;
+                        }
+                        _ = interrupt.recv() => {
+                            tracing::info!(signal = "SIGINT", "upgrade abandoned; shutting down");
+                            break Exit::Shutdown;
+                        }
+                    }
                 }
                 _ => Err(anyhow!("this process has no upgrade socket (see its start-up log)")),
             };
@@ -211,7 +224,9 @@ pub async fn serve(
                 Ok(successor) => {
                     // The admin socket is the successor's now: stop taking
                     // admin calls before saying the upgrade is done.
-                    if let Some(admin) = &admin {
+                    if let Some(admin) = admin.take() {
+                        // Its socket lives on in the successor; this
+                        // process lets go of its copy.
                         admin.stop();
                     }
                     let message = format!(
@@ -244,6 +259,7 @@ pub async fn serve(
     }
     drop(upgrade_socket);
 
+    let upgraded = matches!(exit, Exit::Upgraded(_));
     let clean = match exit {
         Exit::Shutdown => {
             let drain_timeout = gateway.config().runtime.drain_timeout;
@@ -256,27 +272,42 @@ pub async fn serve(
             }
         }
         Exit::Upgraded(successor) => {
-            if let Some(admin) = &admin {
-                admin.stop();
-            }
-            let deadline = gateway.config().runtime.upgrade_drain_timeout;
+            let config = gateway.config();
+            let deadline = config.runtime.upgrade_drain_timeout;
             tracing::info!(
                 successor = successor.pid,
                 open = gateway.open_connections(),
                 deadline = ?deadline,
                 "upgrade: the new process serves; this one stops accepting and drains"
             );
-            tokio::select! {
-                clean = successor.report_until(&gateway, gateway.retire(deadline)) => clean,
-                _ = terminate.recv() => { tracing::warn!("SIGTERM while retiring: exiting without waiting"); false }
-                _ = interrupt.recv() => { tracing::warn!("SIGINT while retiring: exiting without waiting"); false }
+            // A first SIGTERM/SIGINT shortens the drain to drain_timeout; a
+            // second ends it at once.
+            let retiring = successor.report_until(&gateway, gateway.retire(deadline));
+            tokio::pin!(retiring);
+            let shortened = tokio::select! {
+                clean = &mut retiring => Some(clean),
+                _ = terminate.recv() => None,
+                _ = interrupt.recv() => None,
+            };
+            match shortened {
+                Some(clean) => clean,
+                None => {
+                    tracing::info!(timeout = ?config.runtime.drain_timeout, "signal while retiring: draining for up to drain_timeout");
+                    tokio::select! {
+                        clean = &mut retiring => clean,
+                        _ = tokio::time::sleep(config.runtime.drain_timeout) => false,
+                        _ = terminate.recv() => { tracing::warn!("second signal: exiting without waiting"); false }
+                        _ = interrupt.recv() => { tracing::warn!("second signal: exiting without waiting"); false }
+                    }
+                }
             }
         }
     };
     if let Some(admin) = admin {
         admin.stop();
     }
-    if let Some(file) = &pid_file {
+    if let (Some(file), false) = (&pid_file, upgraded) {
+        // After an upgrade the file is the successor's.
         remove_pid_file(file);
     }
     if clean {
@@ -295,9 +326,12 @@ async fn next_request(socket: Option<&UpgradeSocket>) -> Request {
     }
 }
 
-/// Writes this process's id to `file` (a successor overwrites it).
+/// Writes this process's id to `file` (a successor overwrites it), in one
+/// step: a reader never sees a half-written file.
 fn write_pid_file(file: &Path) -> anyhow::Result<()> {
-    std::fs::write(file, format!("{}\n", std::process::id()))
+    let partial = file.with_extension(format!("{}.tmp", std::process::id()));
+    std::fs::write(&partial, format!("{}\n", std::process::id()))
+        .and_then(|()| std::fs::rename(&partial, file))
         .with_context(|| format!("writing the pid file {}", file.display()))
 }
 
@@ -324,7 +358,11 @@ async fn reload(gateway: &Gateway, path: &Path, trigger: &str, last_text: &mut O
         return;
     }
     *last_text = Some(text.clone());
-    let config = match switchyard_config::parse_toml(&text, &path.display().to_string()) {
+    // Off the thread that serves (with one worker, this one): a large file
+    // takes tens of milliseconds.
+    let name = path.display().to_string();
+    let parsed = tokio::task::spawn_blocking(move || switchyard_config::parse_toml(&text, &name)).await;
+    let config = match parsed.expect("parsing a configuration does not panic") {
         Ok(config) => config,
         Err(diagnostics) => {
             for d in diagnostics.iter() {

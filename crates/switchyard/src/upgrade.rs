@@ -78,9 +78,23 @@ pub struct Relaunch {
 }
 
 impl Relaunch {
+    /// The path this process was started by (not resolved through
+    /// symlinks, so that a deploy that switches a symlink upgrades to the
+    /// binary it now points to), and its arguments.
     pub fn capture() -> anyhow::Result<Relaunch> {
+        let invoked = std::env::args_os().next().map(PathBuf::from);
+        let exe = match invoked {
+            Some(path) if path.components().count() > 1 => match path.is_absolute() {
+                true => path,
+                false => std::env::current_dir()
+                    .context("reading the working directory")?
+                    .join(path),
+            },
+            // Found through PATH (or unknown): the kernel's answer.
+            _ => std::env::current_exe().context("finding this program's path")?,
+        };
         Ok(Relaunch {
-            exe: std::env::current_exe().context("finding this program's path")?,
+            exe,
             args: std::env::args_os().skip(1).collect(),
         })
     }
@@ -101,6 +115,7 @@ pub struct Inheritance {
 pub fn take_over(socket: &Path) -> anyhow::Result<Inheritance> {
     let mut stream = StdUnixStream::connect(socket)
         .with_context(|| format!("connecting to the upgrade socket {}", socket.display()))?;
+    same_user(&stream)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.write_all(b"takeover\n")?;
 
@@ -186,11 +201,34 @@ impl Inheritance {
     }
 }
 
+/// Refuses a socket whose other end runs as another user: a process that
+/// took the socket's path first could otherwise answer for switchyard.
+fn same_user(stream: &StdUnixStream) -> anyhow::Result<()> {
+    let peer = rustix::net::sockopt::socket_peercred(stream).context("reading the peer's credentials")?;
+    let ours = rustix::process::getuid();
+    if peer.uid != ours {
+        bail!(
+            "the process on the upgrade socket runs as user {}, not {}: refusing to talk to it",
+            peer.uid.as_raw(),
+            ours.as_raw()
+        );
+    }
+    Ok(())
+}
+
 /// The upgrade socket of a running process.
 #[derive(Debug)]
 pub struct UpgradeSocket {
     path: PathBuf,
-    listener: UnixListener,
+    /// Requests read by the socket's accept task (see [`UpgradeSocket::next`]).
+    requests: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Request>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for UpgradeSocket {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
 }
 
 /// What came in on the upgrade socket.
@@ -206,7 +244,16 @@ impl UpgradeSocket {
     /// replaced; one that a live process answers on is not (that process
     /// keeps it, and this one runs without upgrades: `Ok(None)`).
     pub fn bind(path: &Path, replace_live: bool) -> anyhow::Result<Option<UpgradeSocket>> {
-        if path.exists() {
+        if let Ok(found) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            // Only ever replace a socket of this user's (never a symlink or
+            // another user's file planted at a predictable path).
+            if !found.file_type().is_socket() || found.uid() != rustix::process::getuid().as_raw() {
+                bail!(
+                    "{} exists and is not a socket of this user's: not replacing it",
+                    path.display()
+                );
+            }
             if !replace_live && StdUnixStream::connect(path).is_ok() {
                 return Ok(None);
             }
@@ -216,9 +263,11 @@ impl UpgradeSocket {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("restricting {}", path.display()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
         Ok(Some(UpgradeSocket {
             path: path.to_path_buf(),
-            listener,
+            requests: tokio::sync::Mutex::new(rx),
+            accepting: tokio::spawn(accept(listener, tx)),
         }))
     }
 
@@ -226,20 +275,34 @@ impl UpgradeSocket {
         &self.path
     }
 
-    /// The next request from a process of this user. Others are answered
-    /// with an error and skipped.
+    /// The next request from a process of this user. Cancel-safe: a
+    /// request is never lost because its caller stopped waiting.
     pub async fn next(&self) -> Request {
-        loop {
-            let Ok((mut stream, _)) = self.listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
+        match self.requests.lock().await.recv().await {
+            Some(request) => request,
+            // The accept task ended (it never does on its own).
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Accepts on the upgrade socket, each connection read on a task of its own
+/// (a slow client holds up nobody), and hands the requests on. Connections
+/// from other users are answered with an error.
+async fn accept(listener: UnixListener, requests: tokio::sync::mpsc::Sender<Request>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let requests = requests.clone();
+        tokio::spawn(async move {
             let credentials = stream.peer_cred().ok();
             if credentials.is_none_or(|c| c.uid() != rustix::process::getuid().as_raw()) {
                 let _ = stream
                     .write_all(b"error only the user running switchyard may upgrade it\n")
                     .await;
-                continue;
+                return;
             }
             let pid = credentials
                 .and_then(|c| c.pid())
@@ -247,16 +310,18 @@ impl UpgradeSocket {
             let mut line = String::new();
             let mut reader = tokio::io::BufReader::new(&mut stream);
             let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
-            match (read, line.trim()) {
-                (Ok(Ok(_)), "upgrade") => return Request::Upgrade { reply: stream },
-                (Ok(Ok(_)), "takeover") => return Request::TakeOver { stream, pid },
+            let request = match (read, line.trim()) {
+                (Ok(Ok(_)), "upgrade") => Request::Upgrade { reply: stream },
+                (Ok(Ok(_)), "takeover") => Request::TakeOver { stream, pid },
                 (Ok(Ok(_)), other) => {
                     let answer = format!("error unknown request {other:?}; expected \"upgrade\"\n");
                     let _ = stream.write_all(answer.as_bytes()).await;
+                    return;
                 }
-                _ => {}
-            }
-        }
+                _ => return,
+            };
+            let _ = requests.send(request).await;
+        });
     }
 }
 
@@ -282,6 +347,9 @@ pub async fn hand_over(
         .args(&relaunch.args)
         .env(FROM_ENV, socket.path())
         .stdin(std::process::Stdio::null())
+        // Killed if the upgrade is abandoned (this future dropped on
+        // SIGTERM); kept, below, once it serves.
+        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", relaunch.exe.display()))?;
     let child_pid = child.id().ok_or_else(|| anyhow!("the new process exited at once"))?;
@@ -311,14 +379,28 @@ pub async fn hand_over(
     })
     .await;
     let failure = match outcome {
-        Ok(Ok(stream)) => return Ok(Successor { pid: child_pid, stream }),
+        Ok(Ok(stream)) => {
+            // It serves: it must outlive this process, not be killed when
+            // the handle goes (it is reparented when this process exits).
+            std::mem::forget(child);
+            return Ok(Successor { pid: child_pid, stream });
+        }
         Ok(Err(error)) => error,
         Err(_) => anyhow!("the new process did not take over within {timeout:?}"),
     };
     if child.try_wait().ok().flatten().is_none() {
-        // Ours, started just now and not serving: stop it.
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        // Ours, started just now: it may already have accepted connections
+        // on the shared sockets, so it is asked to drain (SIGTERM) first.
+        if let Some(pid) = rustix::process::Pid::from_raw(child_pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
     }
     Err(failure)
 }
@@ -437,6 +519,7 @@ pub fn request(socket: &Path, wait: Duration) -> anyhow::Result<String> {
             socket.display()
         )
     })?;
+    same_user(&stream)?;
     stream.set_read_timeout(Some(wait))?;
     stream.write_all(b"upgrade\n")?;
     let mut answer = String::new();

@@ -66,7 +66,12 @@ struct Successor(u32);
 
 impl Drop for Successor {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-s", "KILL", &self.0.to_string()]).status();
+        // Only while the pid is still a switchyard of ours (not reused).
+        let ours = std::fs::read(format!("/proc/{}/cmdline", self.0))
+            .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("switchyard"));
+        if ours {
+            let _ = Command::new("kill").args(["-s", "KILL", &self.0.to_string()]).status();
+        }
     }
 }
 
@@ -181,7 +186,11 @@ async fn a_load_loop_through_an_upgrade_sees_no_refused_connection_and_no_failed
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
 
     // Let the load run on the old process, then upgrade under it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tally.ok.load(Ordering::Relaxed) < 200 {
+        assert!(Instant::now() < deadline, "the load does not run");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let before = tally.ok.load(Ordering::Relaxed);
     let output = upgrade(&gw);
     assert!(
@@ -212,11 +221,16 @@ async fn a_load_loop_through_an_upgrade_sees_no_refused_connection_and_no_failed
         gw.wait_exit(Duration::from_millis(10)).await.is_none(),
         "the old process left its WebSocket"
     );
-    let reported = get(&admin, &gw.admin_url("/api/processes"), &[]).await.json();
-    assert!(
-        reported["previous"][0]["open_connections"].as_u64() >= Some(1),
-        "the old process reports its WebSocket: {reported}"
-    );
+    // It reports its WebSocket (once a second) to the new process.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reported = get(&admin, &gw.admin_url("/api/processes"), &[]).await.json();
+        if reported["previous"][0]["open_connections"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no report of the WebSocket: {reported}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // More load on the new process alone, then stop.
     let after_upgrade = tally.ok.load(Ordering::Relaxed);
@@ -312,7 +326,6 @@ async fn sigusr2_upgrades_again_and_a_failed_upgrade_leaves_the_process_serving(
         stderr.contains("upgrade failed") && stderr.contains("exited"),
         "{stderr}"
     );
-    let _failed = started_pids(&gw).into_iter().map(Successor).collect::<Vec<_>>();
     assert_eq!(get(&fresh(), &gw.url("/still"), &[]).await.status, 200);
     let processes = get(&fresh(), &gw.admin_url("/api/processes"), &[]).await.json();
     assert_eq!(serving_pid(processes), old_pid);
