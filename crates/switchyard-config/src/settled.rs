@@ -144,7 +144,8 @@ pub struct Runtime {
 }
 
 /// The upgrade socket of a gateway run with the configuration file `file`:
-/// `runtime.upgrade_socket` when set, else one in the temporary directory
+/// `runtime.upgrade_socket` when set, else one in `$XDG_RUNTIME_DIR` (a
+/// directory of the user's own) or, without it, the temporary directory,
 /// named after the file's canonical path (FNV-1a, stable across versions, so
 /// that an old and a new binary find the same socket).
 pub fn upgrade_socket_for(runtime: &Runtime, file: &std::path::Path) -> std::path::PathBuf {
@@ -157,7 +158,11 @@ pub fn upgrade_socket_for(runtime: &Runtime, file: &std::path::Path) -> std::pat
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    std::env::temp_dir().join(format!("switchyard-{hash:016x}.sock"))
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .unwrap_or_else(std::env::temp_dir);
+    dir.join(format!("switchyard-{hash:016x}.sock"))
 }
 
 /// The admin API listener.
