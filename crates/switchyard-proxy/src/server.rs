@@ -389,10 +389,13 @@ async fn drive<IO>(
             }
             _ = &mut idle, if !draining => {
                 let now_seen = activity.load(Ordering::Relaxed);
-                if now_seen == last_seen {
+                // Retiring, a connection found to speak HTTP/2 only after
+                // the retirement began (no request before it) gets its GOAWAY.
+                let late_http2 = retiring && http2.load(Ordering::Relaxed);
+                if now_seen == last_seen || late_http2 {
                     // No byte either way for a whole idle period: close politely
                     // (in-flight exchanges still finish).
-                    tracing::debug!(%peer, "closing idle connection");
+                    tracing::debug!(%peer, late_http2, "closing idle or retiring connection");
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 } else {
