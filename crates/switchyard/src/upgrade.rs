@@ -32,7 +32,7 @@ use rustix::net::{
 use serde::{Deserialize, Serialize};
 use switchyard_proxy::handover::PassedSocket;
 use switchyard_proxy::Gateway;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 /// Names the upgrade socket in a successor's environment.
@@ -495,10 +495,22 @@ impl Successor {
     pub async fn report_until(mut self, gateway: &Gateway, done: impl std::future::Future<Output = bool>) -> bool {
         tokio::pin!(done);
         let mut tick = tokio::time::interval(REPORT_EVERY);
+        let mut successor_alive = true;
+        let mut scratch = [0u8; 64];
         loop {
             tokio::select! {
                 ended = &mut done => return ended,
-                _ = tick.tick() => {
+                // The successor keeps its end open for as long as it runs.
+                read = self.stream.read(&mut scratch), if successor_alive => {
+                    if matches!(read, Ok(0) | Err(_)) {
+                        successor_alive = false;
+                        tracing::error!(
+                            successor = self.pid,
+                            "the new process has exited while this one retires: nothing accepts new connections now; start switchyard again"
+                        );
+                    }
+                }
+                _ = tick.tick(), if successor_alive => {
                     let report = Report { connections: gateway.open_connections() };
                     let mut line = serde_json::to_vec(&report).expect("a report serialises");
                     line.push(b'\n');
