@@ -268,7 +268,7 @@ impl Metrics {
             l4_connections: counter(
                 &r,
                 "switchyard_l4_connections_total",
-                "tcp listener connections by result (proxied; no_endpoint; connect_failed: one per endpoint attempt; rejected: ip_filter, SNI or PROXY header; drained: closed a grace period after a reload stopped the listener sending connections to their cluster).",
+                "tcp listener connections by result (proxied; no_endpoint; connect_failed: one per endpoint attempt; rejected: ip_filter, SNI or PROXY header; drained: a tcp connection or udp session closed a grace period after a reload stopped the listener sending to its cluster or endpoint).",
                 &["listener", "result"],
             ),
             l4_bytes: counter(

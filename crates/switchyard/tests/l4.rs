@@ -551,3 +551,60 @@ endpoints = [{}]
         assert_eq!(answer.as_deref(), Some("alive anyone?"));
     }
 }
+
+/// A reload that takes a UDP session's endpoint out of the listener's
+/// cluster lets the session go on for `removed_route_grace`; then it ends,
+/// counted, and the client's next datagram opens a session on the new
+/// configuration.
+#[tokio::test]
+async fn a_udp_session_keeps_its_endpoint_through_a_reload_for_the_grace_period() {
+    let a = udp_echo("a").await;
+    let b = udp_echo("b").await;
+    let config = |endpoint: SocketAddr| {
+        format!(
+            "[runtime]\nremoved_route_grace = \"4s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[listeners]]\nname = \"udp\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"udp\"\ncluster = \"echo\"\nidle_timeout = \"60s\"\n\n\
+             [[clusters]]\nname = \"echo\"\nendpoints = [{}]\n",
+            endpoints(&[endpoint])
+        )
+    };
+    let gw = GatewayProcess::start(&config(a));
+    let addr = gw.listeners["udp"];
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let reply = ask(&socket, addr, b"before", PATIENCE).await.expect("a reply");
+    assert_eq!(reply, b"a before");
+
+    gw.rewrite_config(&config(b));
+    gw.signal("HUP");
+    assert!(
+        gw.wait_log(PATIENCE, |v| support::gateway::has_message(v, "configuration reloaded"))
+            .await
+    );
+    // A second after the reload (several sweeps of the session table, well
+    // inside the grace period) the session still goes to `a`...
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reply = ask(&socket, addr, b"during", PATIENCE).await.expect("a reply");
+    assert_eq!(reply, b"a during", "the session kept its endpoint");
+    // ... and once the grace period is over, to `b` (asked every 200 ms,
+    // for at most 15 s).
+    let mut moved = false;
+    for _ in 0..75 {
+        if let Some(reply) = ask(&socket, addr, b"after", Duration::from_millis(200)).await {
+            if reply == b"b after" {
+                moved = true;
+                break;
+            }
+            assert_eq!(reply, b"a after");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(moved, "the session never moved to the new endpoint");
+    let scrape = get(&client(Proto::H1), &gw.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"switchyard_l4_connections_total{listener="udp",result="drained"}"#
+        ),
+        1.0
+    );
+}

@@ -50,6 +50,10 @@ struct Session {
     relay: Option<JoinHandle<()>>,
     cluster: Arc<ClusterRuntime>,
     endpoint: Arc<EndpointState>,
+    /// Milliseconds since the listener started, when a reload was first seen
+    /// to take the endpoint out of the listener's cluster: the session goes
+    /// on for `runtime.removed_route_grace` from then.
+    orphaned: Option<u64>,
 }
 
 impl Drop for Session {
@@ -61,15 +65,19 @@ impl Drop for Session {
 }
 
 impl Session {
-    /// Whether the session may go on with its endpoint: not refused, still
-    /// usable, and still in the cluster the listener forwards to now.
-    fn usable(&self, snapshot: &Snapshot, cluster: Option<&str>) -> bool {
-        if self.refused.load(Ordering::Relaxed) {
+    /// Whether the session may go on with its endpoint at `now`: not
+    /// refused, still usable, and still in the cluster the listener forwards
+    /// to, or out of it (a reload) for less than `grace`.
+    fn usable(&mut self, snapshot: &Snapshot, cluster: Option<&str>, now: u64, grace: u64) -> bool {
+        if self.refused.load(Ordering::Relaxed) || !self.endpoint.is_available() {
             return false;
         }
         let current = cluster.and_then(|name| snapshot.clusters.get(name));
-        self.endpoint.is_available()
-            && current.is_some_and(|c| c.endpoints.iter().any(|e| Arc::ptr_eq(e, &self.endpoint)))
+        if current.is_some_and(|c| c.endpoints.iter().any(|e| Arc::ptr_eq(e, &self.endpoint))) {
+            self.orphaned = None;
+            return true;
+        }
+        now.saturating_sub(*self.orphaned.get_or_insert(now)) < grace
     }
 }
 
@@ -98,12 +106,17 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, socket: UdpSo
                 let idle = runtime.config.idle_timeout.as_millis() as u64;
                 let now = millis(started);
                 let cluster = runtime.config.cluster.as_deref();
+                let grace = snapshot.config.runtime.removed_route_grace.as_millis() as u64;
                 let before = sessions.len();
-                sessions.retain(|_, s| {
+                sessions.retain(|client, s| {
                     let keep = now.saturating_sub(s.last_active.load(Ordering::Relaxed)) < idle
-                        && s.usable(&snapshot, cluster);
+                        && s.usable(&snapshot, cluster, now, grace);
                     if !keep && s.refused.load(Ordering::Relaxed) {
                         record_outcome(&s.cluster, &s.endpoint, Some(Failure::Connect));
+                    }
+                    if !keep && s.orphaned.is_some_and(|at| now.saturating_sub(at) >= grace) {
+                        runtime.metrics.l4.drained.inc();
+                        tracing::info!(%listener, %client, endpoint = s.endpoint.address(), "udp session closed: a reload took its endpoint out of the listener's cluster and the grace period ran out");
                     }
                     keep
                 });
@@ -207,6 +220,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, socket: UdpSo
                 relay: Some(relay),
                 cluster: cluster.clone(),
                 endpoint,
+                orphaned: None,
             },
         );
     }
