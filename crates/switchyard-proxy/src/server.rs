@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::{handle, ConnectionInfo, TlsInfo};
 use crate::proxy_protocol;
-use crate::snapshot::ListenerRuntime;
 use crate::Shared;
 
 /// Where a listener listens: an address and a transport. A listener whose
@@ -289,41 +288,57 @@ async fn serve_connection(
         }
     }
     let trusted = runtime.trusts(peer.ip());
-    match &runtime.tls {
+    // What the connection needs from its listener's settings, taken out: an
+    // open connection must not keep a whole configuration generation (all
+    // its routes) alive through later reloads.
+    let serving = Serving {
+        http: runtime.http.clone(),
+        idle_timeout: runtime.config.idle_timeout,
+    };
+    let handshake_timeout = runtime.config.header_read_timeout;
+    let (tls, metrics) = (runtime.tls.clone(), runtime.metrics.clone());
+    drop(snapshot);
+    match tls {
         None => {
             let info = ConnectionInfo::new(peer, listener, trusted).with_tasks(shared.tracker.clone(), guard);
-            drive(shared.clone(), runtime, info, stream, peer, closing).await;
+            drive(shared.clone(), serving, info, stream, peer, closing).await;
         }
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(runtime.config.header_read_timeout, acceptor.accept(stream)).await;
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
             let stream = match handshake {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
                     tracing::debug!(%error, %peer, "TLS handshake failed");
-                    runtime.metrics.tls_failed.inc();
+                    metrics.tls_failed.inc();
                     return;
                 }
                 Err(_) => {
                     tracing::debug!(%peer, "TLS handshake timed out");
-                    runtime.metrics.tls_failed.inc();
+                    metrics.tls_failed.inc();
                     return;
                 }
             };
-            runtime.metrics.tls_ok.inc();
+            metrics.tls_ok.inc();
             let (_, session) = stream.get_ref();
             let tls = TlsInfo::of(session);
             let info = ConnectionInfo::new(peer, listener, trusted)
                 .with_tls(tls)
                 .with_tasks(shared.tracker.clone(), guard);
-            drive(shared.clone(), runtime, info, stream, peer, closing).await;
+            drive(shared.clone(), serving, info, stream, peer, closing).await;
         }
     }
+}
+
+/// A listener's settings an HTTP connection is served with.
+struct Serving {
+    http: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    idle_timeout: Duration,
 }
 
 /// Serves HTTP on an accepted (and, for https, decrypted) connection.
 async fn drive<IO>(
     shared: Arc<Shared>,
-    runtime: &ListenerRuntime,
+    serving: Serving,
     info: ConnectionInfo,
     stream: IO,
     peer: SocketAddr,
@@ -331,7 +346,7 @@ async fn drive<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let idle_timeout = runtime.config.idle_timeout;
+    let idle_timeout = serving.idle_timeout;
     let info = Arc::new(info);
     let activity = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(ActivityIo {
@@ -351,7 +366,7 @@ async fn drive<IO>(
             handle(shared.clone(), info.clone(), req)
         })
     };
-    let conn = runtime.http.serve_connection_with_upgrades(io, service);
+    let conn = serving.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
 
     let mut idle_timeout = idle_timeout;

@@ -63,7 +63,7 @@ pub struct ListenerRuntime {
     pub ip_filter: Option<IpFilter>,
     pub router: Router<RouteEntry>,
     /// The hyper connection builder with this listener's limits and timeouts.
-    pub http: auto::Builder<TokioExecutor>,
+    pub http: Arc<auto::Builder<TokioExecutor>>,
     /// `tcp` listeners: by cluster, cancelled a grace period after a reload
     /// stops this listener sending connections there (the listener removed,
     /// or its cluster or SNI routes changed); open connections then close.
@@ -823,7 +823,7 @@ impl Registry {
                         .map(tokio_rustls::TlsAcceptor::from),
                     ip_filter: listener.ip_filter.as_ref().map(ip_filter),
                     router: Router::new(entries),
-                    http: http_builder(listener),
+                    http: Arc::new(http_builder(listener)),
                     drains: self
                         .l4_drains
                         .iter()
