@@ -109,33 +109,6 @@ pub async fn serve(
     let (gateway, mut admin, inheritance) = start(config, inheritance).await?;
     // Everything that can fail comes before a predecessor is told this
     // process serves: after that, it stops accepting.
-    let pid_file = gateway.config().runtime.pid_file.clone();
-    if let Some(file) = &pid_file {
-        write_pid_file(file)?;
-    }
-    // The upgrade socket: taken over from a predecessor (whose file it is
-    // still), or fresh.
-    let upgrade_socket = match (&relaunch, &path) {
-        (Some(_), Some(path)) => {
-            let socket = switchyard_config::upgrade_socket_for(&gateway.config().runtime, path);
-            match UpgradeSocket::bind(&socket, successor_of.is_some()) {
-                Ok(Some(socket)) => Some(socket),
-                Ok(None) => {
-                    tracing::warn!(socket = %socket.display(), "another running switchyard has this upgrade socket: this process cannot be upgraded");
-                    None
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        error = format!("{error:#}"),
-                        "no upgrade socket: this process cannot be upgraded"
-                    );
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
-
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -163,6 +136,41 @@ pub async fn serve(
             "upgrade: serving on the sockets of the previous process"
         );
     }
+    // Only now, once this process serves, does it take the upgrade socket's
+    // path and the pid file: a successor that fails before `ready` leaves
+    // both to the process that goes on serving.
+    let pid_file = gateway.config().runtime.pid_file.clone();
+    if let Some(file) = &pid_file {
+        match (write_pid_file(file), successor_of) {
+            (Ok(()), _) => {}
+            // Serving already, and the predecessor is on its way out: say
+            // so rather than stop.
+            (Err(error), Some(_)) => tracing::error!(error = format!("{error:#}"), "pid file not written"),
+            (Err(error), None) => return Err(error),
+        }
+    }
+    // The upgrade socket: taken over from a predecessor (whose file it is
+    // still), or fresh.
+    let upgrade_socket = match (&relaunch, &path) {
+        (Some(_), Some(path)) => {
+            let socket = switchyard_config::upgrade_socket_for(&gateway.config().runtime, path);
+            match UpgradeSocket::bind(&socket, successor_of.is_some()) {
+                Ok(Some(socket)) => Some(socket),
+                Ok(None) => {
+                    tracing::warn!(socket = %socket.display(), "another running switchyard has this upgrade socket: this process cannot be upgraded");
+                    None
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "no upgrade socket: this process cannot be upgraded"
+                    );
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
 
     let exit = loop {
         // An upgrade asked for, with where to answer (SIGUSR2: the log).
