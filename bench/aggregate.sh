@@ -20,12 +20,8 @@
 set -u
 cd "$(dirname "$0")/.."
 DELAY=${DELAY:-0}; ROUNDS=${ROUNDS:-3}; SECS=${SECS:-10}; CONNS=${CONNS:-32}; WORKERS=${WORKERS:-1}
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } \
-  || { echo "could not install wrk" >&2; exit 1; }
-cargo build --release -p switchyard --examples --bin switchyard >&2 || exit 1
-BIN=target/release
-
 . bench/lib.sh
+release_with_wrk
 
 for s in profile orders offers; do
   $BIN/examples/json_backend $s "$DELAY" >"$D/$s.addr" & PIDS+=($!)

@@ -15,3 +15,11 @@ wait_port() { for i in $(seq 1 400); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/n
 wait_line() { for i in $(seq 1 200); do [ -s "$1" ] && return 0; sleep 0.05; done; return 1; }
 # The median of the numbers on standard input, one a line.
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# Installs wrk when missing (apt-get) and builds Switchyard and its examples
+# in release; sets BIN to where they are.
+release_with_wrk() {
+  command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } \
+    || { echo "could not install wrk" >&2; exit 1; }
+  cargo build --release -p switchyard --examples --bin switchyard >&2 || exit 1
+  BIN=$PWD/target/release
+}

@@ -13,12 +13,8 @@
 set -u
 cd "$(dirname "$0")/.."
 SECS=${SECS:-12}; UPGRADES=${UPGRADES:-4}; CONNS=${CONNS:-32}
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } \
-  || { echo "could not install wrk" >&2; exit 1; }
-cargo build --release -p switchyard --examples --bin switchyard >&2 || exit 1
-BIN=$PWD/target/release
-
 . bench/lib.sh
+release_with_wrk
 
 $BIN/examples/json_backend upstream >"$D/up.addr" & PIDS+=($!)
 wait_line "$D/up.addr" || exit 1

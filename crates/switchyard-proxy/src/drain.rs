@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use prometheus::IntCounter;
@@ -105,15 +105,10 @@ impl Body for Draining {
         tracing::info!(route = %this.route, kind, "stream ended: its route was removed and the grace period ran out");
         match this.kind {
             Kind::Sse => Poll::Ready(None),
-            Kind::Grpc => {
-                let mut trailers = HeaderMap::new();
-                trailers.insert("grpc-status", HeaderValue::from_static("14"));
-                trailers.insert(
-                    "grpc-message",
-                    HeaderValue::from_static("the route was removed by a configuration reload"),
-                );
-                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-            }
+            Kind::Grpc => Poll::Ready(Some(Ok(Frame::trailers(crate::grpc::status_trailers(
+                crate::grpc::UNAVAILABLE,
+                "the route was removed by a configuration reload",
+            ))))),
         }
     }
 

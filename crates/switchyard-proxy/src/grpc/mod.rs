@@ -54,7 +54,7 @@ const ABORTED: u8 = 10;
 const OUT_OF_RANGE: u8 = 11;
 const UNIMPLEMENTED: u8 = 12;
 const INTERNAL: u8 = 13;
-const UNAVAILABLE: u8 = 14;
+pub(crate) const UNAVAILABLE: u8 = 14;
 const UNAUTHENTICATED: u8 = 16;
 
 /// The content type of a gRPC call, if the request is one (`application/grpc`
@@ -153,6 +153,14 @@ pub fn error_response(
     response
 }
 
+/// Trailers that end a call with status `code` and `message` (printable ASCII).
+pub(crate) fn status_trailers(code: u8, message: &'static str) -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert(GRPC_STATUS.clone(), HeaderValue::from(u16::from(code)));
+    trailers.insert(GRPC_MESSAGE.clone(), HeaderValue::from_static(message));
+    trailers
+}
+
 /// `grpc-message` is percent-encoded UTF-8: printable ASCII but `%` as is.
 fn percent_encode(message: &str) -> HeaderValue {
     let mut out = String::with_capacity(message.len());
@@ -195,12 +203,7 @@ impl<B: Body<Data = Bytes, Error = BodyError>> Body for DeadlineTrailers<B> {
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Err(error))) if error.is_deadline() => {
                 *this.done = true;
-                let mut trailers = HeaderMap::new();
-                trailers.insert(GRPC_STATUS.clone(), HeaderValue::from(u16::from(DEADLINE_EXCEEDED)));
-                trailers.insert(
-                    GRPC_MESSAGE.clone(),
-                    HeaderValue::from_static("deadline exceeded at the gateway"),
-                );
+                let trailers = status_trailers(DEADLINE_EXCEEDED, "deadline exceeded at the gateway");
                 Poll::Ready(Some(Ok(Frame::trailers(trailers))))
             }
             other => other,
