@@ -123,14 +123,16 @@ impl Gateway {
         {
             // Held while retiring starts, so that no reload binds anew.
             let mut bound = shared.listeners.lock().await;
+            // Set before the listeners stop: their connections read it to
+            // retire rather than drain.
             shared.draining.store(true, Ordering::SeqCst);
             shared.retiring.store(true, Ordering::SeqCst);
-            shared.retire.cancel();
-            // This process's copies of the sockets go (the accept loops close
-            // theirs as they stop): a socket the successor did not take is
-            // then closed, refusing connections rather than queueing them.
-            // The listeners' stop tokens are not fired: connections go on.
-            bound.clear();
+            // The accept loops stop and close their sockets, and this
+            // process's copies go too: a socket the successor did not take
+            // is then closed, refusing connections rather than queueing them.
+            for (_, listener) in bound.drain() {
+                listener.stop.cancel();
+            }
         }
         shared.tracker.close();
         let ended = tokio::time::timeout(deadline, shared.tracker.wait()).await.is_ok();

@@ -77,10 +77,9 @@ pub struct Shared {
     /// Fires when the gateway starts draining.
     pub(crate) drain: CancellationToken,
     draining: AtomicBool,
-    /// Fires when a successor process took the listening sockets over: stop
-    /// accepting, let open connections finish (see [`Gateway::retire`]).
-    pub(crate) retire: CancellationToken,
-    /// Set with `retire`; HTTP/1 responses then close their connection.
+    /// Set when a successor process took the listening sockets over (see
+    /// [`Gateway::retire`]), before the listeners stop: their connections
+    /// then retire rather than drain, and HTTP/1 responses close theirs.
     pub(crate) retiring: AtomicBool,
     /// Sockets a predecessor handed over, until listeners claim them.
     inherited: Mutex<Inherited>,
@@ -214,7 +213,6 @@ impl Gateway {
             tracker: TaskTracker::new(),
             drain: CancellationToken::new(),
             draining: AtomicBool::new(false),
-            retire: CancellationToken::new(),
             retiring: AtomicBool::new(false),
             inherited: Mutex::new(inherited),
             predecessor: Mutex::new(None),

@@ -201,8 +201,6 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: T
         let accepted = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            // A successor accepts on the same socket from now on.
-            _ = shared.retire.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -356,7 +354,7 @@ async fn drive<IO>(
     // Whether the client speaks HTTP/2 here: a retiring process closes
     // those at once (GOAWAY tells the client what was not served).
     let http2 = Arc::new(AtomicBool::new(false));
-    let retire = shared.retire.clone();
+    let gateway = shared.clone();
     let service = {
         let http2 = http2.clone();
         service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -383,16 +381,16 @@ async fn drive<IO>(
                 }
                 break;
             }
-            _ = closing.cancelled(), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = retire.cancelled(), if !draining && !retiring => {
-                retiring = true;
-                if http2.load(Ordering::Relaxed) {
+            // The listener stops: a drain or a reload closes the connection
+            // politely; a retirement after an upgrade (the successor took the
+            // socket) closes HTTP/2 at once and HTTP/1 as described below.
+            _ = closing.cancelled(), if !draining && !retiring => {
+                let retirement = gateway.retiring.load(Ordering::Relaxed);
+                if !retirement || http2.load(Ordering::Relaxed) {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 } else {
+                    retiring = true;
                     // Closing an idle HTTP/1 connection now would race a
                     // request the client may be sending: its next response
                     // says `Connection: close` instead (see `handle`), and

@@ -95,11 +95,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Arc<str>, socket: UdpSo
     let mut retired = false;
     loop {
         let (n, client) = tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = shared.retire.cancelled(), if !retired => {
+            _ = stop.cancelled(), if !retired => {
+                if !shared.retiring.load(Ordering::Relaxed) {
+                    break;
+                }
                 retired = true;
                 continue;
             }
+            _ = shared.drain.cancelled(), if retired => break,
             _ = sweep.tick() => {
                 let snapshot = shared.snapshot.load();
                 let Some(runtime) = snapshot.listeners.get(&*listener) else { continue };
