@@ -18,10 +18,11 @@ use bytes::Bytes;
 use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use prometheus::IntCounter;
+use switchyard_config::Route;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::body::{BodyError, ProxyBody};
+use crate::metrics::RouteMetrics;
 
 /// What kind of long-lived response a body is, by its content type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +57,9 @@ pin_project! {
         #[pin]
         drain: WaitForCancellationFutureOwned,
         kind: Kind,
-        route: Arc<str>,
-        counter: IntCounter,
+        // The route's settings and metric handles, shared (no copy per response).
+        route: Arc<Route>,
+        metrics: Arc<RouteMetrics>,
         done: bool,
     }
 }
@@ -67,15 +69,15 @@ impl Draining {
         inner: ProxyBody,
         drain: tokio_util::sync::CancellationToken,
         kind: Kind,
-        route: Arc<str>,
-        counter: IntCounter,
+        route: Arc<Route>,
+        metrics: Arc<RouteMetrics>,
     ) -> Self {
         Self {
             inner,
             drain: drain.cancelled_owned(),
             kind,
             route,
-            counter,
+            metrics,
             done: false,
         }
     }
@@ -97,12 +99,15 @@ impl Body for Draining {
             return Poll::Pending;
         }
         *this.done = true;
-        this.counter.inc();
+        match this.kind {
+            Kind::Sse => this.metrics.drained_sse.inc(),
+            Kind::Grpc => this.metrics.drained_grpc.inc(),
+        }
         let kind = match this.kind {
             Kind::Sse => "event stream",
             Kind::Grpc => "gRPC response",
         };
-        tracing::info!(route = %this.route, kind, "stream ended: its route was removed and the grace period ran out");
+        tracing::info!(route = %this.route.name, kind, "stream ended: its route was removed and the grace period ran out");
         match this.kind {
             Kind::Sse => Poll::Ready(None),
             Kind::Grpc => Poll::Ready(Some(Ok(Frame::trailers(crate::grpc::status_trailers(

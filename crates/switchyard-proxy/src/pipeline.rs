@@ -522,15 +522,14 @@ fn drain_on_removal(entry: &RouteEntry, response: Response<ProxyBody>) -> Respon
     let Some(kind) = crate::drain::Kind::of(response.headers().get(header::CONTENT_TYPE)) else {
         return response;
     };
-    let counter = match kind {
-        crate::drain::Kind::Sse => entry.metrics.drained_sse.clone(),
-        crate::drain::Kind::Grpc => entry.metrics.drained_grpc.clone(),
-    };
-    let route: Arc<str> = Arc::from(entry.route.name.as_str());
-    let drain = entry.drain.clone();
+    // Nothing left to drain: an empty body, or a trailers-only gRPC answer.
+    if http_body::Body::is_end_stream(response.body()) || response.headers().contains_key(&crate::grpc::GRPC_STATUS) {
+        return response;
+    }
+    let (drain, route, metrics) = (entry.drain.clone(), entry.route.clone(), entry.metrics.clone());
     response.map(|body| {
         ProxyBody::translated(body, |body| {
-            crate::drain::Draining::new(body, drain, kind, route, counter)
+            crate::drain::Draining::new(body, drain, kind, route, metrics)
         })
     })
 }
