@@ -384,20 +384,27 @@ fn describe(part: &TemplatePart) -> String {
     }
 }
 
+/// The name a call of an aggregate route counts under in metrics and logs.
+pub(crate) fn call_route_name(route: &str, call: &str) -> String {
+    format!("{route}.{call}")
+}
+
 /// The route entries of an aggregate's calls: each a forwarding route to
 /// its cluster, with the call's timeout and retries, counted in metrics
-/// as `{route}.{call}`.
+/// as `{route}.{call}` (handles from `metrics`, the registry's, by name and
+/// cluster).
 pub(crate) fn call_entries(
     route: &switchyard_config::Route,
     aggregate: &Aggregate,
     clusters: &std::collections::HashMap<String, Arc<crate::snapshot::ClusterRuntime>>,
-    metrics: &crate::metrics::Metrics,
+    metrics: &std::collections::HashMap<(String, String), Arc<crate::metrics::RouteMetrics>>,
 ) -> Vec<RouteEntry> {
     aggregate
         .calls
         .iter()
         .map(|call| {
-            let name = format!("{}.{}", route.name, call.name);
+            let name = call_route_name(&route.name, &call.name);
+            let handles = metrics[&(name.clone(), call.cluster.clone())].clone();
             let mut call_route = route.clone();
             call_route.name = name.clone();
             call_route.action = switchyard_config::RouteAction::Forward {
@@ -419,11 +426,7 @@ pub(crate) fn call_entries(
             call_route.compression = None;
             call_route.cache = None;
             call_route.transform = None;
-            RouteEntry::for_call(
-                Arc::new(call_route),
-                clusters.get(&call.cluster).cloned(),
-                Arc::new(metrics.route(&name, &call.cluster)),
-            )
+            RouteEntry::for_call(Arc::new(call_route), clusters.get(&call.cluster).cloned(), handles)
         })
         .collect()
 }

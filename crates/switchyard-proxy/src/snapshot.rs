@@ -695,14 +695,37 @@ impl Registry {
                 RouteAction::Forward { cluster } => cluster.as_str(),
                 _ => "-",
             };
-            let key = (route.name.clone(), cluster.to_owned());
-            let handles = match self.route_metrics.remove(&key) {
-                Some(kept) => kept,
-                None => Arc::new(metrics.route(&route.name, cluster)),
-            };
-            route_metrics_in_use.insert(key, handles);
+            let mut keys = vec![(route.name.clone(), cluster.to_owned())];
+            // An aggregate route's calls count as `{route}.{call}`.
+            if let RouteAction::Aggregate(aggregate) = &route.action {
+                keys.extend(aggregate.calls.iter().map(|call| {
+                    (
+                        crate::aggregate::call_route_name(&route.name, &call.name),
+                        call.cluster.clone(),
+                    )
+                }));
+            }
+            for key in keys {
+                let handles = match self.route_metrics.remove(&key) {
+                    Some(kept) => kept,
+                    None => Arc::new(metrics.route(&key.0, &key.1)),
+                };
+                route_metrics_in_use.insert(key, handles);
+            }
         }
         self.route_metrics = route_metrics_in_use;
+        // Aggregate routes' call entries, once per route (not per listener).
+        let aggregates: HashMap<&str, Arc<[RouteEntry]>> = config
+            .routes
+            .iter()
+            .filter_map(|route| match &route.action {
+                RouteAction::Aggregate(aggregate) => Some((
+                    route.name.as_str(),
+                    crate::aggregate::call_entries(route, aggregate, &clusters, &self.route_metrics).into(),
+                )),
+                _ => None,
+            })
+            .collect();
 
         // tcp listeners' drain signals: kept while the listener still sends
         // connections to the cluster, else fired after the grace period.
@@ -777,12 +800,7 @@ impl Registry {
                             .then(|| Arc::new(crate::static_files::FileCache::new())),
                         hub: self.hubs.get(&route.name).cloned(),
                         drain: self.route_drains[&route.name].clone(),
-                        aggregate: match &route.action {
-                            RouteAction::Aggregate(aggregate) => {
-                                Some(crate::aggregate::call_entries(route, aggregate, &clusters, metrics).into())
-                            }
-                            _ => None,
-                        },
+                        aggregate: aggregates.get(route.name.as_str()).cloned(),
                         cache: route.cache.as_ref().map(|settings| crate::cache::RouteCache {
                             settings: settings.clone(),
                             store: store.clone(),
