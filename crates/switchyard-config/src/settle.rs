@@ -1180,14 +1180,14 @@ impl Settler {
                 }
             }
             let matcher = self.route_match(&r.matcher, &at.key("match"));
-            let action = self.action(r, &at, clusters, &matcher);
+            let timeout = self.duration(&r.timeout, at.key("timeout"), defaults::ROUTE_TIMEOUT);
+            let action = self.action(r, &at, clusters, &matcher, timeout);
             let rewrite = r
                 .rewrite
                 .as_ref()
                 .map_or_else(Rewrite::default, |rw| self.rewrite(rw, &at.key("rewrite"), &matcher));
             let request_headers = self.header_ops(r.request_headers.as_ref(), &at.key("request_headers"));
             let response_headers = self.header_ops(r.response_headers.as_ref(), &at.key("response_headers"));
-            let timeout = self.duration(&r.timeout, at.key("timeout"), defaults::ROUTE_TIMEOUT);
             let idle_timeout = self.duration(&r.idle_timeout, at.key("idle_timeout"), defaults::ROUTE_IDLE_TIMEOUT);
             let max_duration = r
                 .max_duration
@@ -2401,7 +2401,16 @@ impl Settler {
         out
     }
 
-    fn action(&mut self, r: &RawRoute, at: &KeyPath, clusters: &[&str], matcher: &RouteMatch) -> Option<RouteAction> {
+    /// `timeout` is the route's, already read (an aggregate's whole answer
+    /// is bounded by it).
+    fn action(
+        &mut self,
+        r: &RawRoute,
+        at: &KeyPath,
+        clusters: &[&str],
+        matcher: &RouteMatch,
+        timeout: Duration,
+    ) -> Option<RouteAction> {
         let given: Vec<&str> = [
             ("cluster", r.cluster.is_some()),
             ("redirect", r.redirect.is_some()),
@@ -2456,7 +2465,6 @@ impl Settler {
             return Some(RouteAction::Hub(self.hub(raw, &at.key("hub"))));
         }
         if let Some(raw) = &r.aggregate {
-            let timeout = self.duration(&r.timeout, at.key("timeout"), defaults::ROUTE_TIMEOUT);
             return self
                 .aggregate(raw, &at.key("aggregate"), clusters, matcher, timeout)
                 .map(RouteAction::Aggregate);
