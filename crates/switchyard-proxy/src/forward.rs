@@ -26,7 +26,7 @@ use switchyard_balance::{EndpointState, Failure, InFlight};
 use switchyard_config::{BalancerKind, ConcurrentDuplicate, HashKey, Retry, Route, Sticky, UpstreamProtocol};
 use switchyard_resilience::backoff::Backoff;
 use switchyard_resilience::breaker::Permit;
-use switchyard_resilience::idempotency::{Begin, IdempotencyStore, StoredResponse};
+use switchyard_resilience::idempotency::{Begin, ClaimId, IdempotencyStore, StoredResponse};
 use switchyard_resilience::Transition;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -253,7 +253,7 @@ pub(crate) async fn forward<'s>(
         Some((store, settings, key)) => {
             let fingerprint = fingerprint(&head.method, &path_and_query, body.replay_chunks().unwrap_or_default());
             match store.begin(&key, fingerprint).await {
-                Begin::Proceed => Some(Claim::new(store.clone(), key, settings.max_body)),
+                Begin::Proceed(id) => Some(Claim::new(store.clone(), key, id, settings.max_body)),
                 Begin::Replay(stored) => return Ok(replayed(&stored)),
                 Begin::Mismatch => return Err(ProxyError::IdempotencyMismatch),
                 Begin::Full => return Err(ProxyError::IdempotencyStoreFull),
@@ -1173,14 +1173,16 @@ fn replayed(stored: &StoredResponse) -> Response<ProxyBody> {
 struct Claim {
     store: Arc<dyn IdempotencyStore>,
     key: Option<String>,
+    id: ClaimId,
     max_body: u64,
 }
 
 impl Claim {
-    fn new(store: Arc<dyn IdempotencyStore>, key: String, max_body: u64) -> Self {
+    fn new(store: Arc<dyn IdempotencyStore>, key: String, id: ClaimId, max_body: u64) -> Self {
         Self {
             store,
             key: Some(key),
+            id,
             max_body,
         }
     }
@@ -1206,7 +1208,7 @@ impl Claim {
                     headers: parts.headers.clone(),
                     body: body.clone(),
                 };
-                self.store.complete(&key, stored).await;
+                self.store.complete(&key, self.id, stored).await;
                 drop(guards);
                 Ok(Response::from_parts(parts, ProxyBody::full(body)))
             }
@@ -1215,11 +1217,11 @@ impl Claim {
                     limit = self.max_body,
                     "response larger than idempotency.max_body: sent, not kept for replay"
                 );
-                self.store.abandon(&key).await;
+                self.store.abandon(&key, self.id).await;
                 Ok(Response::from_parts(parts, guards.body(prefix, rest)))
             }
             Err(error) => {
-                self.store.abandon(&key).await;
+                self.store.abandon(&key, self.id).await;
                 Err(ProxyError::Upstream {
                     endpoint: "-".into(),
                     source: Box::new(error),
@@ -1232,9 +1234,9 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            let store = self.store.clone();
+            let (store, id) = (self.store.clone(), self.id);
             // Released in the background: a drop cannot wait.
-            tokio::spawn(async move { store.abandon(&key).await });
+            tokio::spawn(async move { store.abandon(&key, id).await });
         }
     }
 }

@@ -31,8 +31,9 @@ pub struct StoredResponse {
 /// What to do with a request that carries a key.
 #[derive(Debug)]
 pub enum Begin {
-    /// First time: run it, then `complete` (or `abandon`) the key.
-    Proceed,
+    /// First time: run it, then `complete` (or `abandon`) the key with this
+    /// claim.
+    Proceed(ClaimId),
     /// Seen and answered: send this.
     Replay(Arc<StoredResponse>),
     /// The same request is running now.
@@ -52,6 +53,13 @@ pub enum Begin {
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where keys and their responses live.
+/// Which claim on a key a `complete` or `abandon` is for: a shared store
+/// gives each claim its own, so that a request whose claim lapsed and was
+/// taken by another cannot answer or release the other's. (The in-memory
+/// store, with one claim per key at a time, gives 0.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimId(pub u64);
+
 pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// Claims `key` for a request with `fingerprint`, or says why not.
     fn begin<'a>(&'a self, key: &'a str, fingerprint: u64) -> BoxFuture<'a, Begin>;
@@ -60,12 +68,12 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// `None`: it was abandoned, or the wait timed out.
     fn wait<'a>(&'a self, key: &'a str, timeout: Duration) -> BoxFuture<'a, Option<Arc<StoredResponse>>>;
 
-    /// Stores the response of the request that claimed `key`.
-    fn complete<'a>(&'a self, key: &'a str, response: StoredResponse) -> BoxFuture<'a, ()>;
+    /// Stores the response of the request that claimed `key` with `claim`.
+    fn complete<'a>(&'a self, key: &'a str, claim: ClaimId, response: StoredResponse) -> BoxFuture<'a, ()>;
 
-    /// Releases `key` without a response (the request failed in a way worth
-    /// trying again), so a repeat runs afresh.
-    fn abandon<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()>;
+    /// Releases `key`, claimed with `claim`, without a response (the request
+    /// failed in a way worth trying again), so a repeat runs afresh.
+    fn abandon<'a>(&'a self, key: &'a str, claim: ClaimId) -> BoxFuture<'a, ()>;
 }
 
 /// Settings of the in-memory store.
@@ -160,7 +168,7 @@ impl MemoryStore {
             },
         );
         inner.order.push_back(key.to_owned());
-        Begin::Proceed
+        Begin::Proceed(ClaimId(0))
     }
 }
 
@@ -209,7 +217,7 @@ impl IdempotencyStore for MemoryStore {
         })
     }
 
-    fn complete<'a>(&'a self, key: &'a str, response: StoredResponse) -> BoxFuture<'a, ()> {
+    fn complete<'a>(&'a self, key: &'a str, _claim: ClaimId, response: StoredResponse) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let response = Arc::new(response);
             let mut inner = self.lock();
@@ -228,7 +236,7 @@ impl IdempotencyStore for MemoryStore {
         })
     }
 
-    fn abandon<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()> {
+    fn abandon<'a>(&'a self, key: &'a str, _claim: ClaimId) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let mut inner = self.lock();
             if matches!(inner.entries.get(key).map(|e| &e.state), Some(EntryState::Running(_))) {
@@ -261,22 +269,22 @@ mod tests {
     #[tokio::test]
     async fn first_proceeds_then_duplicates_replay_and_other_bodies_mismatch() {
         let s = store(10);
-        assert!(matches!(s.begin("k", 1).await, Begin::Proceed));
+        assert!(matches!(s.begin("k", 1).await, Begin::Proceed(_)));
         assert!(matches!(s.begin("k", 1).await, Begin::InProgress));
         assert!(matches!(s.begin("k", 2).await, Begin::Mismatch));
-        s.complete("k", response("made")).await;
+        s.complete("k", ClaimId(0), response("made")).await;
         match s.begin("k", 1).await {
             Begin::Replay(r) => assert_eq!((r.status, &r.body[..]), (StatusCode::CREATED, &b"made"[..])),
             other => panic!("expected a replay, got {other:?}"),
         }
         assert!(matches!(s.begin("k", 2).await, Begin::Mismatch));
-        assert!(matches!(s.begin("other", 2).await, Begin::Proceed));
+        assert!(matches!(s.begin("other", 2).await, Begin::Proceed(_)));
     }
 
     #[tokio::test]
     async fn waiters_get_the_response_or_learn_it_was_abandoned() {
         let s = Arc::new(store(10));
-        assert!(matches!(s.begin("k", 1).await, Begin::Proceed));
+        assert!(matches!(s.begin("k", 1).await, Begin::Proceed(_)));
         let waiters: Vec<_> = (0..5)
             .map(|_| {
                 let s = s.clone();
@@ -284,19 +292,19 @@ mod tests {
             })
             .collect();
         tokio::task::yield_now().await;
-        s.complete("k", response("once")).await;
+        s.complete("k", ClaimId(0), response("once")).await;
         for w in waiters {
             assert_eq!(&w.await.unwrap().expect("the response").body[..], b"once");
         }
 
-        assert!(matches!(s.begin("j", 1).await, Begin::Proceed));
+        assert!(matches!(s.begin("j", 1).await, Begin::Proceed(_)));
         let s2 = s.clone();
         let waiter = tokio::spawn(async move { s2.wait("j", Duration::from_secs(5)).await });
         tokio::task::yield_now().await;
-        s.abandon("j").await;
+        s.abandon("j", ClaimId(0)).await;
         assert!(waiter.await.unwrap().is_none());
         assert!(
-            matches!(s.begin("j", 1).await, Begin::Proceed),
+            matches!(s.begin("j", 1).await, Begin::Proceed(_)),
             "an abandoned key runs afresh"
         );
     }
@@ -304,7 +312,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_wait_is_bounded() {
         let s = store(10);
-        assert!(matches!(s.begin("k", 1).await, Begin::Proceed));
+        assert!(matches!(s.begin("k", 1).await, Begin::Proceed(_)));
         assert!(s.wait("k", Duration::from_millis(100)).await.is_none());
     }
 
@@ -312,15 +320,15 @@ mod tests {
     fn answers_expire_after_the_ttl() {
         let s = store(10);
         let t0 = Instant::now();
-        assert!(matches!(s.begin_at("k", 1, t0), Begin::Proceed));
-        futures_lite_block_on(s.complete("k", response("x")));
+        assert!(matches!(s.begin_at("k", 1, t0), Begin::Proceed(_)));
+        futures_lite_block_on(s.complete("k", ClaimId(0), response("x")));
         assert!(matches!(
             s.begin_at("k", 1, t0 + Duration::from_secs(30)),
             Begin::Replay(_)
         ));
         assert!(matches!(
             s.begin_at("k", 2, t0 + Duration::from_secs(61)),
-            Begin::Proceed
+            Begin::Proceed(_)
         ));
     }
 
@@ -329,14 +337,14 @@ mod tests {
         let s = store(3);
         let now = Instant::now();
         for key in ["a", "b", "c"] {
-            assert!(matches!(s.begin_at(key, 1, now), Begin::Proceed));
+            assert!(matches!(s.begin_at(key, 1, now), Begin::Proceed(_)));
         }
         assert!(
             matches!(s.begin_at("d", 1, now), Begin::Full),
             "all three still running"
         );
-        futures_lite_block_on(s.complete("b", response("b")));
-        assert!(matches!(s.begin_at("d", 1, now), Begin::Proceed), "b made room");
+        futures_lite_block_on(s.complete("b", ClaimId(0), response("b")));
+        assert!(matches!(s.begin_at("d", 1, now), Begin::Proceed(_)), "b made room");
         assert_eq!(s.len(), 3);
         assert!(
             matches!(s.begin_at("b", 1, now), Begin::Full),

@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use switchyard_config::OnRedisError;
-use switchyard_resilience::idempotency::{Begin, BoxFuture, IdempotencyStore, StoredResponse};
+use switchyard_resilience::idempotency::{Begin, BoxFuture, ClaimId, IdempotencyStore, StoredResponse};
 
 use crate::global_limit::{hashed_key, RedisStore};
 
@@ -78,8 +78,6 @@ pub(crate) struct SharedIdempotency {
     /// How long a running claim holds the key.
     lease: Duration,
     on_error: OnRedisError,
-    /// The owner token of each claim this node holds, by Redis key.
-    claims: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl SharedIdempotency {
@@ -89,7 +87,6 @@ impl SharedIdempotency {
             ttl,
             lease: lease(route_timeout),
             on_error,
-            claims: Default::default(),
         }
     }
 
@@ -105,14 +102,6 @@ impl SharedIdempotency {
             && self.ttl == ttl
             && self.lease == lease(route_timeout)
             && self.on_error == on_error
-    }
-
-    /// The owner token of this node's claim on `redis_key`, forgotten.
-    fn take_claim(&self, redis_key: &str) -> Option<u64> {
-        self.claims
-            .lock()
-            .expect("claims lock is never poisoned")
-            .remove(redis_key)
     }
 
     fn failed(&self, error: &str) {
@@ -193,13 +182,8 @@ impl IdempotencyStore for SharedIdempotency {
                 }
             };
             match answer.first().map(Vec::as_slice) {
-                Some(b"proceed") => {
-                    self.claims
-                        .lock()
-                        .expect("claims lock is never poisoned")
-                        .insert(redis_key, owner);
-                    Begin::Proceed
-                }
+                // The owner token travels with the claim (see `ClaimId`).
+                Some(b"proceed") => Begin::Proceed(ClaimId(owner)),
                 Some(b"mismatch") => Begin::Mismatch,
                 Some(b"running") => Begin::InProgress,
                 Some(b"done") => match decode_response(&answer[1..]) {
@@ -240,12 +224,9 @@ impl IdempotencyStore for SharedIdempotency {
         })
     }
 
-    fn complete<'a>(&'a self, key: &'a str, response: StoredResponse) -> BoxFuture<'a, ()> {
+    fn complete<'a>(&'a self, key: &'a str, claim: ClaimId, response: StoredResponse) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let redis_key = redis_key(key);
-            let Some(owner) = self.take_claim(&redis_key) else {
-                return;
-            };
+            let (redis_key, owner) = (redis_key(key), claim.0);
             let mut invocation = COMPLETE.prepare_invoke();
             invocation
                 .key(redis_key)
@@ -262,12 +243,9 @@ impl IdempotencyStore for SharedIdempotency {
         })
     }
 
-    fn abandon<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()> {
+    fn abandon<'a>(&'a self, key: &'a str, claim: ClaimId) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let redis_key = redis_key(key);
-            let Some(owner) = self.take_claim(&redis_key) else {
-                return;
-            };
+            let (redis_key, owner) = (redis_key(key), claim.0);
             let mut invocation = ABANDON.prepare_invoke();
             invocation.key(redis_key).arg(owner);
             if let Err(error) = self.redis.invoke::<i64>(invocation).await {
