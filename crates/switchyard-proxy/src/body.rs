@@ -387,11 +387,16 @@ pub async fn collect_limited(mut body: ProxyBody, limit: u64) -> Result<Collecte
             return Ok(Collected::TooLarge(ProxyBody::stream(read.chain(rest))));
         }
     }
-    Ok(Collected::Complete(match chunks.len() {
+    Ok(Collected::Complete(concat(chunks)))
+}
+
+/// `chunks` as one buffer, copied only when there are several.
+pub fn concat(mut chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
         0 => Bytes::new(),
         1 => chunks.pop().expect("one chunk"),
         _ => chunks.concat().into(),
-    }))
+    }
 }
 
 pin_project! {

@@ -187,7 +187,7 @@ pub(crate) async fn forward<'s>(
             match read_ahead(timed, limit).await.map_err(client_body_error)? {
                 ReadAhead::Complete(chunks) if chunks.iter().all(|c| c.is_empty()) => Plan::Replay(chunks),
                 ReadAhead::Complete(chunks) => {
-                    let input: Bytes = chunks.concat().into();
+                    let input = crate::body::concat(chunks);
                     let (output, content_type) =
                         crate::transform::body(edits, &input).map_err(ProxyError::TransformInput)?;
                     crate::transform::retarget(&mut head.headers, &output, content_type);
@@ -1198,11 +1198,7 @@ impl Claim {
         let key = self.key.take().expect("a claim is kept once");
         match read_ahead(body, self.max_body).await {
             Ok(ReadAhead::Complete(chunks)) => {
-                let body: Bytes = match chunks.len() {
-                    0 => Bytes::new(),
-                    1 => chunks.into_iter().next().expect("one chunk"),
-                    _ => chunks.concat().into(),
-                };
+                let body = crate::body::concat(chunks);
                 let stored = StoredResponse {
                     status: parts.status,
                     headers: parts.headers.clone(),
